@@ -1,0 +1,156 @@
+//! The one way netsky writes a file that must survive a crash.
+//!
+//! 1. write a temp file in the target directory (same filesystem, so the
+//!    rename below is atomic), named `.<name>.<pid>.tmp` so scanners skip it;
+//! 2. fsync it, so its bytes are on disk before its name is;
+//! 3. rename it over the final name, so readers see all of it or nothing;
+//! 4. fsync the directory, so the rename itself survives a power cut.
+//!
+//! A failure at any step (a full disk above all) removes the temp file and
+//! reports the error: nothing half-written is ever left under a real name.
+//!
+//! Batches write every temp file first and pay for durability once: on Linux
+//! one `syncfs` covers every file in the batch (one journal commit instead of
+//! one per file), elsewhere each file is fsynced; then the renames, then one
+//! directory fsync. The promise is the same as for a single write: when the
+//! call returns `Ok`, every file of the batch is durable under its name.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::BusError;
+
+fn temp_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+fn write_temp(tmp: &Path, bytes: &[u8]) -> Result<File, BusError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(tmp)
+        .map_err(BusError::io("create", tmp))?;
+    if let Err(e) = f.write_all(bytes) {
+        let _ = std::fs::remove_file(tmp);
+        return Err(BusError::Io { op: "write", path: tmp.to_path_buf(), source: e });
+    }
+    Ok(f)
+}
+
+/// Fsyncs a directory, making renames and creations inside it durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), BusError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(BusError::io("fsync dir", dir))
+}
+
+/// Writes `bytes` to `dir/name` atomically and durably; returns the final path.
+pub fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, BusError> {
+    let tmp = temp_path(dir, name);
+    let f = write_temp(&tmp, bytes)?;
+    if let Err(e) = f.sync_all() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(BusError::Io { op: "fsync", path: tmp, source: e });
+    }
+    drop(f);
+    let dst = dir.join(name);
+    if let Err(e) = std::fs::rename(&tmp, &dst) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(BusError::Io { op: "rename", path: dst, source: e });
+    }
+    fsync_dir(dir)?;
+    Ok(dst)
+}
+
+/// Writes many files into `dir` atomically, durable when it returns `Ok`.
+pub fn write_durable_batch(dir: &Path, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
+    if items.len() == 1 {
+        return write_durable(dir, &items[0].0, &items[0].1).map(|_| ());
+    }
+    let mut temps: Vec<(PathBuf, File)> = Vec::with_capacity(items.len());
+    let cleanup = |temps: &[(PathBuf, File)]| {
+        for (t, _) in temps {
+            let _ = std::fs::remove_file(t);
+        }
+    };
+    for (name, bytes) in items {
+        let tmp = temp_path(dir, name);
+        match write_temp(&tmp, bytes) {
+            Ok(f) => temps.push((tmp, f)),
+            Err(e) => {
+                cleanup(&temps);
+                return Err(e);
+            }
+        }
+    }
+    if let Err(e) = sync_files(dir, &temps) {
+        cleanup(&temps);
+        return Err(e);
+    }
+    for ((tmp, _), (name, _)) in temps.iter().zip(items) {
+        let dst = dir.join(name);
+        if let Err(e) = std::fs::rename(tmp, &dst) {
+            cleanup(&temps);
+            return Err(BusError::Io { op: "rename", path: dst, source: e });
+        }
+    }
+    fsync_dir(dir)
+}
+
+#[cfg(target_os = "linux")]
+fn sync_files(dir: &Path, temps: &[(PathBuf, File)]) -> Result<(), BusError> {
+    use std::os::fd::AsRawFd;
+    let Some((path, f)) = temps.first() else { return Ok(()) };
+    // SAFETY: syncfs takes any open fd on the filesystem; `f` is open for the call.
+    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(BusError::Io { op: "syncfs", path: path.clone(), source: e });
+    }
+    let _ = dir;
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_files(_dir: &Path, temps: &[(PathBuf, File)]) -> Result<(), BusError> {
+    for (p, f) in temps {
+        f.sync_all().map_err(BusError::io("fsync", p))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_durable_write_leaves_only_the_final_file() {
+        let d = tempfile::tempdir().unwrap();
+        write_durable(d.path(), "a.json", b"hello").unwrap();
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a.json")]);
+        assert_eq!(std::fs::read(d.path().join("a.json")).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn a_batch_lands_every_file() {
+        let d = tempfile::tempdir().unwrap();
+        let items: Vec<_> = (0..10).map(|i| (format!("{i}.json"), vec![b'x'; i])).collect();
+        write_durable_batch(d.path(), &items).unwrap();
+        for (n, b) in &items {
+            assert_eq!(&std::fs::read(d.path().join(n)).unwrap(), b);
+        }
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 10);
+    }
+
+    #[test]
+    fn a_write_into_a_missing_directory_fails_without_leftovers() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("nope");
+        assert!(write_durable(&missing, "a.json", b"x").is_err());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,230 @@
+//! The guard: the checks every envelope passes before an agent sees it.
+//!
+//! It refuses, with a one-line reason: non-regular files (symlinks are never
+//! followed, FIFOs never block), oversized or unparsable files, bad names or
+//! addresses, a file name that is not `<id>.json`, wrapper tokens or control
+//! characters in the text, a timestamp more than 5 minutes ahead, a missing
+//! or bad signature, and an origin that is not a current member, is revoked,
+//! or signs for a node name that is not its own. Duplicates are the
+//! mailbox's call, since only it knows what was delivered.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use time::{Duration, OffsetDateTime};
+
+use crate::envelope::MAX_ENVELOPE_BYTES;
+use crate::{Envelope, Roster, format_ts};
+
+/// How far ahead of our clock an envelope's timestamp may be.
+pub const MAX_FUTURE: Duration = Duration::minutes(5);
+
+/// Why the guard refused something, as a stable word for logs and queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// Not a regular file (symlink, directory, FIFO, ...).
+    NotRegular,
+    /// Larger than 64 KiB.
+    Oversized,
+    /// Could not be read.
+    Unreadable,
+    /// Not UTF-8, not JSON, or not an envelope.
+    Unparsable,
+    /// A name or address breaks the grammar.
+    BadName,
+    /// The file name is not `<id>.json` of the envelope inside.
+    BadFileName,
+    /// The timestamp is too far in the future.
+    Future,
+    /// The text holds `<channel` or `</channel`.
+    WrapperToken,
+    /// The text holds a control character.
+    ControlChar,
+    /// No signature.
+    MissingSignature,
+    /// The signature does not verify.
+    BadSignature,
+    /// The origin is not a member.
+    UnknownOrigin,
+    /// The origin was revoked.
+    RevokedOrigin,
+    /// The origin signs for a node name that is not its own.
+    ForgedOrigin,
+    /// The id was already delivered.
+    Duplicate,
+    /// Addressed to another agent or node than the mailbox it was found in.
+    WrongRecipient,
+}
+
+impl RefusalKind {
+    /// The stable word used in logs, reason files and meta.db.
+    pub fn as_str(self) -> &'static str {
+        use RefusalKind::*;
+        match self {
+            NotRegular => "not-regular",
+            Oversized => "oversized",
+            Unreadable => "unreadable",
+            Unparsable => "unparsable",
+            BadName => "bad-name",
+            BadFileName => "bad-file-name",
+            Future => "future",
+            WrapperToken => "wrapper-token",
+            ControlChar => "control-char",
+            MissingSignature => "missing-signature",
+            BadSignature => "bad-signature",
+            UnknownOrigin => "unknown-origin",
+            RevokedOrigin => "revoked-origin",
+            ForgedOrigin => "forged-origin",
+            Duplicate => "duplicate",
+            WrongRecipient => "wrong-recipient",
+        }
+    }
+}
+
+/// A refusal: what kind, and a human sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The stable kind.
+    pub kind: RefusalKind,
+    /// One line saying what was wrong.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal of `kind` for `reason`.
+    pub fn new(kind: RefusalKind, reason: impl Into<String>) -> Refusal {
+        let reason: String = reason.into();
+        // One line, always: reasons end up in `.reason` files and log lines.
+        Refusal { kind, reason: reason.replace(['\n', '\r'], " ") }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.reason)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// The envelope checks, against a roster and a clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Guard<'a> {
+    roster: &'a Roster,
+    now: OffsetDateTime,
+}
+
+impl<'a> Guard<'a> {
+    /// A guard trusting `roster`, with the clock read now.
+    pub fn new(roster: &'a Roster) -> Guard<'a> {
+        Guard { roster, now: OffsetDateTime::now_utc() }
+    }
+
+    /// A guard with a given clock (tests).
+    pub fn at(roster: &'a Roster, now: OffsetDateTime) -> Guard<'a> {
+        Guard { roster, now }
+    }
+
+    /// The roster this guard trusts.
+    pub fn roster(&self) -> &'a Roster {
+        self.roster
+    }
+
+    /// Checks the bytes of an envelope: shape, origin, signature, clock.
+    pub fn check_bytes(&self, bytes: &[u8]) -> Result<Envelope, Refusal> {
+        let env = Envelope::from_json(bytes)?;
+        self.check_envelope(&env)?;
+        Ok(env)
+    }
+
+    /// Checks an already parsed envelope: origin, signature, clock.
+    pub fn check_envelope(&self, env: &Envelope) -> Result<(), Refusal> {
+        if self.roster.is_revoked(&env.origin) {
+            return Err(Refusal::new(
+                RefusalKind::RevokedOrigin,
+                format!("origin {} was revoked", env.origin.fmt_short()),
+            ));
+        }
+        let member = self.roster.by_id(&env.origin).ok_or_else(|| {
+            Refusal::new(
+                RefusalKind::UnknownOrigin,
+                format!(
+                    "origin {} is not a member (charter epoch {})",
+                    env.origin.fmt_short(),
+                    self.roster.epoch()
+                ),
+            )
+        })?;
+        let from_node = env.from.node().map(|n| n.as_str()).unwrap_or("");
+        if from_node != member.name.as_str() {
+            return Err(Refusal::new(
+                RefusalKind::ForgedOrigin,
+                format!(
+                    "origin {} is node {} but signs as {}",
+                    env.origin.fmt_short(),
+                    member.name,
+                    env.from
+                ),
+            ));
+        }
+        env.verify(member.verifier())?;
+        if env.ts > self.now + MAX_FUTURE {
+            return Err(Refusal::new(
+                RefusalKind::Future,
+                format!("ts {} is more than 5 minutes ahead of {}", format_ts(env.ts), format_ts(self.now)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads and checks the file at `path`, which must be a regular file named `<id>.json`.
+    pub fn check_file(&self, path: &Path) -> Result<Envelope, Refusal> {
+        let bytes = read_envelope_file(path)?;
+        let env = self.check_bytes(&bytes)?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name != env.file_name() {
+            return Err(Refusal::new(
+                RefusalKind::BadFileName,
+                format!("file name {name:?} does not match envelope id {}", env.id),
+            ));
+        }
+        Ok(env)
+    }
+}
+
+/// Reads an envelope file without following symlinks or blocking on FIFOs,
+/// and without reading more than the size limit.
+pub fn read_envelope_file(path: &Path) -> Result<Vec<u8>, Refusal> {
+    let f =
+        OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(
+            |e| match e.raw_os_error() {
+                Some(libc::ELOOP) => Refusal::new(RefusalKind::NotRegular, "a symlink (never followed)"),
+                _ => Refusal::new(RefusalKind::Unreadable, format!("cannot open: {e}")),
+            },
+        )?;
+    let meta =
+        f.metadata().map_err(|e| Refusal::new(RefusalKind::Unreadable, format!("cannot stat: {e}")))?;
+    if !meta.is_file() {
+        return Err(Refusal::new(
+            RefusalKind::NotRegular,
+            format!("not a regular file ({:?})", meta.file_type()),
+        ));
+    }
+    if meta.len() > MAX_ENVELOPE_BYTES as u64 {
+        return Err(Refusal::new(
+            RefusalKind::Oversized,
+            format!("{} bytes, over the {MAX_ENVELOPE_BYTES}-byte limit", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_ENVELOPE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Refusal::new(RefusalKind::Unreadable, format!("cannot read: {e}")))?;
+    if bytes.len() > MAX_ENVELOPE_BYTES {
+        return Err(Refusal::new(RefusalKind::Oversized, "grew past the size limit while being read"));
+    }
+    Ok(bytes)
+}

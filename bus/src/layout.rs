@@ -1,0 +1,57 @@
+//! Where the bus keeps its files under `NETSKY_HOME`.
+
+use std::path::{Path, PathBuf};
+
+use crate::AgentName;
+
+/// The bus's paths inside one home.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// The layout of the home at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+
+    /// The home itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `channels/agent/`: one folder per agent mailbox.
+    pub fn agents_dir(&self) -> PathBuf {
+        self.root.join("channels").join("agent")
+    }
+
+    /// `channels/agent/<agent>/`.
+    pub fn mailbox_dir(&self, agent: AgentName) -> PathBuf {
+        self.agents_dir().join(agent.to_string())
+    }
+
+    /// `mesh/outbox/`: signed envelopes waiting for a remote ack.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.root.join("mesh").join("outbox")
+    }
+
+    /// Every agent that has a mailbox folder, in name order; other entries are ignored.
+    pub fn agents(&self) -> std::io::Result<Vec<AgentName>> {
+        let mut out = Vec::new();
+        match std::fs::read_dir(self.agents_dir()) {
+            Ok(rd) => {
+                for e in rd {
+                    let e = e?;
+                    if let Some(a) = e.file_name().to_str().and_then(|s| s.parse::<AgentName>().ok()) {
+                        out.push(a);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        out.sort();
+        Ok(out)
+    }
+}
