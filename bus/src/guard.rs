@@ -149,13 +149,13 @@ impl<'a> Guard<'a> {
             ));
         }
         let member = self.roster.by_id(&env.origin).ok_or_else(|| {
+            let scope = match self.roster.epoch() {
+                0 => "this node is in no mesh, so it trusts only itself".to_string(),
+                e => format!("charter epoch {e}"),
+            };
             Refusal::new(
                 RefusalKind::UnknownOrigin,
-                format!(
-                    "origin {} is not a member (charter epoch {})",
-                    env.origin.fmt_short(),
-                    self.roster.epoch()
-                ),
+                format!("origin {} is not a member ({scope})", env.origin.fmt_short()),
             )
         })?;
         let from_node = env.from.node().map(|n| n.as_str()).unwrap_or("");

@@ -1,0 +1,268 @@
+//! `netsky bench`: netsky's figures measured against this machine's floors,
+//! in the same run, so every number has its reference beside it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use netsky_bus::{Address, Envelope, Guard, Kind, Layout, Mailbox, NodeName, Roster};
+use netsky_keys::SecretKey;
+use serde::Serialize;
+
+use crate::cli::{Ctx, emit};
+use crate::proc::run_bounded;
+
+/// `netsky bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// The bus on one machine: durable-write floor, signing, throughput, one send process.
+    Bus {
+        /// Where to write (default: a temporary folder in $TMPDIR).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Envelopes for the throughput runs.
+        #[arg(long, default_value_t = 5000)]
+        n: usize,
+        /// Envelopes per batch in the batched run.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Runs of the `channel send` process.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+    },
+}
+
+#[derive(Serialize, Default)]
+struct Floor {
+    fsync_ms: f64,
+    fsync_p90_ms: f64,
+    fsync_writes_per_s: f64,
+    sign_us: f64,
+    verify_us: f64,
+    process_start_ms: f64,
+}
+
+#[derive(Serialize)]
+struct BusFigures {
+    sign_verify_per_s: f64,
+    durable_unbatched_per_s: f64,
+    durable_batched_per_s: f64,
+    batch: usize,
+    batched_vs_floor: f64,
+}
+
+#[derive(Serialize)]
+struct Target {
+    name: &'static str,
+    figure: String,
+    target: String,
+    met: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    floor: Floor,
+    bus: BusFigures,
+    send_process_ms: f64,
+    send_process_p90_ms: f64,
+    targets: Vec<Target>,
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Runs `netsky bench`.
+pub fn run(ctx: &Ctx, cmd: BenchCmd) -> Result<ExitCode> {
+    let BenchCmd::Bus { dir, n, batch, runs } = cmd;
+    if n == 0 || batch == 0 || runs == 0 {
+        bail!("--n, --batch and --runs must be at least 1");
+    }
+    let tmp = match &dir {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .context("cannot make a scratch folder for the benchmark")?;
+    let base = tmp.path();
+    eprintln!("netsky bench bus: writing under {}", base.display());
+
+    // Floor: one fsync-durable file write, exactly as the bus does it.
+    let floor_dir = base.join("floor");
+    std::fs::create_dir_all(&floor_dir)?;
+    let body = vec![b'x'; 420];
+    let mut w = Vec::new();
+    for i in 0..200 {
+        let t = Instant::now();
+        netsky_bus::write_durable(&floor_dir, &format!("{i}.json"), &body)?;
+        w.push(ms(t.elapsed()));
+    }
+    let fsync_mean = w.iter().sum::<f64>() / w.len() as f64;
+    let mut floor = Floor {
+        fsync_ms: pct(&mut w, 0.5),
+        fsync_p90_ms: pct(&mut w, 0.9),
+        fsync_writes_per_s: 1e3 / fsync_mean,
+        ..Floor::default()
+    };
+
+    // Signing and verification of a typical envelope.
+    let key = SecretKey::generate();
+    let node: NodeName = "bench".parse()?;
+    let roster = Roster::solo(node.clone(), key.public())?;
+    let from = Address::agent(netsky_bus::AgentName::ROOT, node.clone());
+    let to = Address::agent(netsky_bus::AgentName::Numbered(1), node.clone());
+    let text = "review restart.rs only; keep the change small and say why in the commit";
+    let make =
+        |i: usize| Envelope::new(&key, Kind::Message, from.clone(), to.clone(), format!("{text} #{i}"), None);
+    let t = Instant::now();
+    let envs: Vec<Envelope> = (0..2000).map(make).collect::<Result<_, _>>()?;
+    floor.sign_us = t.elapsed().as_secs_f64() * 1e6 / 2000.0;
+    let member = roster.by_id(&key.public()).context("own key in roster")?;
+    let t = Instant::now();
+    for e in &envs {
+        e.verify(member.verifier()).map_err(|r| anyhow::anyhow!("{r}"))?;
+    }
+    floor.verify_us = t.elapsed().as_secs_f64() * 1e6 / 2000.0;
+
+    // In-process lifecycle: put, claim (with the full guard), deliver.
+    let lifecycle = |root: &Path, count: usize, batch: usize| -> Result<f64> {
+        let layout = Layout::new(root);
+        let mb = Mailbox::open(&layout, &node, netsky_bus::AgentName::Numbered(1))?;
+        let envs: Vec<Envelope> = (0..count).map(make).collect::<Result<_, _>>()?;
+        let t = Instant::now();
+        let lock = mb.lock(Duration::from_secs(1))?;
+        let (mut tp, mut tc, mut td) = (0.0, 0.0, 0.0);
+        for chunk in envs.chunks(batch) {
+            let t0 = Instant::now();
+            mb.put_batch(chunk)?;
+            tp += ms(t0.elapsed());
+            let t0 = Instant::now();
+            let (claimed, poisoned) = mb.claim(&lock, &Guard::new(&roster), chunk.len())?;
+            tc += ms(t0.elapsed());
+            if !poisoned.is_empty() || claimed.len() != chunk.len() {
+                bail!("benchmark envelopes were refused: {:?}", poisoned.first().map(|p| &p.refusal));
+            }
+            let t0 = Instant::now();
+            mb.deliver(&lock, &claimed)?;
+            td += ms(t0.elapsed());
+        }
+        if std::env::var_os("NETSKY_BENCH_DEBUG").is_some() {
+            eprintln!("batch {batch}: put {tp:.1} ms, claim {tc:.1} ms, deliver {td:.1} ms for {count}");
+        }
+        Ok(count as f64 / t.elapsed().as_secs_f64())
+    };
+    let unbatched = lifecycle(&base.join("unbatched"), 200.min(n), 1)?;
+    let batched = lifecycle(&base.join("batched"), n, batch)?;
+
+    // One `netsky channel send` process, end to end, and a bare process start.
+    let exe = std::env::current_exe()?;
+    let home = base.join("home");
+    let o = run_bounded(
+        Command::new(&exe)
+            .args(["--home"])
+            .arg(&home)
+            .args(["init", "--name", "bench", "--relay", "disabled"]),
+        Duration::from_secs(30),
+    )?;
+    if !o.status.success() {
+        bail!("init for the send benchmark failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut start = Vec::new();
+    let mut send = Vec::new();
+    for i in 0..runs {
+        let t = Instant::now();
+        run_bounded(Command::new(&exe).arg("--version"), Duration::from_secs(30))?;
+        start.push(ms(t.elapsed()));
+        let t = Instant::now();
+        let o = run_bounded(
+            Command::new(&exe)
+                .arg("--home")
+                .arg(&home)
+                .args(["channel", "send", "agent1"])
+                .arg(format!("{text} #{i}")),
+            Duration::from_secs(30),
+        )?;
+        send.push(ms(t.elapsed()));
+        if !o.status.success() {
+            bail!("channel send failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+    floor.process_start_ms = pct(&mut start, 0.5);
+    let send_p50 = pct(&mut send, 0.5);
+    let send_p90 = pct(&mut send, 0.9);
+
+    let send_budget = 2.0 * floor.fsync_ms + floor.process_start_ms;
+    let ratio = batched / floor.fsync_writes_per_s;
+    let sign_verify_per_s = 1e6 / (floor.sign_us + floor.verify_us);
+    let report = Report {
+        targets: vec![
+            Target {
+                name: "send process within 2x durable-write floor + process start",
+                figure: format!("{send_p50:.2} ms"),
+                target: format!("<= {send_budget:.2} ms"),
+                met: send_p50 <= send_budget,
+            },
+            Target {
+                name: "in-process durable throughput at least 10x one-fsync-per-envelope",
+                figure: format!("{batched:.0}/s ({ratio:.1}x)"),
+                target: format!(">= {:.0}/s (10x)", 10.0 * floor.fsync_writes_per_s),
+                met: ratio >= 10.0,
+            },
+        ],
+        floor,
+        bus: BusFigures {
+            sign_verify_per_s,
+            durable_unbatched_per_s: unbatched,
+            durable_batched_per_s: batched,
+            batch,
+            batched_vs_floor: ratio,
+        },
+        send_process_ms: send_p50,
+        send_process_p90_ms: send_p90,
+    };
+    emit(ctx, &report, || human(&report))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human(r: &Report) -> String {
+    let f = &r.floor;
+    let mut s = String::new();
+    s.push_str("floors of this machine\n");
+    s.push_str(&format!(
+        "  durable write (write+fsync+rename+fsync dir)  p50 {:.2} ms  p90 {:.2} ms  ({:.0}/s)\n",
+        f.fsync_ms, f.fsync_p90_ms, f.fsync_writes_per_s
+    ));
+    s.push_str(&format!("  ed25519 sign {:.1} us, verify {:.1} us\n", f.sign_us, f.verify_us));
+    s.push_str(&format!("  process start (netsky --version)  p50 {:.2} ms\n", f.process_start_ms));
+    s.push_str("netsky\n");
+    s.push_str(&format!("  sign+verify                      {:.0} envelopes/s\n", r.bus.sign_verify_per_s));
+    s.push_str(&format!(
+        "  send+claim+deliver, unbatched    {:.0} envelopes/s\n",
+        r.bus.durable_unbatched_per_s
+    ));
+    s.push_str(&format!(
+        "  send+claim+deliver, batch {:<5}  {:.0} envelopes/s ({:.1}x the floor rate)\n",
+        r.bus.batch, r.bus.durable_batched_per_s, r.bus.batched_vs_floor
+    ));
+    s.push_str(&format!(
+        "  one `channel send` process       p50 {:.2} ms  p90 {:.2} ms\n",
+        r.send_process_ms, r.send_process_p90_ms
+    ));
+    s.push_str("targets\n");
+    for t in &r.targets {
+        s.push_str(&format!(
+            "  [{}] {}: {} (target {})\n",
+            if t.met { "met" } else { "MISSED" },
+            t.name,
+            t.figure,
+            t.target
+        ));
+    }
+    s.trim_end().to_string()
+}

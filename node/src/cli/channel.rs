@@ -1,0 +1,275 @@
+//! `netsky channel send | drain | ls`: the bus from the command line.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use netsky_bus::{
+    Address, AgentName, Envelope, Guard, Kind, MAX_ENVELOPE_BYTES, Mailbox, PutOutcome, format_ts,
+};
+use serde::Serialize;
+
+use super::{Ctx, emit};
+use crate::home::Node;
+
+/// How long a drain waits for another holder of the mailbox lock.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// `netsky channel ...`
+#[derive(Debug, Subcommand)]
+pub enum ChannelCmd {
+    /// Send TEXT to an agent (`agentN` here, `agentN@node` elsewhere); prints the envelope id.
+    ///
+    /// Exits 0 only once the signed envelope is durable in the target inbox.
+    Send {
+        /// Recipient: agentN, agentN@node.
+        to: Address,
+        /// The message; `-` reads it from stdin.
+        text: String,
+        /// Sending agent on this node (default: $AGENT_N, else agent0).
+        #[arg(long)]
+        from: Option<AgentName>,
+        /// message | brief | reply | escalation | owner.
+        #[arg(long, default_value = "message")]
+        kind: Kind,
+        /// The envelope this one answers.
+        #[arg(long)]
+        in_reply_to: Option<ulid::Ulid>,
+        /// Wait for the recipient's acknowledgement (local sends are acknowledged on return).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Claim, print and mark delivered every waiting envelope of AGENT, oldest first.
+    Drain {
+        /// The agent whose mailbox to drain.
+        agent: AgentName,
+        /// At most this many envelopes.
+        #[arg(long, default_value_t = 1000)]
+        max: usize,
+    },
+    /// Count envelopes per lifecycle folder (inbox, claimed, delivered, poison).
+    Ls {
+        /// One agent; all agents with a mailbox when omitted.
+        agent: Option<AgentName>,
+    },
+}
+
+/// Runs `netsky channel`.
+pub fn run(ctx: &Ctx, cmd: ChannelCmd) -> Result<ExitCode> {
+    let node = Node::open(ctx.home.clone())?;
+    match cmd {
+        ChannelCmd::Send { to, text, from, kind, in_reply_to, wait: _ } => {
+            send(ctx, &node, to, text, from, kind, in_reply_to)
+        }
+        ChannelCmd::Drain { agent, max } => drain(ctx, &node, agent, max),
+        ChannelCmd::Ls { agent } => ls(ctx, &node, agent),
+    }
+}
+
+/// The sending agent: `--from`, else `$AGENT_N` (`3`, `agent3`, `infinity`), else agent0.
+fn sender(from: Option<AgentName>) -> Result<AgentName> {
+    if let Some(a) = from {
+        return Ok(a);
+    }
+    match std::env::var("AGENT_N") {
+        Ok(v) if !v.is_empty() => {
+            let name = if v.starts_with("agent") { v.clone() } else { format!("agent{v}") };
+            name.parse().with_context(|| format!("AGENT_N={v:?} is not an agent"))
+        }
+        _ => Ok(AgentName::ROOT),
+    }
+}
+
+fn read_text(text: String) -> Result<String> {
+    if text != "-" {
+        return Ok(text);
+    }
+    let mut buf = String::new();
+    std::io::stdin()
+        .take(MAX_ENVELOPE_BYTES as u64 + 1)
+        .read_to_string(&mut buf)
+        .context("cannot read the message from stdin (is it UTF-8?)")?;
+    if buf.len() > MAX_ENVELOPE_BYTES {
+        bail!("the message on stdin is over {MAX_ENVELOPE_BYTES} bytes");
+    }
+    Ok(buf.strip_suffix('\n').map(str::to_owned).unwrap_or(buf))
+}
+
+#[derive(Serialize)]
+struct SendOut {
+    id: String,
+    from: String,
+    to: String,
+    kind: &'static str,
+    ts: String,
+    state: &'static str,
+}
+
+fn send(
+    ctx: &Ctx,
+    node: &Node,
+    to: Address,
+    text: String,
+    from: Option<AgentName>,
+    kind: Kind,
+    in_reply_to: Option<ulid::Ulid>,
+) -> Result<ExitCode> {
+    let local = &node.config.node.name;
+    let to = to.qualified(local);
+    let from = Address::agent(sender(from)?, local.clone());
+    let text = read_text(text)?;
+    let target = match &to {
+        Address::Owner => bail!(
+            "messages to the owner travel through the mesh root's owner legs, which this node does not run; \
+             send to an agent instead"
+        ),
+        Address::Agent { agent, node: Some(n) } if n == local => *agent,
+        Address::Agent { node, .. } => bail!(
+            "node {} is not in this node's mesh (this node holds no charter; join a mesh first)",
+            node.as_ref().map(|n| n.as_str()).unwrap_or("?")
+        ),
+    };
+    let env = Envelope::new(&node.key, kind, from, to, text, in_reply_to)?;
+    let mailbox = Mailbox::open(&node.home.layout(), local, target)?;
+    let outcome = mailbox.put(&env).with_context(|| format!("envelope {} not sent", env.id))?;
+    let state = match outcome {
+        PutOutcome::Stored => "inbox",
+        PutOutcome::Duplicate => "duplicate",
+    };
+    node.recorder.record(&[node.recorder.event("sent", Some(target), Some(&env), None)]);
+    let out = SendOut {
+        id: env.id.to_string(),
+        from: env.from.to_string(),
+        to: env.to.to_string(),
+        kind: env.kind.as_str(),
+        ts: format_ts(env.ts),
+        state,
+    };
+    emit(ctx, &out, || out.id.clone())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct Delivered {
+    id: String,
+    kind: &'static str,
+    from: String,
+    to: String,
+    ts: String,
+    text: String,
+    in_reply_to: Option<String>,
+    adopted: bool,
+}
+
+#[derive(Serialize)]
+struct Refused {
+    file: String,
+    kind: &'static str,
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct DrainOut {
+    agent: String,
+    delivered: Vec<Delivered>,
+    poisoned: Vec<Refused>,
+}
+
+fn drain(ctx: &Ctx, node: &Node, agent: AgentName, max: usize) -> Result<ExitCode> {
+    let mailbox = Mailbox::open(&node.home.layout(), &node.config.node.name, agent)?;
+    let lock = mailbox.lock(LOCK_WAIT)?;
+    let guard = Guard::new(&node.roster);
+    let (claimed, poisoned) = mailbox.claim(&lock, &guard, max)?;
+    let rec = &node.recorder;
+    let mut events = Vec::with_capacity(claimed.len() * 2 + poisoned.len());
+    for p in &poisoned {
+        events.push(rec.event("poisoned", Some(agent), None, Some(format!("{}: {}", p.file, p.refusal))));
+    }
+    for c in &claimed {
+        let what = if c.adopted { "adopted" } else { "claimed" };
+        events.push(rec.event(what, Some(agent), Some(&c.env), None));
+    }
+    rec.record(&events);
+    for p in &poisoned {
+        eprintln!("netsky: refused {} in {agent}'s inbox: {}", p.file, p.refusal);
+    }
+    let out = DrainOut {
+        agent: agent.to_string(),
+        delivered: claimed
+            .iter()
+            .map(|c| Delivered {
+                id: c.env.id.to_string(),
+                kind: c.env.kind.as_str(),
+                from: c.env.from.to_string(),
+                to: c.env.to.to_string(),
+                ts: format_ts(c.env.ts),
+                text: c.env.text.clone(),
+                in_reply_to: c.env.in_reply_to.map(|u| u.to_string()),
+                adopted: c.adopted,
+            })
+            .collect(),
+        poisoned: poisoned
+            .iter()
+            .map(|p| Refused {
+                file: p.file.clone(),
+                kind: p.refusal.kind.as_str(),
+                reason: p.refusal.reason.clone(),
+            })
+            .collect(),
+    };
+    // Print first, mark delivered after: if stdout is gone, the envelopes stay
+    // claimed and the next drain adopts them. Nothing is lost.
+    emit(ctx, &out, || claimed.iter().map(|c| c.env.render_channel()).collect::<Vec<_>>().join("\n"))?;
+    std::io::stdout().flush()?;
+    mailbox.deliver(&lock, &claimed)?;
+    let events: Vec<_> =
+        claimed.iter().map(|c| rec.event("delivered", Some(agent), Some(&c.env), None)).collect();
+    rec.record(&events);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct LsRow {
+    agent: String,
+    inbox: usize,
+    claimed: usize,
+    delivered: usize,
+    poison: usize,
+}
+
+fn ls(ctx: &Ctx, node: &Node, agent: Option<AgentName>) -> Result<ExitCode> {
+    let layout = node.home.layout();
+    let agents = match agent {
+        Some(a) => vec![a],
+        None => layout.agents().with_context(|| format!("cannot list {}", layout.agents_dir().display()))?,
+    };
+    let mut rows = Vec::new();
+    for a in agents {
+        let c = Mailbox::open(&layout, &node.config.node.name, a)?.counts()?;
+        rows.push(LsRow {
+            agent: a.to_string(),
+            inbox: c.inbox,
+            claimed: c.claimed,
+            delivered: c.delivered,
+            poison: c.poison,
+        });
+    }
+    let human = || {
+        let mut s =
+            format!("{:<14} {:>7} {:>7} {:>9} {:>6}", "AGENT", "INBOX", "CLAIMED", "DELIVERED", "POISON");
+        for r in &rows {
+            s.push_str(&format!(
+                "\n{:<14} {:>7} {:>7} {:>9} {:>6}",
+                r.agent, r.inbox, r.claimed, r.delivered, r.poison
+            ));
+        }
+        s
+    };
+    match (agent, rows.as_slice()) {
+        (Some(_), [row]) => emit(ctx, row, human)?,
+        _ => emit(ctx, &rows, human)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

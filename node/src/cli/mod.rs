@@ -1,0 +1,89 @@
+//! The command line of ARCHITECTURE.md section 10: one module per verb group.
+
+mod channel;
+mod init;
+mod keys;
+mod query;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::home::Home;
+
+/// netsky: a node of an operator's mesh of AI-agent machines.
+#[derive(Debug, Parser)]
+#[command(name = "netsky", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The node's home directory (default: $NETSKY_HOME, else ~/.netsky).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Print one JSON document (or JSON lines where a command streams).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (-v info, -vv debug; RUST_LOG overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new home: node key (mode 0600) and config.toml. Never overwrites a key.
+    Init(init::InitArgs),
+    /// Show this node's identity.
+    #[command(subcommand)]
+    Keys(keys::KeysCmd),
+    /// Send, drain and inspect agent mailboxes.
+    #[command(subcommand)]
+    Channel(channel::ChannelCmd),
+    /// Run read-only SQL over meta.db.
+    Query(query::QueryArgs),
+    /// Measure netsky against this machine's floors.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCmd),
+    /// Show the whole system working in temporary homes, then clean up.
+    Demo(crate::demo::DemoArgs),
+}
+
+/// Global options every command sees.
+pub struct Ctx {
+    /// `--json`
+    pub json: bool,
+    /// The resolved home.
+    pub home: Home,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let ctx = Ctx { json: cli.json, home: Home::resolve(cli.home)? };
+    match cli.cmd {
+        Command::Init(a) => init::run(&ctx, a),
+        Command::Keys(c) => keys::run(&ctx, c),
+        Command::Channel(c) => channel::run(&ctx, c),
+        Command::Query(a) => query::run(&ctx, a),
+        Command::Bench(c) => crate::bench::run(&ctx, c),
+        Command::Demo(a) => crate::demo::run(&ctx, a),
+    }
+}
+
+/// Prints `value` as JSON with `--json`, else the human text.
+pub fn emit<T: Serialize>(ctx: &Ctx, value: &T, human: impl FnOnce() -> String) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if ctx.json {
+        serde_json::to_writer(&mut out, value)?;
+        writeln!(out)?;
+    } else {
+        let text = human();
+        if !text.is_empty() {
+            writeln!(out, "{text}")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

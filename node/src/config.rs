@@ -1,0 +1,346 @@
+//! `config.toml`: the node's settings, strictly parsed.
+//!
+//! Unknown keys and bad values are errors that name the file, the line and
+//! the key, so an operator's typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use netsky_bus::NodeName;
+use serde::{Deserialize, Serialize};
+
+/// The largest config file we read.
+const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+
+/// The whole file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[node]`
+    pub node: NodeSection,
+    /// `[constellation]`
+    #[serde(default)]
+    pub constellation: ConstellationSection,
+    /// `[owner]`, read on the root only.
+    #[serde(default)]
+    pub owner: OwnerSection,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// This node's name in the mesh.
+    pub name: NodeName,
+    /// The UDP address iroh binds.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// `disabled`, `default`, or a relay URL.
+    #[serde(default)]
+    pub relay: Relay,
+    /// Seconds between health beacons.
+    #[serde(default = "default_beacon", deserialize_with = "positive")]
+    pub beacon_interval_s: u64,
+    /// Seconds between heartbeat ticks.
+    #[serde(default = "default_tick", deserialize_with = "positive")]
+    pub tick_interval_s: u64,
+}
+
+/// How the node reaches peers beyond direct addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Relay {
+    /// Direct addresses only (LAN, tests).
+    Disabled,
+    /// iroh's public relays and discovery.
+    #[default]
+    Default,
+    /// A self-hosted iroh relay.
+    Url(String),
+}
+
+impl std::str::FromStr for Relay {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "disabled" => Ok(Relay::Disabled),
+            "default" => Ok(Relay::Default),
+            u if (u.starts_with("https://") || u.starts_with("http://"))
+                && u.len() > 8
+                && !u.contains(' ') =>
+            {
+                Ok(Relay::Url(u.to_string()))
+            }
+            other => Err(format!("relay {other:?}: expected disabled, default, or an http(s):// relay URL")),
+        }
+    }
+}
+
+impl std::fmt::Display for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Relay::Disabled => f.write_str("disabled"),
+            Relay::Default => f.write_str("default"),
+            Relay::Url(u) => f.write_str(u),
+        }
+    }
+}
+
+impl Serialize for Relay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Relay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[constellation]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConstellationSection {
+    /// How many clones `up` starts by default.
+    #[serde(default = "default_clones", deserialize_with = "clones")]
+    pub clones: u16,
+    /// argv of the agent runtime.
+    #[serde(default = "default_runtime", deserialize_with = "argv")]
+    pub runtime: Vec<String>,
+    /// `tmux -L` socket name; empty means the default server.
+    #[serde(default)]
+    pub tmux_socket: String,
+    /// Seconds without pane output before a hang is suspected.
+    #[serde(default = "default_hang", deserialize_with = "positive")]
+    pub hang_after_s: u64,
+}
+
+impl Default for ConstellationSection {
+    fn default() -> Self {
+        ConstellationSection {
+            clones: default_clones(),
+            runtime: default_runtime(),
+            tmux_socket: String::new(),
+            hang_after_s: default_hang(),
+        }
+    }
+}
+
+/// `[owner]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerSection {
+    /// Seconds between re-pages of an unacknowledged incident.
+    #[serde(default = "default_repage", deserialize_with = "positive")]
+    pub repage_after_s: u64,
+    /// The owner legs, tried in order.
+    #[serde(default)]
+    pub legs: Vec<Leg>,
+}
+
+impl Default for OwnerSection {
+    fn default() -> Self {
+        OwnerSection { repage_after_s: default_repage(), legs: Vec::new() }
+    }
+}
+
+/// One way of reaching the owner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Leg {
+    /// Append JSON lines to a file.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Run a command (argv template, never a shell).
+    Command {
+        /// argv; `{subject}` and `{body}` are substituted per argument.
+        #[serde(deserialize_with = "argv")]
+        argv: Vec<String>,
+    },
+    /// HTTP POST of the incident as JSON.
+    Webhook {
+        /// Where to post.
+        url: String,
+    },
+    /// SMTP mail.
+    Email {
+        /// `host:port` of the SMTP server.
+        server: String,
+        /// Sender address.
+        from: String,
+        /// Recipient address.
+        to: String,
+    },
+    /// A desktop notification.
+    Desktop {},
+    /// A banner on agent0's pane.
+    Tmux {},
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+fn default_beacon() -> u64 {
+    30
+}
+fn default_tick() -> u64 {
+    60
+}
+fn default_clones() -> u16 {
+    4
+}
+fn default_runtime() -> Vec<String> {
+    vec!["claude".into()]
+}
+fn default_hang() -> u64 {
+    1800
+}
+fn default_repage() -> u64 {
+    900
+}
+
+fn positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if v == 0 || v > 7 * 24 * 3600 {
+        return Err(serde::de::Error::custom(format!("{v} is out of range: expected 1 to 604800 seconds")));
+    }
+    Ok(v)
+}
+
+fn clones<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let v = u16::deserialize(d)?;
+    if v > 999 {
+        return Err(serde::de::Error::custom(format!("{v} clones: at most 999 (agent1..agent999)")));
+    }
+    Ok(v)
+}
+
+fn argv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    if v.is_empty() || v[0].is_empty() {
+        return Err(serde::de::Error::custom("argv must name a program first"));
+    }
+    Ok(v)
+}
+
+impl Config {
+    /// A fresh config for `init`.
+    pub fn new(name: NodeName, listen: Option<SocketAddr>, relay: Option<Relay>) -> Config {
+        Config {
+            node: NodeSection {
+                name,
+                listen: listen.unwrap_or_else(default_listen),
+                relay: relay.unwrap_or_default(),
+                beacon_interval_s: default_beacon(),
+                tick_interval_s: default_tick(),
+            },
+            constellation: ConstellationSection::default(),
+            owner: OwnerSection::default(),
+        }
+    }
+
+    /// Parses config text; errors name `path`, the line and the key.
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        toml::from_str::<Config>(text).map_err(|e| {
+            // Line of the span's start: newlines before it, plus one.
+            let line = e.span().map(|s| {
+                text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+            });
+            let msg = e.message().trim().replace('\n', " ");
+            match line {
+                Some(l) => anyhow!("config {}: line {l}: {msg}", path.display()),
+                None => anyhow!("config {}: {msg}", path.display()),
+            }
+        })
+    }
+
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let meta = std::fs::metadata(path).with_context(|| format!("config {}", path.display()))?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            bail!(
+                "config {}: {} bytes, larger than any real config ({MAX_CONFIG_BYTES})",
+                path.display(),
+                meta.len()
+            );
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("config {}", path.display()))?;
+        Config::parse(path, &text)
+    }
+
+    /// The config as TOML text, with a header saying what it is.
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string_pretty(self).expect("the config serialises: it holds only plain values");
+        format!("# netsky node configuration; see `netsky --help` and ARCHITECTURE.md section 9.\n{body}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Config> {
+        Config::parse(Path::new("/h/config.toml"), t)
+    }
+
+    #[test]
+    fn the_architecture_example_parses() {
+        let c = parse(
+            r#"
+[node]
+name = "work"
+listen = "0.0.0.0:0"
+relay = "default"
+beacon_interval_s = 30
+tick_interval_s = 60
+
+[constellation]
+clones = 4
+runtime = ["claude"]
+tmux_socket = ""
+hang_after_s = 1800
+
+[owner]
+repage_after_s = 900
+[[owner.legs]]
+kind = "file"
+path = "/tmp/owner-pages.jsonl"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.node.name.as_str(), "work");
+        assert_eq!(c.owner.legs.len(), 1);
+    }
+
+    #[test]
+    fn a_written_config_reads_back() {
+        let c = Config::new("w".parse().unwrap(), None, Some(Relay::Disabled));
+        let back = parse(&c.to_toml()).unwrap();
+        assert_eq!(back.node.relay, Relay::Disabled);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_file_line_and_key() {
+        let cases = [
+            ("[node]\nname = \"w\"\ncolour = 1\n", "line 3", "colour"),
+            ("[node]\nname = \"W!\"\n", "line 2", "node name"),
+            ("[node]\nname = \"w\"\nrelay = \"sometimes\"\n", "line 3", "relay"),
+            ("[node]\nname = \"w\"\nlisten = \"nowhere\"\n", "line 3", "address"),
+            ("[node]\nname = \"w\"\ntick_interval_s = 0\n", "line 3", "out of range"),
+            ("[node]\nname = \"w\"\n[constellation]\nclones = 5000\n", "line 4", "999"),
+            ("[node]\nname = \"w\"\n[constellation]\nruntime = []\n", "line 4", "argv"),
+            ("[node]\nname = \"w\"\n[[owner.legs]]\nkind = \"pigeon\"\n", "line", "pigeon"),
+            ("[nod]\nname = \"w\"\n", "line 1", "nod"),
+            ("", "", "node"),
+        ];
+        for (text, line, word) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.starts_with("config /h/config.toml"), "{e}");
+            assert!(e.contains(line), "{text:?}: {e}");
+            assert!(e.contains(word), "{text:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! `NETSKY_HOME`: where a node's files live, and opening a node from them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use netsky_bus::{Layout, Roster};
+use netsky_keys::SecretKey;
+
+use crate::config::Config;
+use crate::record::Recorder;
+
+/// A home directory and its well-known paths.
+#[derive(Debug, Clone)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// `--home`, else `$NETSKY_HOME`, else `~/.netsky`.
+    pub fn resolve(flag: Option<PathBuf>) -> Result<Home> {
+        let root = match flag {
+            Some(p) => p,
+            None => match std::env::var_os("NETSKY_HOME").filter(|v| !v.is_empty()) {
+                Some(v) => PathBuf::from(v),
+                None => {
+                    let home = std::env::var_os("HOME")
+                        .filter(|v| !v.is_empty())
+                        .context("neither --home, NETSKY_HOME nor HOME is set")?;
+                    PathBuf::from(home).join(".netsky")
+                }
+            },
+        };
+        let root = if root.is_absolute() { root } else { std::env::current_dir()?.join(root) };
+        Ok(Home { root })
+    }
+
+    /// The home directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `config.toml`
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    /// `keys/`
+    pub fn keys_dir(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+    /// `keys/node.key`
+    pub fn node_key_path(&self) -> PathBuf {
+        self.keys_dir().join("node.key")
+    }
+    /// `keys/mesh.key`
+    pub fn mesh_key_path(&self) -> PathBuf {
+        self.keys_dir().join("mesh.key")
+    }
+    /// `logs/`
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    /// `state/`
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
+    }
+    /// `meta.db`
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join("meta.db")
+    }
+    /// The bus's view of this home.
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.root)
+    }
+
+    /// Creates every folder of a home (mode 0700 for the home and its keys).
+    pub fn create_dirs(&self) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        let layout = self.layout();
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true).mode(0o700);
+        for d in [
+            self.root.clone(),
+            self.keys_dir(),
+            self.logs_dir(),
+            self.state_dir(),
+            layout.agents_dir(),
+            layout.outbox_dir(),
+        ] {
+            b.create(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// An initialised node opened from its home: config, key, roster, recorder.
+pub struct Node {
+    /// Where it lives.
+    pub home: Home,
+    /// Its configuration.
+    pub config: Config,
+    /// Its node key.
+    pub key: SecretKey,
+    /// Whom its bus trusts.
+    pub roster: Roster,
+    /// Where its events go.
+    pub recorder: Recorder,
+}
+
+impl Node {
+    /// Opens the node in `home`; a clear error if it was never initialised.
+    pub fn open(home: Home) -> Result<Node> {
+        let cfg_path = home.config_path();
+        if !cfg_path.exists() {
+            bail!(
+                "{} is not a netsky home (no config.toml); run `netsky init --name NAME` first",
+                home.root().display()
+            );
+        }
+        let config = Config::load(&cfg_path)?;
+        let key = netsky_keys::load_key_file(&home.node_key_path())?.key;
+        let roster = Roster::solo(config.node.name.clone(), key.public())?;
+        let recorder = Recorder::new(&home, config.node.name.clone());
+        Ok(Node { home, config, key, roster, recorder })
+    }
+}

@@ -1,0 +1,132 @@
+//! The evidence trail: every bus event goes to `logs/events-YYYY-MM-DD.jsonl`
+//! first, then to `meta.db`.
+//!
+//! Files are the truth and the database is the record: a failure to write the
+//! database (locked, damaged, newer schema) is logged once and never stops
+//! the bus. The JSON lines are appended with one `write` each and are never
+//! rewritten, so a reader can reconstruct what happened after the fact.
+
+use std::cell::RefCell;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+
+use netsky_bus::{AgentName, Envelope, NodeName, format_ts};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::home::Home;
+use crate::store::Store;
+
+/// One event, as written to the log and the `events` table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// When (canonical UTC timestamp).
+    pub ts: String,
+    /// The node that saw it.
+    pub node: String,
+    /// What happened: sent, claimed, delivered, adopted, poisoned, duplicate, ...
+    pub event: &'static str,
+    /// The mailbox involved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The envelope id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envelope: Option<String>,
+    /// More, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The envelope itself, for the database's `envelopes` table.
+    #[serde(skip)]
+    pub env: Option<Envelope>,
+}
+
+/// Writes events to the day's log, then to meta.db.
+pub struct Recorder {
+    node: NodeName,
+    logs: PathBuf,
+    db: PathBuf,
+    store: RefCell<Option<Store>>,
+    store_failed: RefCell<bool>,
+}
+
+impl Recorder {
+    /// A recorder for `home`; the database is opened on first use.
+    pub fn new(home: &Home, node: NodeName) -> Recorder {
+        Recorder {
+            node,
+            logs: home.logs_dir(),
+            db: home.db_path(),
+            store: RefCell::new(None),
+            store_failed: RefCell::new(false),
+        }
+    }
+
+    /// A new event about `env` (if any) in `agent`'s mailbox.
+    pub fn event(
+        &self,
+        event: &'static str,
+        agent: Option<AgentName>,
+        env: Option<&Envelope>,
+        detail: Option<String>,
+    ) -> Event {
+        Event {
+            ts: format_ts(OffsetDateTime::now_utc()),
+            node: self.node.to_string(),
+            event,
+            agent: agent.map(|a| a.to_string()),
+            envelope: env.map(|e| e.id.to_string()),
+            detail,
+            env: env.cloned(),
+        }
+    }
+
+    /// Records events: log lines first, then one database transaction.
+    pub fn record(&self, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        if let Err(e) = self.append_log(events) {
+            tracing::warn!(error = %e, "cannot append to the event log");
+        }
+        if *self.store_failed.borrow() {
+            return;
+        }
+        let mut slot = self.store.borrow_mut();
+        if slot.is_none() {
+            match Store::open(&self.db) {
+                Ok(s) => *slot = Some(s),
+                Err(e) => {
+                    self.store_unavailable(&e.to_string());
+                    return;
+                }
+            }
+        }
+        if let Some(store) = slot.as_mut()
+            && let Err(e) = store.record(events)
+        {
+            drop(slot);
+            self.store_unavailable(&e.to_string());
+        }
+    }
+
+    fn store_unavailable(&self, why: &str) {
+        *self.store_failed.borrow_mut() = true;
+        tracing::warn!(db = %self.db.display(), error = why, "meta.db unavailable; the bus goes on, the log has every event");
+        let ev = self.event("store-error", None, None, Some(why.to_string()));
+        let _ = self.append_log(std::slice::from_ref(&ev));
+    }
+
+    fn append_log(&self, events: &[Event]) -> std::io::Result<()> {
+        let day = OffsetDateTime::now_utc().date();
+        let path = self.logs.join(format!("events-{day}.jsonl"));
+        let mut buf = Vec::with_capacity(events.len() * 200);
+        for e in events {
+            serde_json::to_writer(&mut buf, e).map_err(std::io::Error::other)?;
+            buf.push(b'\n');
+        }
+        let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+        // One write per batch: O_APPEND keeps concurrent writers' lines whole.
+        f.write_all(&buf)
+    }
+}
