@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use netsky_bus::{Layout, Roster};
+use netsky_bus::{AgentName, Layout, Roster};
 use netsky_keys::SecretKey;
 
 use crate::config::Config;
@@ -66,6 +66,14 @@ impl Home {
     pub fn db_path(&self) -> PathBuf {
         self.root.join("meta.db")
     }
+    /// `state/node.json`
+    pub fn node_state_path(&self) -> PathBuf {
+        self.state_dir().join("node.json")
+    }
+    /// The mesh's view of this home.
+    pub fn mesh_paths(&self) -> netsky_mesh::MeshPaths {
+        netsky_mesh::MeshPaths::new(&self.root)
+    }
     /// The bus's view of this home.
     pub fn layout(&self) -> Layout {
         Layout::new(&self.root)
@@ -103,6 +111,23 @@ pub struct Node {
     pub roster: Roster,
     /// Where its events go.
     pub recorder: Recorder,
+    /// The mesh charter it holds, verified (none outside a mesh).
+    pub charter: Option<netsky_mesh::SignedCharter>,
+}
+
+impl Node {
+    /// Whether `agent` belongs to this node's constellation (agent0, clones, agentinfinity).
+    pub fn agent_exists(&self, agent: AgentName) -> bool {
+        agent_in_constellation(agent, self.config.constellation.clones)
+    }
+}
+
+/// Whether `agent` is agent0, agentinfinity or a clone numbered 1..=clones.
+pub fn agent_in_constellation(agent: AgentName, clones: u16) -> bool {
+    match agent {
+        AgentName::Infinity => true,
+        AgentName::Numbered(n) => n <= clones,
+    }
 }
 
 impl Node {
@@ -117,8 +142,12 @@ impl Node {
         }
         let config = Config::load(&cfg_path)?;
         let key = netsky_keys::load_key_file(&home.node_key_path())?.key;
-        let roster = Roster::solo(config.node.name.clone(), key.public())?;
+        let charter = netsky_mesh::charter_file::load(&home.mesh_paths())?;
+        let roster = match &charter {
+            Some(c) => c.charter.roster(&config.node.name, key.public())?,
+            None => Roster::solo(config.node.name.clone(), key.public())?,
+        };
         let recorder = Recorder::new(&home, config.node.name.clone());
-        Ok(Node { home, config, key, roster, recorder })
+        Ok(Node { home, config, key, roster, recorder, charter })
     }
 }

@@ -6,6 +6,8 @@
 mod bench;
 mod cli;
 mod config;
+mod daemon;
+mod daemon_state;
 mod demo;
 mod home;
 mod proc;

@@ -6,10 +6,10 @@
 //! the bus. The JSON lines are appended with one `write` each and are never
 //! rewritten, so a reader can reconstruct what happened after the fact.
 
-use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use netsky_bus::{AgentName, Envelope, NodeName, format_ts};
 use serde::Serialize;
@@ -46,20 +46,15 @@ pub struct Recorder {
     node: NodeName,
     logs: PathBuf,
     db: PathBuf,
-    store: RefCell<Option<Store>>,
-    store_failed: RefCell<bool>,
+    /// The database, opened on first use; `Err` once it failed (not retried
+    /// in this process, so a broken database costs one warning, not one per event).
+    store: Mutex<Result<Option<Store>, ()>>,
 }
 
 impl Recorder {
     /// A recorder for `home`; the database is opened on first use.
     pub fn new(home: &Home, node: NodeName) -> Recorder {
-        Recorder {
-            node,
-            logs: home.logs_dir(),
-            db: home.db_path(),
-            store: RefCell::new(None),
-            store_failed: RefCell::new(false),
-        }
+        Recorder { node, logs: home.logs_dir(), db: home.db_path(), store: Mutex::new(Ok(None)) }
     }
 
     /// A new event about `env` (if any) in `agent`'s mailbox.
@@ -89,29 +84,29 @@ impl Recorder {
         if let Err(e) = self.append_log(events) {
             tracing::warn!(error = %e, "cannot append to the event log");
         }
-        if *self.store_failed.borrow() {
-            return;
-        }
-        let mut slot = self.store.borrow_mut();
-        if slot.is_none() {
+        let mut slot = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(opened) = &mut *slot else { return };
+        if opened.is_none() {
             match Store::open(&self.db) {
-                Ok(s) => *slot = Some(s),
+                Ok(s) => *opened = Some(s),
                 Err(e) => {
-                    self.store_unavailable(&e.to_string());
+                    *slot = Err(());
+                    drop(slot);
+                    self.store_unavailable(&format!("{e:#}"));
                     return;
                 }
             }
         }
-        if let Some(store) = slot.as_mut()
+        if let Some(store) = opened.as_mut()
             && let Err(e) = store.record(events)
         {
+            *slot = Err(());
             drop(slot);
-            self.store_unavailable(&e.to_string());
+            self.store_unavailable(&format!("{e:#}"));
         }
     }
 
     fn store_unavailable(&self, why: &str) {
-        *self.store_failed.borrow_mut() = true;
         tracing::warn!(db = %self.db.display(), error = why, "meta.db unavailable; the bus goes on, the log has every event");
         let ev = self.event("store-error", None, None, Some(why.to_string()));
         let _ = self.append_log(std::slice::from_ref(&ev));

@@ -40,6 +40,14 @@ pub enum ChannelCmd {
         /// Wait for the recipient's acknowledgement (local sends are acknowledged on return).
         #[arg(long)]
         wait: bool,
+        /// How long `--wait` waits, in seconds.
+        #[arg(long, default_value_t = 30, requires = "wait")]
+        timeout: u64,
+    },
+    /// Where envelope ID is: queued (and why), acked, delivered, or refused (and why).
+    Status {
+        /// The envelope id printed by `channel send`.
+        id: ulid::Ulid,
     },
     /// Claim, print and mark delivered every waiting envelope of AGENT, oldest first.
     Drain {
@@ -60,9 +68,11 @@ pub enum ChannelCmd {
 pub fn run(ctx: &Ctx, cmd: ChannelCmd) -> Result<ExitCode> {
     let node = Node::open(ctx.home.clone())?;
     match cmd {
-        ChannelCmd::Send { to, text, from, kind, in_reply_to, wait: _ } => {
-            send(ctx, &node, to, text, from, kind, in_reply_to)
+        ChannelCmd::Send { to, text, from, kind, in_reply_to, wait, timeout } => {
+            let wait = wait.then(|| Duration::from_secs(timeout.max(1)));
+            send(ctx, &node, Outgoing { to, text, from, kind, in_reply_to }, wait)
         }
+        ChannelCmd::Status { id } => super::receipt::status(ctx, &node, id),
         ChannelCmd::Drain { agent, max } => drain(ctx, &node, agent, max),
         ChannelCmd::Ls { agent } => ls(ctx, &node, agent),
     }
@@ -107,31 +117,41 @@ struct SendOut {
     state: &'static str,
 }
 
-fn send(
-    ctx: &Ctx,
-    node: &Node,
+/// What `channel send` was asked to send.
+struct Outgoing {
     to: Address,
     text: String,
     from: Option<AgentName>,
     kind: Kind,
     in_reply_to: Option<ulid::Ulid>,
-) -> Result<ExitCode> {
+}
+
+fn send(ctx: &Ctx, node: &Node, o: Outgoing, wait: Option<Duration>) -> Result<ExitCode> {
     let local = &node.config.node.name;
-    let to = to.qualified(local);
-    let from = Address::agent(sender(from)?, local.clone());
-    let text = read_text(text)?;
+    let to = o.to.qualified(local);
+    let from = Address::agent(sender(o.from)?, local.clone());
+    let text = read_text(o.text)?;
     let target = match &to {
         Address::Owner => bail!(
-            "messages to the owner travel through the mesh root's owner legs, which this node does not run; \
+            "messages to the owner travel through the mesh root's owner legs, which do not exist yet; \
              send to an agent instead"
         ),
-        Address::Agent { agent, node: Some(n) } if n == local => *agent,
-        Address::Agent { node, .. } => bail!(
-            "node {} is not in this node's mesh (this node holds no charter; join a mesh first)",
-            node.as_ref().map(|n| n.as_str()).unwrap_or("?")
-        ),
+        Address::Agent { agent, node: Some(n) } if n == local => {
+            if !node.agent_exists(*agent) {
+                bail!(
+                    "no agent {agent} on this node (agent0, agent1..agent{}, agentinfinity)",
+                    node.config.constellation.clones
+                );
+            }
+            *agent
+        }
+        Address::Agent { node: Some(n), .. } => {
+            let env = Envelope::new(&node.key, o.kind, from, to.clone(), text, o.in_reply_to)?;
+            return super::remote::send(ctx, node, n, env, wait);
+        }
+        Address::Agent { node: None, .. } => bail!("address {to} has no node after qualification"),
     };
-    let env = Envelope::new(&node.key, kind, from, to, text, in_reply_to)?;
+    let env = Envelope::new(&node.key, o.kind, from, to, text, o.in_reply_to)?;
     let mailbox = Mailbox::open(&node.home.layout(), local, target)?;
     let outcome = mailbox.put(&env).with_context(|| format!("envelope {} not sent", env.id))?;
     let state = match outcome {
@@ -224,6 +244,10 @@ fn drain(ctx: &Ctx, node: &Node, agent: AgentName, max: usize) -> Result<ExitCod
     emit(ctx, &out, || claimed.iter().map(|c| c.env.render_channel()).collect::<Vec<_>>().join("\n"))?;
     std::io::stdout().flush()?;
     mailbox.deliver(&lock, &claimed)?;
+    let envs: Vec<&Envelope> = claimed.iter().map(|c| &c.env).collect();
+    if let Err(e) = super::receipt::spool(node, agent, "drained", &envs) {
+        eprintln!("netsky: delivered, but the receipts for the senders could not be spooled: {e:#}");
+    }
     let events: Vec<_> =
         claimed.iter().map(|c| rec.event("delivered", Some(agent), Some(&c.env), None)).collect();
     rec.record(&events);

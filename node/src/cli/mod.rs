@@ -3,7 +3,11 @@
 mod channel;
 mod init;
 mod keys;
+mod mesh;
+mod node;
 mod query;
+mod receipt;
+mod remote;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +45,12 @@ enum Command {
     /// Send, drain and inspect agent mailboxes.
     #[command(subcommand)]
     Channel(channel::ChannelCmd),
+    /// Create, join and inspect the mesh of machines.
+    #[command(subcommand)]
+    Mesh(mesh::MeshCmd),
+    /// The node daemon.
+    #[command(subcommand)]
+    Node(node::NodeCmd),
     /// Run read-only SQL over meta.db.
     Query(query::QueryArgs),
     /// Measure netsky against this machine's floors.
@@ -65,6 +75,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init(a) => init::run(&ctx, a),
         Command::Keys(c) => keys::run(&ctx, c),
         Command::Channel(c) => channel::run(&ctx, c),
+        Command::Mesh(c) => mesh::run(&ctx, c),
+        Command::Node(c) => node::run(&ctx, c),
         Command::Query(a) => query::run(&ctx, a),
         Command::Bench(c) => crate::bench::run(&ctx, c),
         Command::Demo(a) => crate::demo::run(&ctx, a),

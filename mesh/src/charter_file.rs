@@ -1,0 +1,102 @@
+//! `mesh/charter.json` on disk: load, offer, amend, each under one lock.
+//!
+//! The CLI (`mesh init`, `remove`, `join`) and the daemon (joins, address
+//! updates, charters pushed by the root) all change the file, so every
+//! read-modify-write holds `mesh/.charter.lock` (flock); the write itself is
+//! the bus's durable write, so a crash leaves the old charter or the new one.
+
+use std::fs::{File, OpenOptions};
+use std::time::{Duration, Instant};
+
+use netsky_keys::SecretKey;
+
+use crate::charter::{Charter, Decision, SignedCharter};
+use crate::{MeshError, MeshPaths};
+
+/// How long to wait for another holder of the charter lock.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// A hold on the charter lock; released on drop.
+#[derive(Debug)]
+pub struct CharterLock {
+    _file: File,
+}
+
+/// Takes the charter lock, waiting up to a few seconds.
+pub fn lock(paths: &MeshPaths) -> Result<CharterLock, MeshError> {
+    std::fs::create_dir_all(paths.dir()).map_err(MeshError::io("create", paths.dir()))?;
+    let p = paths.charter_lock();
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(MeshError::io("open", &p))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(CharterLock { _file: f }),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(MeshError::Charter(format!(
+                    "{} is held by another process for over 5 s",
+                    p.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(MeshError::Io { op: "lock", path: p, source: e });
+            }
+        }
+    }
+}
+
+/// The charter held, verified; `None` outside a mesh.
+pub fn load(paths: &MeshPaths) -> Result<Option<SignedCharter>, MeshError> {
+    SignedCharter::load(&paths.charter())
+}
+
+/// Writes `c` as the charter held (durably), without checks: callers decide first.
+pub fn store(paths: &MeshPaths, _lock: &CharterLock, c: &SignedCharter) -> Result<(), MeshError> {
+    netsky_bus::write_durable(&paths.dir(), "charter.json", &c.to_json())?;
+    Ok(())
+}
+
+/// Offers a charter received from elsewhere: stored only if it may replace the one held.
+pub fn offer(paths: &MeshPaths, new: &SignedCharter) -> Result<Decision, MeshError> {
+    let l = lock(paths)?;
+    let held = load(paths)?;
+    let d = new.decide(held.as_ref())?;
+    if d == Decision::Accept {
+        store(paths, &l, new)?;
+    }
+    Ok(d)
+}
+
+/// Changes the charter held (root, with the mesh key): epoch + 1, reissued, signed, stored.
+pub fn amend(
+    paths: &MeshPaths,
+    mesh_key: &SecretKey,
+    change: impl FnOnce(&mut Charter) -> Result<(), MeshError>,
+) -> Result<SignedCharter, MeshError> {
+    let l = lock(paths)?;
+    let held = load(paths)?.ok_or_else(|| MeshError::Charter("this node holds no charter".into()))?;
+    let mut c = held.charter.clone();
+    change(&mut c)?;
+    c.epoch = held.charter.epoch + 1;
+    c.issued = netsky_bus::format_ts(time::OffsetDateTime::now_utc());
+    let signed = c.sign(mesh_key)?;
+    signed.verify()?;
+    store(paths, &l, &signed)?;
+    Ok(signed)
+}
+
+/// Loads the mesh key of this home, if it holds one.
+pub fn mesh_key(paths: &MeshPaths) -> Result<Option<SecretKey>, MeshError> {
+    let p = paths.mesh_key();
+    if p.symlink_metadata().is_err() {
+        return Ok(None);
+    }
+    Ok(Some(netsky_keys::load_key_file(&p)?.key))
+}

@@ -1,0 +1,90 @@
+//! Building the iroh endpoint: the node key, a chosen UDP address, and the
+//! relay mode of the config. With relays disabled nothing leaves the host
+//! except QUIC to the peers' direct addresses (no DNS, no port mapping, no
+//! relay probes).
+
+use std::net::SocketAddr;
+
+use iroh::endpoint::{NetReportConfig, PortmapperConfig, presets};
+use iroh::{Endpoint, RelayMode, RelayUrl};
+use netsky_keys::SecretKey;
+
+use crate::MeshError;
+use crate::membership::{Allowlist, Door};
+
+/// How the node reaches peers beyond direct addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relay {
+    /// Direct addresses only (LAN, tests).
+    Disabled,
+    /// iroh's public relays and address lookup.
+    Default,
+    /// A self-hosted iroh relay.
+    Url(String),
+}
+
+/// Binds an endpoint with `key` on `listen`, guarded by `allow`.
+pub(crate) async fn bind(
+    key: &SecretKey,
+    listen: SocketAddr,
+    relay: &Relay,
+    allow: Allowlist,
+    events: crate::EventSink,
+    alpns: Vec<Vec<u8>>,
+) -> Result<Endpoint, MeshError> {
+    let err = |reason: String| MeshError::Bind { addr: listen.to_string(), reason };
+    let builder = match relay {
+        Relay::Default => Endpoint::builder(presets::N0),
+        Relay::Disabled => Endpoint::builder(presets::Minimal)
+            .relay_mode(RelayMode::Disabled)
+            .net_report_config(NetReportConfig::minimal()),
+        Relay::Url(u) => {
+            let url: RelayUrl = u.parse().map_err(|e| err(format!("relay URL {u:?}: {e}")))?;
+            Endpoint::builder(presets::Minimal).relay_mode(RelayMode::Custom(url.into()))
+        }
+    };
+    let builder = builder
+        .secret_key(key.clone())
+        .portmapper_config(PortmapperConfig::Disabled)
+        .hooks(Door { allow, events })
+        .alpns(alpns)
+        .clear_ip_transports()
+        .bind_addr(listen)
+        .map_err(|e| err(e.to_string()))?;
+    builder.bind().await.map_err(|e| {
+        let s = e.to_string();
+        if s.to_lowercase().contains("in use") {
+            err(format!("the address is taken (another netsky daemon on this home or port?): {s}"))
+        } else {
+            err(s)
+        }
+    })
+}
+
+/// An ephemeral endpoint for one-off dials (joining), with the node key.
+pub(crate) async fn bind_client(key: &SecretKey) -> Result<Endpoint, MeshError> {
+    let listen: SocketAddr = ([0, 0, 0, 0], 0).into();
+    Endpoint::builder(presets::Minimal)
+        .secret_key(key.clone())
+        .relay_mode(RelayMode::Disabled)
+        .portmapper_config(PortmapperConfig::Disabled)
+        .net_report_config(NetReportConfig::minimal())
+        .clear_ip_transports()
+        .bind_addr(listen)
+        .map_err(|e| MeshError::Bind { addr: listen.to_string(), reason: e.to_string() })?
+        .bind()
+        .await
+        .map_err(|e| MeshError::Bind { addr: listen.to_string(), reason: e.to_string() })
+}
+
+/// The endpoint's dialable direct addresses (never the unspecified address).
+pub fn dialable_addrs(ep: &Endpoint) -> Vec<SocketAddr> {
+    let mut v: Vec<SocketAddr> = ep.addr().ip_addrs().copied().filter(|a| !a.ip().is_unspecified()).collect();
+    if v.is_empty() {
+        v = ep.bound_sockets().into_iter().filter(|a| !a.ip().is_unspecified()).collect();
+    }
+    v.sort();
+    v.dedup();
+    v.truncate(16);
+    v
+}

@@ -1,0 +1,114 @@
+//! The receiving side of a push: every envelope passes the full guard, then
+//! is made durable in its target inbox, and only then acknowledged.
+//!
+//! Checks, in order: size and shape, the guard (membership, revocation,
+//! signature, clock, wrapper tokens), that the connection's peer is the
+//! envelope's origin (no relaying of others' envelopes), that it is
+//! addressed to an agent of this node that exists, and the id (a duplicate
+//! is acknowledged without being written again). Envelopes for one mailbox
+//! share one durability barrier (group commit).
+
+use std::collections::BTreeMap;
+
+use netsky_bus::{
+    AgentName, Envelope, Guard, Layout, MAX_ENVELOPE_BYTES, Mailbox, NodeName, PutOutcome, Refusal,
+    RefusalKind, Roster,
+};
+use netsky_keys::NodeId;
+
+use crate::MeshError;
+use crate::wire::{Ack, Outcome};
+
+/// What happened to one pushed envelope, for the caller's records.
+#[derive(Debug, Clone)]
+pub struct Ingested {
+    /// The envelope, when it parsed.
+    pub env: Option<Envelope>,
+    /// The target agent, when known.
+    pub agent: Option<AgentName>,
+    /// The ack sent back.
+    pub ack: Ack,
+}
+
+/// Checks and stores a batch pushed by `remote`; returns one result per envelope, in order.
+///
+/// An `Err` means nothing was acknowledged (the disk failed): the sender keeps
+/// its copies and retries.
+pub fn ingest(
+    layout: &Layout,
+    local: &NodeName,
+    roster: &Roster,
+    agent_exists: &(dyn Fn(AgentName) -> bool + Send + Sync),
+    remote: NodeId,
+    envs: Vec<Vec<u8>>,
+) -> Result<Vec<Ingested>, MeshError> {
+    let guard = Guard::new(roster);
+    let mut out: Vec<Ingested> = Vec::with_capacity(envs.len());
+    // Mailbox -> indices into `out` of envelopes that passed every check.
+    let mut passed: BTreeMap<AgentName, Vec<usize>> = BTreeMap::new();
+    for (i, bytes) in envs.into_iter().enumerate() {
+        match check(&guard, local, agent_exists, remote, &bytes) {
+            Ok((env, agent)) => {
+                passed.entry(agent).or_default().push(out.len());
+                let ack = Ack { id: env.id.to_string(), outcome: Outcome::Stored };
+                out.push(Ingested { env: Some(env), agent: Some(agent), ack });
+            }
+            Err(refused) => {
+                let (env, r) = *refused;
+                let id = env.as_ref().map(|e| e.id.to_string()).unwrap_or_else(|| format!("#{i}"));
+                let ack =
+                    Ack { id, outcome: Outcome::Refused { kind: r.kind.as_str().into(), reason: r.reason } };
+                out.push(Ingested { env, agent: None, ack });
+            }
+        }
+    }
+    for (agent, idx) in passed {
+        let mb = Mailbox::open(layout, local, agent)?;
+        let batch: Vec<Envelope> = idx.iter().filter_map(|&i| out[i].env.clone()).collect();
+        let outcomes = mb.put_batch(&batch)?;
+        for (&i, o) in idx.iter().zip(outcomes) {
+            if o == PutOutcome::Duplicate {
+                out[i].ack.outcome = Outcome::Duplicate;
+            }
+        }
+    }
+    Ok(out)
+}
+
+type Checked = Result<(Envelope, AgentName), Box<(Option<Envelope>, Refusal)>>;
+
+fn check(
+    guard: &Guard<'_>,
+    local: &NodeName,
+    agent_exists: &(dyn Fn(AgentName) -> bool + Send + Sync),
+    remote: NodeId,
+    bytes: &[u8],
+) -> Checked {
+    if bytes.len() > MAX_ENVELOPE_BYTES {
+        let r = Refusal::new(RefusalKind::Oversized, format!("{} bytes, over the limit", bytes.len()));
+        return Err(Box::new((None, r)));
+    }
+    let env = guard.check_bytes(bytes).map_err(|r| Box::new((Envelope::from_json(bytes).ok(), r)))?;
+    if env.origin != remote {
+        let r = Refusal::new(
+            RefusalKind::ForgedOrigin,
+            format!("signed by {} but pushed by {}", env.origin.fmt_short(), remote.fmt_short()),
+        );
+        return Err(Box::new((Some(env), r)));
+    }
+    let agent = match (env.to.agent_name(), env.to.node()) {
+        (Some(a), Some(n)) if n == local => a,
+        _ => {
+            let r = Refusal::new(
+                RefusalKind::WrongRecipient,
+                format!("addressed to {}, not to this node {local}", env.to),
+            );
+            return Err(Box::new((Some(env), r)));
+        }
+    };
+    if !agent_exists(agent) {
+        let r = Refusal::new(RefusalKind::WrongRecipient, format!("no agent {agent} on node {local}"));
+        return Err(Box::new((Some(env), r)));
+    }
+    Ok((env, agent))
+}

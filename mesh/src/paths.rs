@@ -1,0 +1,64 @@
+//! Where the mesh keeps its files under `NETSKY_HOME`.
+
+use std::path::{Path, PathBuf};
+
+/// The mesh's paths inside one home.
+#[derive(Debug, Clone)]
+pub struct MeshPaths {
+    root: PathBuf,
+}
+
+impl MeshPaths {
+    /// The mesh paths of the home at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> MeshPaths {
+        MeshPaths { root: root.into() }
+    }
+    /// The home.
+    pub fn home(&self) -> &Path {
+        &self.root
+    }
+    /// `mesh/`
+    pub fn dir(&self) -> PathBuf {
+        self.root.join("mesh")
+    }
+    /// `mesh/charter.json`: the newest verified charter.
+    pub fn charter(&self) -> PathBuf {
+        self.dir().join("charter.json")
+    }
+    /// `mesh/.charter.lock`: held around every read-modify-write of the charter.
+    pub fn charter_lock(&self) -> PathBuf {
+        self.dir().join(".charter.lock")
+    }
+    /// `mesh/tickets/`: one-time secrets of issued tickets (root).
+    pub fn tickets(&self) -> PathBuf {
+        self.dir().join("tickets")
+    }
+    /// `mesh/outbox/`: signed envelopes waiting for a remote ack.
+    pub fn outbox(&self) -> PathBuf {
+        self.dir().join("outbox")
+    }
+    /// `mesh/refused/`: envelopes a remote refused, each with a `.reason`.
+    pub fn refused(&self) -> PathBuf {
+        self.dir().join("refused")
+    }
+    /// `mesh/receipts/`: delivery receipts waiting to go back to their origin.
+    pub fn receipts(&self) -> PathBuf {
+        self.dir().join("receipts")
+    }
+    /// `keys/mesh.key`: the mesh authority key, on the node that holds it.
+    pub fn mesh_key(&self) -> PathBuf {
+        self.root.join("keys").join("mesh.key")
+    }
+    /// `state/peers.json`: reachability of each peer, as the daemon sees it.
+    pub fn peers_state(&self) -> PathBuf {
+        self.root.join("state").join("peers.json")
+    }
+
+    /// Creates the mesh folders.
+    pub fn create(&self) -> std::io::Result<()> {
+        for d in [self.dir(), self.tickets(), self.outbox(), self.refused(), self.receipts()] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1087 @@
+//! The running mesh: one iroh endpoint, the protocol handlers, a dispatcher
+//! that routes the outbox to per-peer senders, and the senders themselves.
+//!
+//! Every task is owned by the [`Mesh`]'s `JoinSet` and stops on its
+//! cancellation token; [`Mesh::shutdown`] cancels, waits for each task to
+//! finish its current unit of work, then closes the endpoint.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use iroh::endpoint::Connection;
+use iroh::protocol::{AcceptError, ProtocolHandler, Router};
+use iroh::{Endpoint, EndpointAddr};
+use netsky_bus::{AgentName, Envelope, Layout, NodeName, Roster};
+use netsky_keys::{NodeId, SecretKey};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::charter::{CharterMember, Decision, SignedCharter};
+use crate::endpoint::{Relay, dialable_addrs};
+use crate::membership::Allowlist;
+use crate::wire::{
+    ALPN_JOIN, ALPN_MESH, FRAME_TIMEOUT, Frame, JoinRequest, JoinResponse, MAX_BATCH, MAX_FRAME, Outcome,
+    Receipt, read_frame, request, write_frame,
+};
+use crate::{MeshError, MeshEvent, MeshPaths, charter_file, ingest};
+
+/// Where events go: the node records them (log, meta.db).
+pub type EventSink = Arc<dyn Fn(MeshEvent) + Send + Sync>;
+
+/// Which agents exist on this node (envelopes for others are refused).
+pub type AgentCheck = Arc<dyn Fn(AgentName) -> bool + Send + Sync>;
+
+/// Longest wait between retries to an unreachable peer.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a sender looks again even when nothing woke it.
+const IDLE_RECHECK: Duration = Duration::from_secs(5);
+/// How long a dial may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Failed join attempts allowed per minute, in all, before joins are refused for the minute.
+const JOIN_FAILURES_PER_MINUTE: u32 = 20;
+
+/// What a mesh node needs to start.
+pub struct MeshConfig {
+    /// The home.
+    pub home: PathBuf,
+    /// This node's name.
+    pub name: NodeName,
+    /// The node key.
+    pub key: SecretKey,
+    /// The UDP address to bind.
+    pub listen: SocketAddr,
+    /// Relay mode.
+    pub relay: Relay,
+    /// Which agents exist here.
+    pub agent_exists: AgentCheck,
+    /// Where events go.
+    pub events: EventSink,
+}
+
+/// An envelope or receipt waiting in a peer's queue.
+#[derive(Debug, Clone)]
+struct Queued {
+    file: String,
+    bytes: Vec<u8>,
+    env: Envelope,
+}
+
+#[derive(Debug, Clone)]
+struct QueuedReceipt {
+    file: String,
+    receipt: Receipt,
+}
+
+/// One peer's sender state.
+#[derive(Default)]
+struct PeerQueue {
+    envs: VecDeque<Queued>,
+    receipts: VecDeque<QueuedReceipt>,
+    /// The charter epoch this peer is known to hold (root pushes when behind).
+    epoch_known: u64,
+    /// Whether this node must tell the peer (the root) its addresses.
+    hello_due: bool,
+}
+
+struct Peer {
+    queue: Mutex<PeerQueue>,
+    wake: Notify,
+    /// Signalled when the peer reached us: it is up, so any backoff ends now.
+    reset: Notify,
+    cancel: CancellationToken,
+}
+
+/// Reachability of one peer, as written to `state/peers.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct PeerState {
+    /// Whether the last attempt worked.
+    pub reachable: bool,
+    /// Since when it has been in this state.
+    pub since: String,
+    /// The last error, if unreachable.
+    pub last_error: Option<String>,
+}
+
+struct Shared {
+    name: NodeName,
+    key: SecretKey,
+    paths: MeshPaths,
+    layout: Layout,
+    endpoint: Endpoint,
+    agent_exists: AgentCheck,
+    events: EventSink,
+    allow: Allowlist,
+    charter: RwLock<Option<Arc<SignedCharter>>>,
+    roster: RwLock<Arc<Roster>>,
+    charter_stamp: Mutex<Option<(SystemTime, u64)>>,
+    peers: Mutex<HashMap<NodeName, Arc<Peer>>>,
+    known: Mutex<HashSet<String>>,
+    dispatch: Notify,
+    peer_states: Mutex<HashMap<String, PeerState>>,
+    join_failures: Mutex<(Instant, u32)>,
+    cancel: CancellationToken,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+/// A running mesh node.
+pub struct Mesh {
+    shared: Arc<Shared>,
+    router: Router,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Mesh {
+    /// Binds the endpoint and starts the handlers, dispatcher and senders.
+    pub async fn start(cfg: MeshConfig) -> Result<Mesh, MeshError> {
+        let paths = MeshPaths::new(&cfg.home);
+        paths.create().map_err(MeshError::io("create", paths.dir()))?;
+        let allow = Allowlist::default();
+        let endpoint = crate::endpoint::bind(
+            &cfg.key,
+            cfg.listen,
+            &cfg.relay,
+            allow.clone(),
+            cfg.events.clone(),
+            vec![ALPN_MESH.to_vec(), ALPN_JOIN.to_vec()],
+        )
+        .await?;
+        let roster = Roster::solo(cfg.name.clone(), cfg.key.public())?;
+        let shared = Arc::new(Shared {
+            name: cfg.name,
+            key: cfg.key,
+            layout: Layout::new(&cfg.home),
+            paths,
+            endpoint: endpoint.clone(),
+            agent_exists: cfg.agent_exists,
+            events: cfg.events,
+            allow,
+            charter: RwLock::new(None),
+            roster: RwLock::new(Arc::new(roster)),
+            charter_stamp: Mutex::new(None),
+            peers: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashSet::new()),
+            dispatch: Notify::new(),
+            peer_states: Mutex::new(HashMap::new()),
+            join_failures: Mutex::new((Instant::now(), 0)),
+            cancel: CancellationToken::new(),
+            tasks: Mutex::new(JoinSet::new()),
+        });
+        shared.reload_charter()?;
+        shared.claim_own_addrs();
+        let router = Router::builder(endpoint)
+            .accept(ALPN_MESH, MeshHandler(shared.clone()))
+            .accept(ALPN_JOIN, JoinHandler(shared.clone()))
+            .spawn();
+        let watcher = shared.watch();
+        let s = shared.clone();
+        let span = info_span!("dispatch", node = %shared.name);
+        shared.spawn(async move { s.dispatch_loop().await }.instrument(span));
+        shared.dispatch.notify_one();
+        Ok(Mesh { shared, router, _watcher: watcher })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.key.public()
+    }
+
+    /// The direct addresses peers can dial.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        dialable_addrs(&self.shared.endpoint)
+    }
+
+    /// The raw endpoint (benchmarks).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.shared.endpoint
+    }
+
+    /// Looks at the outbox, receipts and charter again now.
+    pub fn kick(&self) {
+        self.shared.dispatch.notify_one();
+    }
+
+    /// Stops every task after its current unit of work, then closes the endpoint.
+    pub async fn shutdown(self) {
+        self.shared.cancel.cancel();
+        let mut tasks = std::mem::take(&mut *self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+            warn!("mesh tasks did not stop within 10 s; aborting them");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.router.shutdown()).await;
+    }
+}
+
+fn now_ts() -> String {
+    netsky_bus::format_ts(time::OffsetDateTime::now_utc())
+}
+
+impl Shared {
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).spawn(fut);
+    }
+
+    fn emit(&self, e: MeshEvent) {
+        (self.events)(e)
+    }
+
+    fn charter(&self) -> Option<Arc<SignedCharter>> {
+        self.charter.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn roster(&self) -> Arc<Roster> {
+        self.roster.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn is_root(&self) -> bool {
+        self.charter().is_some_and(|c| c.charter.root == self.name)
+    }
+
+    /// Watches the outbox and receipts folders so a send is shipped at once.
+    fn watch(self: &Arc<Self>) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        let weak = Arc::downgrade(self);
+        let mut w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+            if let Some(s) = weak.upgrade() {
+                s.dispatch.notify_one();
+            }
+        })
+        .map_err(|e| warn!(error = %e, "no file watcher; the outbox is polled"))
+        .ok()?;
+        for d in [self.paths.outbox(), self.paths.receipts(), self.paths.dir()] {
+            if let Err(e) = w.watch(&d, notify::RecursiveMode::NonRecursive) {
+                warn!(dir = %d.display(), error = %e, "cannot watch; polled instead");
+            }
+        }
+        Some(w)
+    }
+
+    /// Re-reads `mesh/charter.json` if it changed; updates roster, allowlist and peers.
+    fn reload_charter(self: &Arc<Self>) -> Result<(), MeshError> {
+        let path = self.paths.charter();
+        let stamp =
+            std::fs::metadata(&path).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        {
+            let mut s = self.charter_stamp.lock().unwrap_or_else(|p| p.into_inner());
+            if *s == stamp && (stamp.is_none() || self.charter().is_some()) {
+                return Ok(());
+            }
+            *s = stamp;
+        }
+        let Some(c) = charter_file::load(&self.paths)? else { return Ok(()) };
+        if let Some(held) = self.charter()
+            && held.charter.epoch >= c.charter.epoch
+            && *held == c
+        {
+            return Ok(());
+        }
+        let roster = c.charter.roster(&self.name, self.key.public())?;
+        self.allow.set(
+            c.charter
+                .members
+                .iter()
+                .map(|m| m.node_id)
+                .filter(|id| *id != self.key.public() && !c.charter.revoked.contains(id)),
+        );
+        info!(node = %self.name, epoch = c.charter.epoch, root = %c.charter.root, "charter loaded");
+        *self.roster.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(roster);
+        *self.charter.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(c.clone()));
+        self.sync_peers(&c);
+        Ok(())
+    }
+
+    /// Starts a sender for each member, stops senders of former members.
+    fn sync_peers(self: &Arc<Self>, c: &SignedCharter) {
+        let i_am_root = c.charter.root == self.name;
+        let me = c.charter.member(&self.name).cloned();
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let current: HashSet<NodeName> =
+            c.charter.members.iter().filter(|m| m.name != self.name).map(|m| m.name.clone()).collect();
+        peers.retain(|name, p| {
+            let keep = current.contains(name);
+            if !keep {
+                p.cancel.cancel();
+            }
+            keep
+        });
+        for m in &c.charter.members {
+            if m.name == self.name {
+                continue;
+            }
+            let peer = peers
+                .entry(m.name.clone())
+                .or_insert_with(|| {
+                    let p = Arc::new(Peer {
+                        queue: Mutex::new(PeerQueue::default()),
+                        wake: Notify::new(),
+                        reset: Notify::new(),
+                        cancel: self.cancel.child_token(),
+                    });
+                    let (s, pc, name) = (self.clone(), p.clone(), m.name.clone());
+                    let span = info_span!("peer", node = %self.name, peer = %name);
+                    self.spawn(async move { s.peer_loop(name, pc).await }.instrument(span));
+                    p
+                })
+                .clone();
+            let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
+            // A member tells the root where it is whenever the charter has it wrong.
+            if m.name == c.charter.root && !i_am_root {
+                let mine = self.own_addrs();
+                q.hello_due = me.as_ref().is_none_or(|me| me.addrs != mine);
+            }
+            drop(q);
+            peer.wake.notify_one();
+        }
+    }
+
+    fn own_addrs(&self) -> Vec<SocketAddr> {
+        dialable_addrs(&self.endpoint)
+    }
+
+    /// On the root: writes this node's own addresses into the charter when they changed.
+    fn claim_own_addrs(self: &Arc<Self>) {
+        let Some(c) = self.charter() else { return };
+        if c.charter.root != self.name {
+            return;
+        }
+        let mine = self.own_addrs();
+        if c.charter.member(&self.name).is_some_and(|m| m.addrs == mine) {
+            return;
+        }
+        let name = self.name.clone();
+        match self.amend(move |ch| {
+            if let Some(m) = ch.members.iter_mut().find(|m| m.name == name) {
+                m.addrs = mine;
+            }
+            Ok(())
+        }) {
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot record this root's addresses in the charter"),
+        }
+    }
+
+    /// Amends the charter with the mesh key (root only) and reloads it.
+    fn amend(
+        self: &Arc<Self>,
+        change: impl FnOnce(&mut crate::Charter) -> Result<(), MeshError>,
+    ) -> Result<SignedCharter, MeshError> {
+        let mk = charter_file::mesh_key(&self.paths)?.ok_or_else(|| {
+            MeshError::Charter("this node holds no mesh key, so it cannot issue charters".into())
+        })?;
+        let c = charter_file::amend(&self.paths, &mk, change)?;
+        self.emit(MeshEvent::CharterStored { epoch: c.charter.epoch, from: self.name.to_string() });
+        self.reload_charter()?;
+        Ok(c)
+    }
+
+    fn set_peer_state(&self, name: &NodeName, reachable: bool, error: Option<String>) {
+        let mut states = self.peer_states.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = states.get(name.as_str()).is_none_or(|s| s.reachable != reachable);
+        if !changed {
+            return;
+        }
+        let st = PeerState { reachable, since: now_ts(), last_error: error.clone() };
+        states.insert(name.to_string(), st);
+        let json = serde_json::to_vec_pretty(&*states).unwrap_or_default();
+        drop(states);
+        if let Err(e) = netsky_bus::write_durable(&self.paths.home().join("state"), "peers.json", &json) {
+            warn!(error = %e, "cannot write state/peers.json");
+        }
+        self.emit(if reachable {
+            MeshEvent::PeerReachable { name: name.to_string() }
+        } else {
+            MeshEvent::PeerUnreachable { name: name.to_string(), error: error.unwrap_or_default() }
+        });
+    }
+
+    /// Routes new outbox envelopes and receipts to their peers' queues.
+    async fn dispatch_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = self.dispatch.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+            if let Err(e) = self.reload_charter() {
+                warn!(error = %e, "charter on disk refused");
+                self.emit(MeshEvent::CharterRefused { from: "disk".into(), reason: e.to_string() });
+            }
+            let s = self.clone();
+            let scan = tokio::task::spawn_blocking(move || s.scan()).await;
+            if let Err(e) = scan {
+                warn!(error = %e, "outbox scan failed");
+            }
+        }
+    }
+
+    /// Reads files not yet queued, oldest first, and queues them by target node.
+    fn scan(self: &Arc<Self>) {
+        let charter = self.charter();
+        let mut woken: HashSet<NodeName> = HashSet::new();
+        for (dir, is_receipt) in [(self.paths.outbox(), false), (self.paths.receipts(), true)] {
+            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            let mut names: Vec<String> = rd
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .filter(|n| !n.starts_with('.') && n.ends_with(".json"))
+                .collect();
+            names.sort();
+            for name in names {
+                let key = format!("{}/{name}", if is_receipt { "r" } else { "o" });
+                if self.known.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
+                    continue;
+                }
+                let path = dir.join(&name);
+                let bytes = match netsky_bus::read_envelope_file(&path) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        warn!(file = %path.display(), error = %e, "unreadable outbox file");
+                        self.refuse_local(&path, &name, "unreadable", &e.to_string());
+                        continue;
+                    }
+                };
+                let target = if is_receipt {
+                    match serde_json::from_slice::<SpooledReceipt>(&bytes) {
+                        Ok(r) => r.node.parse::<NodeName>().ok().map(|n| (n, Item::Receipt(r.receipt))),
+                        Err(_) => None,
+                    }
+                } else {
+                    match Envelope::from_json(&bytes) {
+                        Ok(env) => env.to.node().cloned().map(|n| (n, Item::Env(env))),
+                        Err(_) => None,
+                    }
+                };
+                let Some((node, item)) = target else {
+                    self.refuse_local(&path, &name, "unparsable", "not an envelope or receipt");
+                    continue;
+                };
+                let member = charter.as_ref().and_then(|c| c.charter.member(&node).cloned());
+                if member.is_none()
+                    || charter.as_ref().is_some_and(|c| {
+                        c.charter.revoked.iter().any(|r| Some(r) == member.as_ref().map(|m| &m.node_id))
+                    })
+                {
+                    let reason = format!("node {node} is not a member of this node's mesh");
+                    match item {
+                        Item::Env(_) => self.refuse_local(&path, &name, "unknown-node", &reason),
+                        Item::Receipt(_) => {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                    continue;
+                }
+                let peer = self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(&node).cloned();
+                let Some(peer) = peer else { continue };
+                self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+                let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
+                match item {
+                    Item::Env(env) => q.envs.push_back(Queued { file: name, bytes, env }),
+                    Item::Receipt(receipt) => q.receipts.push_back(QueuedReceipt { file: name, receipt }),
+                }
+                woken.insert(node);
+            }
+        }
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        for n in woken {
+            if let Some(p) = peers.get(&n) {
+                p.wake.notify_one();
+            }
+        }
+    }
+
+    /// Moves an outbox file this node cannot send to `mesh/refused/` with a reason.
+    fn refuse_local(&self, path: &std::path::Path, name: &str, kind: &str, reason: &str) {
+        let dst = self.paths.refused().join(name);
+        if std::fs::rename(path, &dst).is_ok() {
+            let line = format!("{} {kind}: {reason}\n", now_ts());
+            let _ =
+                netsky_bus::write_durable(&self.paths.refused(), &format!("{name}.reason"), line.as_bytes());
+            self.emit(MeshEvent::RefusedLocally {
+                file: name.to_string(),
+                kind: kind.into(),
+                reason: reason.into(),
+            });
+        }
+    }
+
+    /// One peer's sender: connect when there is work, ship in order, back off when down.
+    async fn peer_loop(self: Arc<Self>, name: NodeName, peer: Arc<Peer>) {
+        let mut conn: Option<Connection> = None;
+        let mut failures: u32 = 0;
+        let mut delay = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = peer.cancel.cancelled() => break,
+                _ = peer.wake.notified(), if failures == 0 => {}
+                _ = peer.reset.notified() => { failures = 0; }
+                _ = tokio::time::sleep(if delay.is_zero() { IDLE_RECHECK } else { delay }) => {}
+            }
+            if !self.has_work(&name, &peer) {
+                delay = Duration::ZERO;
+                continue;
+            }
+            match self.serve_peer(&name, &peer, &mut conn).await {
+                Ok(()) => {
+                    failures = 0;
+                    delay = Duration::ZERO;
+                    self.set_peer_state(&name, true, None);
+                    // More may have arrived while we were busy.
+                    if self.has_work(&name, &peer) {
+                        peer.wake.notify_one();
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "peer unreachable");
+                    conn = None;
+                    failures = failures.saturating_add(1);
+                    delay = backoff(failures);
+                    self.set_peer_state(&name, false, Some(e.to_string()));
+                }
+            }
+        }
+        if let Some(c) = conn {
+            c.close(0u32.into(), b"shutdown");
+        }
+    }
+
+    fn has_work(&self, name: &NodeName, peer: &Peer) -> bool {
+        let q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let charter_due = self.is_root()
+            && self.charter().is_some_and(|c| c.charter.epoch > q.epoch_known)
+            && self.charter().is_some_and(|c| c.charter.member(name).is_some());
+        // A peer not known to be up is probed (with backoff), so status tells the truth.
+        let unknown = !self
+            .peer_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name.as_str())
+            .is_some_and(|s| s.reachable);
+        !q.envs.is_empty() || !q.receipts.is_empty() || q.hello_due || charter_due || unknown
+    }
+
+    /// A member connected to us: it is up; end any backoff towards it.
+    fn peer_seen(&self, name: &NodeName) {
+        let p = self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
+        if let Some(p) = p {
+            p.reset.notify_one();
+            p.wake.notify_one();
+        }
+    }
+
+    async fn connect(&self, name: &NodeName, conn: &mut Option<Connection>) -> Result<Connection, MeshError> {
+        if let Some(c) = conn.as_ref()
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let member: CharterMember =
+            self.charter().and_then(|c| c.charter.member(name).cloned()).ok_or_else(|| {
+                MeshError::Connect { peer: name.to_string(), reason: "no longer a member".into() }
+            })?;
+        if member.addrs.is_empty() {
+            return Err(MeshError::Connect {
+                peer: name.to_string(),
+                reason: "no known address yet (its daemon has not reported one)".into(),
+            });
+        }
+        let mut addr = EndpointAddr::new(member.node_id);
+        for a in &member.addrs {
+            addr = addr.with_ip_addr(*a);
+        }
+        let c = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(addr, ALPN_MESH))
+            .await
+            .map_err(|_| MeshError::Connect {
+                peer: name.to_string(),
+                reason: "no answer within 5 s".into(),
+            })?
+            .map_err(|e| MeshError::Connect { peer: name.to_string(), reason: e.to_string() })?;
+        *conn = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Does every due piece of work for one peer over one connection.
+    async fn serve_peer(
+        self: &Arc<Self>,
+        name: &NodeName,
+        peer: &Arc<Peer>,
+        conn: &mut Option<Connection>,
+    ) -> Result<(), MeshError> {
+        let c = self.connect(name, conn).await?;
+        let pname = name.to_string();
+        // Hello to the root: where this node listens.
+        let hello_due = peer.queue.lock().unwrap_or_else(|p| p.into_inner()).hello_due;
+        if hello_due {
+            let epoch = self.charter().map(|c| c.charter.epoch).unwrap_or(0);
+            let resp =
+                request(&c, &Frame::Hello { addrs: self.own_addrs(), epoch }, FRAME_TIMEOUT, &pname).await?;
+            match resp {
+                Frame::Charter { json } => self.accept_charter(&json, &pname),
+                Frame::Ok { .. } => {}
+                other => warn!(?other, "unexpected answer to hello"),
+            }
+            peer.queue.lock().unwrap_or_else(|p| p.into_inner()).hello_due = false;
+        }
+        // Root: push the charter to a member that is behind.
+        if self.is_root()
+            && let Some(ch) = self.charter()
+        {
+            let known = peer.queue.lock().unwrap_or_else(|p| p.into_inner()).epoch_known;
+            if ch.charter.epoch > known {
+                match request(&c, &Frame::Charter { json: ch.to_json() }, FRAME_TIMEOUT, &pname).await? {
+                    Frame::Ok { .. } => {}
+                    Frame::Refused { reason } => warn!(%reason, "peer refused the charter"),
+                    other => warn!(?other, "unexpected answer to a charter push"),
+                }
+                peer.queue.lock().unwrap_or_else(|p| p.into_inner()).epoch_known = ch.charter.epoch;
+            }
+        }
+        // Envelopes, oldest first, a batch at a time.
+        loop {
+            let batch: Vec<Queued> = {
+                let q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let mut size = 0;
+                q.envs
+                    .iter()
+                    .take(MAX_BATCH)
+                    .take_while(|e| {
+                        size += e.bytes.len() + 8;
+                        size < MAX_FRAME - 4096
+                    })
+                    .cloned()
+                    .collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let envs = batch.iter().map(|q| q.bytes.clone()).collect();
+            let acks = match request(&c, &Frame::Push { envs }, FRAME_TIMEOUT, &pname).await? {
+                Frame::Acks { acks } if acks.len() == batch.len() => acks,
+                Frame::Refused { reason } => {
+                    return Err(MeshError::Protocol {
+                        peer: pname.clone(),
+                        reason: format!("push refused: {reason}"),
+                    });
+                }
+                other => {
+                    return Err(MeshError::Protocol {
+                        peer: pname.clone(),
+                        reason: format!("bad answer to push: {other:?}"),
+                    });
+                }
+            };
+            let s = self.clone();
+            let done = batch.clone();
+            tokio::task::spawn_blocking(move || s.settle(&done, &acks))
+                .await
+                .map_err(|e| MeshError::Protocol { peer: pname.clone(), reason: e.to_string() })?;
+            let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            for b in &batch {
+                q.envs.pop_front();
+                known.remove(&format!("o/{}", b.file));
+            }
+        }
+        // Receipts back to this peer.
+        let receipts: Vec<QueuedReceipt> = peer
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .receipts
+            .iter()
+            .take(MAX_BATCH)
+            .cloned()
+            .collect();
+        if !receipts.is_empty() {
+            let frame = Frame::Receipts { receipts: receipts.iter().map(|r| r.receipt.clone()).collect() };
+            match request(&c, &frame, FRAME_TIMEOUT, &pname).await? {
+                Frame::Ok { .. } => {
+                    let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                    for r in &receipts {
+                        let _ = std::fs::remove_file(self.paths.receipts().join(&r.file));
+                        q.receipts.pop_front();
+                        known.remove(&format!("r/{}", r.file));
+                    }
+                }
+                other => warn!(?other, "receipts not taken"),
+            }
+        }
+        Ok(())
+    }
+
+    /// After the acks: delete the acknowledged copies, keep refused ones as evidence.
+    fn settle(&self, batch: &[Queued], acks: &[crate::wire::Ack]) {
+        for (q, ack) in batch.iter().zip(acks) {
+            let path = self.paths.outbox().join(&q.file);
+            match &ack.outcome {
+                Outcome::Stored | Outcome::Duplicate => {
+                    // Deleting needs no fsync: a copy that survives a crash is
+                    // sent again and acknowledged as a duplicate.
+                    let _ = std::fs::remove_file(&path);
+                    let duplicate = ack.outcome == Outcome::Duplicate;
+                    self.emit(MeshEvent::Acked { env: q.env.clone(), duplicate });
+                }
+                Outcome::Refused { kind, reason } => {
+                    let dst = self.paths.refused().join(&q.file);
+                    let _ = std::fs::rename(&path, &dst);
+                    let line = format!("{} {kind}: {reason}\n", now_ts());
+                    let _ = netsky_bus::write_durable(
+                        &self.paths.refused(),
+                        &format!("{}.reason", q.file),
+                        line.as_bytes(),
+                    );
+                    self.emit(MeshEvent::RefusedByPeer {
+                        env: q.env.clone(),
+                        kind: kind.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Offers a charter that came over the wire; logs the outcome.
+    fn accept_charter(self: &Arc<Self>, json: &[u8], from: &str) {
+        let res =
+            SignedCharter::from_json(json).and_then(|c| charter_file::offer(&self.paths, &c).map(|d| (c, d)));
+        match res {
+            Ok((c, Decision::Accept)) => {
+                self.emit(MeshEvent::CharterStored { epoch: c.charter.epoch, from: from.to_string() });
+                if let Err(e) = self.reload_charter() {
+                    warn!(error = %e, "charter reload failed");
+                }
+            }
+            Ok((_, Decision::Same)) => {}
+            Ok((c, Decision::Stale { held })) => {
+                info!(offered = c.charter.epoch, held, "stale charter ignored");
+            }
+            Err(e) => {
+                warn!(error = %e, "charter refused");
+                self.emit(MeshEvent::CharterRefused { from: from.to_string(), reason: e.to_string() });
+            }
+        }
+    }
+
+    /// Handles one request from a member.
+    async fn handle(self: &Arc<Self>, remote: NodeId, peer: &str, req: Frame) -> Frame {
+        match req {
+            Frame::Push { envs } => {
+                if envs.len() > MAX_BATCH {
+                    return Frame::Refused {
+                        reason: format!("{} envelopes in one push (at most {MAX_BATCH})", envs.len()),
+                    };
+                }
+                let s = self.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    let roster = s.roster();
+                    ingest::ingest(&s.layout, &s.name, &roster, &*s.agent_exists, remote, envs)
+                })
+                .await;
+                match res {
+                    Ok(Ok(items)) => {
+                        let acks = items.iter().map(|i| i.ack.clone()).collect();
+                        for i in items {
+                            self.emit(MeshEvent::Received { peer: peer.to_string(), item: i });
+                        }
+                        Frame::Acks { acks }
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "cannot store a push; the sender keeps it and retries");
+                        Frame::Refused { reason: format!("receiver cannot store now: {e}") }
+                    }
+                    Err(e) => Frame::Refused { reason: format!("receiver failed: {e}") },
+                }
+            }
+            Frame::Charter { json } => {
+                self.accept_charter(&json, peer);
+                Frame::Ok { note: String::new() }
+            }
+            Frame::Hello { addrs, epoch } => self.hello(remote, addrs, epoch).await,
+            Frame::Receipts { receipts } => {
+                for r in receipts {
+                    self.emit(MeshEvent::Receipt { from: peer.to_string(), receipt: r });
+                }
+                Frame::Ok { note: String::new() }
+            }
+            other => {
+                Frame::Refused { reason: format!("not a request: {:?}", std::mem::discriminant(&other)) }
+            }
+        }
+    }
+
+    /// Root: records a member's addresses; answers with the charter if the member is behind.
+    async fn hello(self: &Arc<Self>, remote: NodeId, addrs: Vec<SocketAddr>, epoch: u64) -> Frame {
+        if !self.is_root() {
+            return Frame::Ok { note: "not root".into() };
+        }
+        let addrs: Vec<SocketAddr> =
+            addrs.into_iter().filter(|a| !a.ip().is_unspecified()).take(16).collect();
+        let Some(c) = self.charter() else { return Frame::Refused { reason: "no charter".into() } };
+        let Some(m) = c.charter.member_by_id(&remote).cloned() else {
+            return Frame::Refused { reason: "not a member".into() };
+        };
+        let mut current = c;
+        if m.addrs != addrs {
+            let s = self.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                s.amend(|ch| {
+                    if let Some(x) = ch.members.iter_mut().find(|x| x.node_id == remote) {
+                        x.addrs = addrs;
+                    }
+                    Ok(())
+                })
+            })
+            .await;
+            match res {
+                Ok(Ok(c)) => current = Arc::new(c),
+                Ok(Err(e)) => warn!(error = %e, "cannot record a member's addresses"),
+                Err(e) => warn!(error = %e, "address update failed"),
+            }
+        }
+        if current.charter.epoch > epoch {
+            if let Some(p) = self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(&m.name) {
+                p.queue.lock().unwrap_or_else(|p| p.into_inner()).epoch_known = current.charter.epoch;
+            }
+            Frame::Charter { json: current.to_json() }
+        } else {
+            Frame::Ok { note: String::new() }
+        }
+    }
+
+    /// Root: redeems a join ticket for the connection's node id.
+    fn redeem(self: &Arc<Self>, remote: NodeId, req: JoinRequest) -> Result<SignedCharter, String> {
+        let charter = self.charter().ok_or("this node is in no mesh")?;
+        if charter.charter.root != self.name {
+            return Err(format!("this node is not the root; the root is {}", charter.charter.root));
+        }
+        let t = crate::Ticket::decode(&req.ticket).map_err(|e| e.to_string())?;
+        if t.body.mesh_key != charter.charter.mesh_key || t.body.mesh != charter.charter.mesh {
+            return Err("the ticket is for another mesh".into());
+        }
+        t.check_fresh(time::OffsetDateTime::now_utc().unix_timestamp()).map_err(|e| e.to_string())?;
+        let name: NodeName = req.name.parse().map_err(|e: netsky_bus::BusError| e.to_string())?;
+        if name != t.body.invitee {
+            return Err(format!("the ticket admits {}, not {name}", t.body.invitee));
+        }
+        if charter.charter.revoked.contains(&remote) {
+            return Err("this node id was revoked from the mesh".into());
+        }
+        if let Some(m) = charter.charter.member(&name)
+            && m.node_id != remote
+        {
+            return Err(format!("the name {name} is taken by another node"));
+        }
+        // Burn the one-time secret: only one rename can succeed.
+        let secret = t.body.secret_hex();
+        let pending = self.paths.tickets().join(format!("{secret}.json"));
+        let used = self.paths.tickets().join(format!("{secret}.used"));
+        std::fs::rename(&pending, &used).map_err(|_| "unknown or already used ticket".to_string())?;
+        let addrs: Vec<SocketAddr> =
+            req.addrs.into_iter().filter(|a| !a.ip().is_unspecified()).take(16).collect();
+        self.amend(move |ch| {
+            ch.members.retain(|m| m.node_id != remote);
+            ch.members.push(CharterMember { name, node_id: remote, addrs });
+            Ok(())
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    fn join_budget_spent(&self) -> bool {
+        let mut g = self.join_failures.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0.elapsed() > Duration::from_secs(60) {
+            *g = (Instant::now(), 0);
+        }
+        g.1 >= JOIN_FAILURES_PER_MINUTE
+    }
+
+    fn join_failed(&self) {
+        let mut g = self.join_failures.lock().unwrap_or_else(|p| p.into_inner());
+        g.1 += 1;
+    }
+}
+
+/// A receipt waiting in `mesh/receipts/` for its origin node.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SpooledReceipt {
+    /// The origin node to send it to.
+    pub node: String,
+    /// The receipt.
+    pub receipt: Receipt,
+}
+
+enum Item {
+    Env(Envelope),
+    Receipt(Receipt),
+}
+
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_millis(250).saturating_mul(1u32 << failures.min(7));
+    let capped = base.min(MAX_BACKOFF);
+    // Up to 20% jitter so peers that failed together do not retry together.
+    let jitter = rand::random::<u64>() % (capped.as_millis() as u64 / 5 + 1);
+    capped + Duration::from_millis(jitter)
+}
+
+#[derive(Clone)]
+struct MeshHandler(Arc<Shared>);
+
+impl std::fmt::Debug for MeshHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MeshHandler")
+    }
+}
+
+impl ProtocolHandler for MeshHandler {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let s = &self.0;
+        let remote = conn.remote_id();
+        // The door checked already; check again in case the charter changed since.
+        if !s.allow.allows(&remote) {
+            conn.close(403u32.into(), b"not a member of this mesh");
+            return Ok(());
+        }
+        let member = s.charter().and_then(|c| c.charter.member_by_id(&remote).map(|m| m.name.clone()));
+        if let Some(name) = &member {
+            s.peer_seen(name);
+        }
+        let peer = member.map(|n| n.to_string()).unwrap_or_else(|| remote.fmt_short().to_string());
+        let span = info_span!("inbound", node = %s.name, peer = %peer);
+        async move {
+            // One request at a time per connection: a flooding member holds at
+            // most one worker, and its pushes stay in order.
+            loop {
+                let (mut send, mut recv) = tokio::select! {
+                    _ = s.cancel.cancelled() => break,
+                    r = conn.accept_bi() => match r { Ok(x) => x, Err(_) => break },
+                };
+                if !s.allow.allows(&remote) {
+                    conn.close(403u32.into(), b"revoked");
+                    break;
+                }
+                let req: Frame = match read_frame(&mut recv, MAX_FRAME, FRAME_TIMEOUT, &peer).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        warn!(error = %e, "bad frame; stream dropped");
+                        s.emit(MeshEvent::ProtocolError { peer: peer.clone(), reason: e.to_string() });
+                        continue;
+                    }
+                };
+                let resp = s.handle(remote, &peer, req).await;
+                if let Err(e) = write_frame(&mut send, &resp, &peer).await {
+                    debug!(error = %e, "answer not delivered");
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct JoinHandler(Arc<Shared>);
+
+impl std::fmt::Debug for JoinHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JoinHandler")
+    }
+}
+
+impl ProtocolHandler for JoinHandler {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let s = self.0.clone();
+        let remote = conn.remote_id();
+        let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(FRAME_TIMEOUT, conn.accept_bi()).await else {
+            return Ok(());
+        };
+        let resp = if s.join_budget_spent() {
+            JoinResponse::Refused { reason: "too many failed join attempts; try again in a minute".into() }
+        } else {
+            match read_frame::<JoinRequest>(&mut recv, 16 * 1024, FRAME_TIMEOUT, "joiner").await {
+                Err(e) => JoinResponse::Refused { reason: e.to_string() },
+                Ok(req) => {
+                    let name = req.name.clone();
+                    let s2 = s.clone();
+                    match tokio::task::spawn_blocking(move || s2.redeem(remote, req)).await {
+                        Ok(Ok(c)) => {
+                            s.emit(MeshEvent::Joined {
+                                name,
+                                node_id: remote.to_string(),
+                                epoch: c.charter.epoch,
+                            });
+                            JoinResponse::Joined { charter: c.to_json() }
+                        }
+                        Ok(Err(reason)) => JoinResponse::Refused { reason },
+                        Err(e) => JoinResponse::Refused { reason: e.to_string() },
+                    }
+                }
+            }
+        };
+        if let JoinResponse::Refused { reason } = &resp {
+            s.join_failed();
+            s.emit(MeshEvent::JoinRefused { remote: remote.to_string(), reason: reason.clone() });
+        }
+        let _ = write_frame(&mut send, &resp, "joiner").await;
+        // Let the answer reach the joiner before the connection goes.
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        Ok(())
+    }
+}
+
+/// Joins a mesh with `ticket`, from a one-off endpoint with the node key.
+///
+/// Returns the charter that names this node, verified against the ticket's
+/// mesh key; the caller stores it.
+pub async fn join(
+    key: &SecretKey,
+    name: &NodeName,
+    ticket: &crate::Ticket,
+    addrs: Vec<SocketAddr>,
+) -> Result<SignedCharter, MeshError> {
+    let ep = crate::endpoint::bind_client(key).await?;
+    let mut addr = EndpointAddr::new(ticket.body.root);
+    for a in &ticket.body.root_addrs {
+        addr = addr.with_ip_addr(*a);
+    }
+    let res = async {
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, ep.connect(addr, ALPN_JOIN))
+            .await
+            .map_err(|_| MeshError::Connect {
+                peer: "root".into(),
+                reason: "no answer within 10 s (is its daemon running?)".into(),
+            })?
+            .map_err(|e| MeshError::Connect { peer: "root".into(), reason: e.to_string() })?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| MeshError::Connect { peer: "root".into(), reason: e.to_string() })?;
+        let req = JoinRequest { ticket: ticket.encode(), name: name.to_string(), addrs };
+        write_frame(&mut send, &req, "root").await?;
+        let resp: JoinResponse = read_frame(&mut recv, MAX_FRAME, FRAME_TIMEOUT, "root").await?;
+        conn.close(0u32.into(), b"done");
+        match resp {
+            JoinResponse::Refused { reason } => Err(MeshError::Ticket(format!("the root refused: {reason}"))),
+            JoinResponse::Joined { charter } => {
+                let c = SignedCharter::from_json(&charter)?;
+                c.verify()?;
+                if c.charter.mesh_key != ticket.body.mesh_key {
+                    return Err(MeshError::Charter(
+                        "the root answered with a charter of another mesh key".into(),
+                    ));
+                }
+                if c.charter.member(name).map(|m| m.node_id) != Some(key.public()) {
+                    return Err(MeshError::Charter("the charter received does not name this node".into()));
+                }
+                Ok(c)
+            }
+        }
+    }
+    .await;
+    ep.close().await;
+    res
+}

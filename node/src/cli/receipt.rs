@@ -1,0 +1,190 @@
+//! Receipts: where an envelope is, from the sender's side (`channel status`),
+//! and the delivery receipts a receiving node spools back to senders.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use netsky_bus::{AgentName, Envelope, format_ts};
+use netsky_mesh::{PeerState, SpooledReceipt, wire::Receipt};
+use serde::Serialize;
+
+use super::{Ctx, emit};
+use crate::daemon_state;
+use crate::home::Node;
+
+/// Spools a delivery receipt for each envelope that came from another node.
+pub fn spool(node: &Node, agent: AgentName, how: &str, envs: &[&Envelope]) -> Result<()> {
+    if node.charter.is_none() {
+        return Ok(());
+    }
+    let local = &node.config.node.name;
+    let at = format_ts(time::OffsetDateTime::now_utc());
+    let items: Vec<(String, Vec<u8>)> = envs
+        .iter()
+        .filter_map(|e| {
+            let origin = e.from.node().filter(|n| *n != local)?;
+            let r = SpooledReceipt {
+                node: origin.to_string(),
+                receipt: Receipt {
+                    id: e.id.to_string(),
+                    agent: agent.to_string(),
+                    how: how.into(),
+                    at: at.clone(),
+                },
+            };
+            Some((e.file_name(), serde_json::to_vec(&r).ok()?))
+        })
+        .collect();
+    if items.is_empty() {
+        return Ok(());
+    }
+    let paths = node.home.mesh_paths();
+    paths.create()?;
+    netsky_bus::write_durable_batch(&paths.receipts(), &items)?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct HistoryRow {
+    ts: String,
+    event: String,
+    detail: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StatusOut {
+    id: String,
+    /// queued | acked | delivered | refused | inbox | claimed | poisoned
+    state: String,
+    to: Option<String>,
+    detail: Option<String>,
+    history: Vec<HistoryRow>,
+}
+
+/// Runs `netsky channel status ID`.
+pub fn status(ctx: &Ctx, node: &Node, id: ulid::Ulid) -> Result<ExitCode> {
+    let file = format!("{id}.json");
+    let paths = node.home.mesh_paths();
+    let history = history(node, &id.to_string());
+    let mut out = StatusOut { id: id.to_string(), state: String::new(), to: None, detail: None, history };
+    let queued = paths.outbox().join(&file);
+    if let Ok(env) = netsky_bus::read_envelope_file(&queued)
+        .map_err(|r| r.to_string())
+        .and_then(|b| Envelope::from_json(&b).map_err(|r| r.to_string()))
+    {
+        out.state = "queued".into();
+        out.to = Some(env.to.to_string());
+        let peer = env.to.node().map(|n| n.to_string()).unwrap_or_default();
+        out.detail = Some(if !daemon_state::is_running(&node.home) {
+            "waiting: no daemon runs to send it (start `netsky node run`)".into()
+        } else {
+            match peer_state(node, &peer) {
+                Some(p) if !p.reachable => format!(
+                    "waiting: {peer} unreachable since {}{}",
+                    p.since,
+                    p.last_error.map(|e| format!(" ({e})")).unwrap_or_default()
+                ),
+                _ => format!("sending to {peer}"),
+            }
+        });
+    } else if paths.refused().join(&file).exists() {
+        out.state = "refused".into();
+        let reason =
+            std::fs::read_to_string(paths.refused().join(format!("{file}.reason"))).unwrap_or_default();
+        out.detail = Some(reason.trim().to_string());
+    } else if let Some(h) = out
+        .history
+        .iter()
+        .rev()
+        .find(|h| matches!(h.event.as_str(), "remote-delivered" | "acked" | "remote-refused"))
+    {
+        let (state, detail) = match h.event.as_str() {
+            "remote-delivered" => ("delivered", h.detail.clone()),
+            "acked" => ("acked", h.detail.clone()),
+            _ => ("refused", h.detail.clone()),
+        };
+        out.state = state.into();
+        out.detail = detail;
+    } else if let Some((agent, folder)) = find_local(node, &file)? {
+        out.state = match folder {
+            "poison" => "poisoned".into(),
+            f => f.to_string(),
+        };
+        out.to = Some(format!("{agent}@{}", node.config.node.name));
+        if folder == "poison" {
+            let reason = node.home.layout().mailbox_dir(agent).join("poison").join(format!("{file}.reason"));
+            out.detail = std::fs::read_to_string(reason).ok().map(|s| s.trim().to_string());
+        }
+    } else {
+        anyhow::bail!(
+            "no envelope {id} is known to this node (not queued, refused, recorded, or in a mailbox)"
+        );
+    }
+    emit(ctx, &out, || {
+        let mut s = format!("{} {}", out.id, out.state);
+        if let Some(d) = &out.detail {
+            s.push_str(&format!(": {d}"));
+        }
+        for h in &out.history {
+            s.push_str(&format!("\n  {} {} {}", h.ts, h.event, h.detail.as_deref().unwrap_or("")));
+        }
+        s
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn peer_state(node: &Node, peer: &str) -> Option<PeerState> {
+    let bytes = std::fs::read(node.home.mesh_paths().peers_state()).ok()?;
+    let map: std::collections::HashMap<String, PeerState> = serde_json::from_slice(&bytes).ok()?;
+    map.get(peer).cloned()
+}
+
+fn find_local(node: &Node, file: &str) -> Result<Option<(AgentName, &'static str)>> {
+    let layout = node.home.layout();
+    for agent in layout.agents().context("cannot list the mailboxes")? {
+        for folder in ["inbox", "claimed", "delivered", "poison"] {
+            if layout.mailbox_dir(agent).join(folder).join(file).symlink_metadata().is_ok() {
+                return Ok(Some((agent, folder)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The envelope's recorded events: from meta.db, else from the event logs.
+fn history(node: &Node, id: &str) -> Vec<HistoryRow> {
+    let from_db = || -> Result<Vec<HistoryRow>> {
+        let conn = crate::store::open_read_only(&node.home.db_path())?;
+        let mut st =
+            conn.prepare("SELECT ts, event, detail FROM events WHERE envelope_id = ?1 ORDER BY seq")?;
+        let rows =
+            st.query_map([id], |r| Ok(HistoryRow { ts: r.get(0)?, event: r.get(1)?, detail: r.get(2)? }))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    };
+    if let Ok(rows) = from_db()
+        && !rows.is_empty()
+    {
+        return rows;
+    }
+    // The database is the record, the logs are the truth: scan them when it fails.
+    let mut out = Vec::new();
+    let mut logs: Vec<_> = std::fs::read_dir(node.home.logs_dir())
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    logs.sort();
+    for p in logs {
+        let Ok(text) = std::fs::read_to_string(&p) else { continue };
+        for line in text.lines().filter(|l| l.contains(id)) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+                && v["envelope"] == id
+            {
+                out.push(HistoryRow {
+                    ts: v["ts"].as_str().unwrap_or("").into(),
+                    event: v["event"].as_str().unwrap_or("").into(),
+                    detail: v["detail"].as_str().map(str::to_owned),
+                });
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,98 @@
+//! Sending to an agent on another node: the signed envelope is made durable
+//! in `mesh/outbox/`, where the daemon picks it up at once; `--wait` waits
+//! for the remote's acknowledgement (or refusal).
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use netsky_bus::{Envelope, NodeName, format_ts};
+use serde::Serialize;
+
+use super::{Ctx, emit};
+use crate::daemon_state;
+use crate::home::Node;
+
+#[derive(Serialize)]
+struct Out {
+    id: String,
+    from: String,
+    to: String,
+    kind: &'static str,
+    ts: String,
+    state: &'static str,
+    detail: Option<String>,
+}
+
+/// Queues `env` for node `target` and, with `wait`, waits for the outcome.
+pub fn send(
+    ctx: &Ctx,
+    node: &Node,
+    target: &NodeName,
+    env: Envelope,
+    wait: Option<Duration>,
+) -> Result<ExitCode> {
+    let Some(c) = &node.charter else {
+        bail!("node {target} is unknown: this node is in no mesh (join one with `netsky mesh join TICKET`)");
+    };
+    if c.charter.member(target).is_none() {
+        let names: Vec<&str> = c.charter.members.iter().map(|m| m.name.as_str()).collect();
+        bail!("node {target} is not a member of mesh {} (members: {})", c.charter.mesh, names.join(", "));
+    }
+    let paths = node.home.mesh_paths();
+    paths.create()?;
+    let file = env.file_name();
+    netsky_bus::write_durable(&paths.outbox(), &file, &env.to_json())
+        .map_err(|e| anyhow::anyhow!("envelope {} not sent: {e}", env.id))?;
+    node.recorder.record(&[node.recorder.event(
+        "queued",
+        env.to.agent_name(),
+        Some(&env),
+        Some(format!("for {target}")),
+    )]);
+    let mut out = Out {
+        id: env.id.to_string(),
+        from: env.from.to_string(),
+        to: env.to.to_string(),
+        kind: env.kind.as_str(),
+        ts: format_ts(env.ts),
+        state: "queued",
+        detail: None,
+    };
+    let Some(wait) = wait else {
+        emit(ctx, &out, || out.id.clone())?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    if !daemon_state::is_running(&node.home) {
+        bail!(
+            "envelope {} is queued in the outbox, but no daemon runs to send it: start `netsky node run` (it will go then)",
+            env.id
+        );
+    }
+    let deadline = Instant::now() + wait;
+    let queued = paths.outbox().join(&file);
+    let refused = paths.refused().join(&file);
+    loop {
+        if refused.exists() {
+            let reason =
+                std::fs::read_to_string(paths.refused().join(format!("{file}.reason"))).unwrap_or_default();
+            bail!("envelope {} was refused: {}", env.id, reason.trim());
+        }
+        if !queued.exists() {
+            out.state = "acked";
+            out.detail = Some(format!("durable in {}'s inbox", env.to));
+            emit(ctx, &out, || out.id.clone())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "envelope {} is still queued after {} s (it stays in the outbox and will go when {target} is reachable; \
+                 see `netsky channel status {}`)",
+                env.id,
+                wait.as_secs(),
+                env.id
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,246 @@
+//! `netsky node run`: the daemon, in the foreground.
+//!
+//! It holds the home's daemon lock, binds the mesh endpoint, writes
+//! `state/node.json`, records every mesh event (log first, then meta.db) on
+//! a recorder thread, and on SIGTERM or SIGINT stops the mesh after its
+//! in-flight work, marks itself stopped, and exits 0.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use anyhow::{Context, Result};
+use netsky_bus::format_ts;
+use netsky_mesh::{Mesh, MeshConfig, MeshEvent, Relay};
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::cli::{Ctx, emit};
+use crate::config;
+use crate::daemon_state::{self, DaemonState};
+use crate::home::{Node, agent_in_constellation};
+use crate::record::{Event, Recorder};
+
+/// Events waiting for the recorder thread; a full queue slows the mesh rather than losing evidence.
+const EVENT_QUEUE: usize = 65_536;
+
+#[derive(Serialize)]
+struct Ready {
+    name: String,
+    node_id: String,
+    addrs: Vec<SocketAddr>,
+    pid: u32,
+    mesh: Option<String>,
+    root: Option<String>,
+}
+
+/// Runs the daemon until a signal stops it.
+pub fn run(ctx: &Ctx) -> Result<ExitCode> {
+    let node = Node::open(ctx.home.clone())?;
+    let _lock = daemon_state::acquire(&node.home)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("netsky")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(ctx, node))
+}
+
+/// The mesh's relay mode from the config's.
+pub fn relay_of(r: &config::Relay) -> Relay {
+    match r {
+        config::Relay::Disabled => Relay::Disabled,
+        config::Relay::Default => Relay::Default,
+        config::Relay::Url(u) => Relay::Url(u.clone()),
+    }
+}
+
+async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
+    let name = node.config.node.name.clone();
+    let (tx, rx) = sync_channel::<Event>(EVENT_QUEUE);
+    let recorder = Recorder::new(&node.home, name.clone());
+    let rec_thread = std::thread::Builder::new()
+        .name("recorder".into())
+        .spawn(move || record_loop(recorder, rx))
+        .context("cannot start the recorder thread")?;
+    let sink = event_sink(Recorder::new(&node.home, name.clone()), tx.clone());
+    let clones = node.config.constellation.clones;
+    let mut cfg = MeshConfig {
+        home: node.home.root().to_path_buf(),
+        name: name.clone(),
+        key: node.key.clone(),
+        listen: node.config.node.listen,
+        relay: relay_of(&node.config.node.relay),
+        agent_exists: Arc::new(move |a| agent_in_constellation(a, clones)),
+        events: sink,
+    };
+    // An unpinned port: reuse the last one, so peers' charters stay right across restarts.
+    let previous = daemon_state::read(&node.home).and_then(|s| s.addrs.first().map(|a| a.port()));
+    let mesh = match previous {
+        Some(port) if cfg.listen.port() == 0 && port != 0 => {
+            let want = SocketAddr::new(cfg.listen.ip(), port);
+            let pinned = MeshConfig { listen: want, ..clone_cfg(&cfg) };
+            match Mesh::start(pinned).await {
+                Ok(m) => m,
+                Err(e) => {
+                    info!(error = %e, "previous port unavailable; binding a new one");
+                    Mesh::start(clone_cfg(&cfg)).await?
+                }
+            }
+        }
+        _ => {
+            cfg.listen = node.config.node.listen;
+            Mesh::start(clone_cfg(&cfg)).await?
+        }
+    };
+    let state = DaemonState {
+        pid: std::process::id(),
+        running: true,
+        name: name.to_string(),
+        node_id: node.key.public().to_string(),
+        addrs: mesh.addrs(),
+        started: format_ts(time::OffsetDateTime::now_utc()),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    daemon_state::write(&node.home, &state)?;
+    let _ = tx.send(Recorder::new(&node.home, name.clone()).event(
+        "daemon-started",
+        None,
+        None,
+        Some(format!("pid {} addrs {:?}", state.pid, state.addrs)),
+    ));
+    let ready = Ready {
+        name: state.name.clone(),
+        node_id: state.node_id.clone(),
+        addrs: state.addrs.clone(),
+        pid: state.pid,
+        mesh: node.charter.as_ref().map(|c| c.charter.mesh.clone()),
+        root: node.charter.as_ref().map(|c| c.charter.root.to_string()),
+    };
+    emit(ctx, &ready, || {
+        format!(
+            "netsky node {} running (pid {}, id {}, addrs {:?})",
+            ready.name, ready.pid, ready.node_id, ready.addrs
+        )
+    })?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = int.recv() => info!("SIGINT: stopping"),
+    }
+    mesh.shutdown().await;
+    let stopped = DaemonState { running: false, ..state };
+    if let Err(e) = daemon_state::write(&node.home, &stopped) {
+        warn!(error = %e, "cannot mark the daemon stopped");
+    }
+    let _ = tx.send(Recorder::new(&node.home, name.clone()).event("daemon-stopped", None, None, None));
+    drop(tx);
+    let _ = rec_thread.join();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn clone_cfg(c: &MeshConfig) -> MeshConfig {
+    MeshConfig {
+        home: c.home.clone(),
+        name: c.name.clone(),
+        key: c.key.clone(),
+        listen: c.listen,
+        relay: c.relay.clone(),
+        agent_exists: c.agent_exists.clone(),
+        events: c.events.clone(),
+    }
+}
+
+/// Records events in batches: whatever queued up while the last batch was written.
+fn record_loop(recorder: Recorder, rx: Receiver<Event>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        recorder.record(&batch);
+    }
+}
+
+/// Turns mesh events into recorder events on the queue.
+fn event_sink(factory: Recorder, tx: SyncSender<Event>) -> netsky_mesh::EventSink {
+    let factory = Arc::new(factory);
+    Arc::new(move |e: MeshEvent| {
+        for ev in translate(&factory, e) {
+            if tx.send(ev).is_err() {
+                warn!("recorder gone; event dropped");
+            }
+        }
+    })
+}
+
+fn translate(r: &Recorder, e: MeshEvent) -> Vec<Event> {
+    let agent_of = |env: &netsky_bus::Envelope| env.to.agent_name();
+    match e {
+        MeshEvent::Received { peer, item } => {
+            let (what, detail) = match &item.ack.outcome {
+                netsky_mesh::wire::Outcome::Stored => ("received", format!("from {peer}")),
+                netsky_mesh::wire::Outcome::Duplicate => ("duplicate", format!("from {peer}, already here")),
+                netsky_mesh::wire::Outcome::Refused { kind, reason } => {
+                    ("refused", format!("from {peer}: {kind}: {reason}"))
+                }
+            };
+            let mut ev = r.event(what, item.agent, item.env.as_ref(), Some(detail));
+            if ev.envelope.is_none() {
+                ev.envelope = Some(item.ack.id.clone());
+            }
+            vec![ev]
+        }
+        MeshEvent::Acked { env, duplicate } => {
+            let d = if duplicate { "the peer had it already" } else { "durable in the remote inbox" };
+            vec![r.event("acked", agent_of(&env), Some(&env), Some(d.into()))]
+        }
+        MeshEvent::RefusedByPeer { env, kind, reason } => {
+            vec![r.event("remote-refused", agent_of(&env), Some(&env), Some(format!("{kind}: {reason}")))]
+        }
+        MeshEvent::RefusedLocally { file, kind, reason } => {
+            let mut ev = r.event("unsendable", None, None, Some(format!("{kind}: {reason}")));
+            ev.envelope = file.strip_suffix(".json").map(str::to_owned);
+            vec![ev]
+        }
+        MeshEvent::Receipt { from, receipt } => {
+            let mut ev = r.event(
+                "remote-delivered",
+                receipt.agent.parse().ok(),
+                None,
+                Some(format!("{} by {from} at {}", receipt.how, receipt.at)),
+            );
+            ev.envelope = Some(receipt.id);
+            vec![ev]
+        }
+        MeshEvent::CharterStored { epoch, from } => {
+            vec![r.event("charter", None, None, Some(format!("epoch {epoch} from {from}")))]
+        }
+        MeshEvent::CharterRefused { from, reason } => {
+            vec![r.event("charter-refused", None, None, Some(format!("from {from}: {reason}")))]
+        }
+        MeshEvent::ConnectionRefused { peer, reason } => {
+            vec![r.event("connection-refused", None, None, Some(format!("{peer}: {reason}")))]
+        }
+        MeshEvent::ProtocolError { peer, reason } => {
+            vec![r.event("protocol-error", None, None, Some(format!("{peer}: {reason}")))]
+        }
+        MeshEvent::PeerReachable { name } => vec![r.event("peer-up", None, None, Some(name))],
+        MeshEvent::PeerUnreachable { name, error } => {
+            vec![r.event("peer-down", None, None, Some(format!("{name}: {error}")))]
+        }
+        MeshEvent::Joined { name, node_id, epoch } => {
+            vec![r.event("joined", None, None, Some(format!("{name} ({node_id}) at epoch {epoch}")))]
+        }
+        MeshEvent::JoinRefused { remote, reason } => {
+            vec![r.event("join-refused", None, None, Some(format!("{remote}: {reason}")))]
+        }
+    }
+}

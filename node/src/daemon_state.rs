@@ -1,0 +1,93 @@
+//! `state/node.json` and the daemon lock: is a daemon running for this home,
+//! with which pid and addresses.
+//!
+//! The daemon holds an exclusive flock on `state/.daemon.lock` for its whole
+//! life, so "running" is a fact the kernel keeps (a kill -9 releases it),
+//! not a pid that may have been reused.
+
+use std::fs::{File, OpenOptions};
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::home::Home;
+
+/// What the daemon writes to `state/node.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonState {
+    /// The daemon's pid.
+    pub pid: u32,
+    /// Whether it is running (false after a clean stop).
+    pub running: bool,
+    /// This node's name.
+    pub name: String,
+    /// Its node id.
+    pub node_id: String,
+    /// Its dialable direct addresses.
+    pub addrs: Vec<SocketAddr>,
+    /// When it started.
+    pub started: String,
+    /// The netsky version it runs.
+    pub version: String,
+}
+
+/// The held daemon lock; released when dropped (or when the process dies).
+pub struct DaemonLock {
+    _file: File,
+}
+
+fn lock_path(home: &Home) -> std::path::PathBuf {
+    home.state_dir().join(".daemon.lock")
+}
+
+/// Takes the daemon lock, or says which daemon holds it.
+pub fn acquire(home: &Home) -> Result<DaemonLock> {
+    let p = lock_path(home);
+    std::fs::create_dir_all(home.state_dir())?;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("open {}", p.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(DaemonLock { _file: f }),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = read(home).map(|s| s.pid.to_string()).unwrap_or_else(|| "?".into());
+            bail!("a netsky daemon already runs for {} (pid {pid}); stop it first", home.root().display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("lock {}", p.display())),
+    }
+}
+
+/// Whether a daemon holds the lock of this home right now.
+pub fn is_running(home: &Home) -> bool {
+    let Ok(f) = OpenOptions::new().write(true).open(lock_path(home)) else { return false };
+    matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
+/// The last `state/node.json` written, if any (running or not).
+pub fn read(home: &Home) -> Option<DaemonState> {
+    let bytes = std::fs::read(home.node_state_path()).ok()?;
+    if bytes.len() > 64 * 1024 {
+        return None;
+    }
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The running daemon's state, if one runs.
+pub fn running(home: &Home) -> Option<DaemonState> {
+    if !is_running(home) {
+        return None;
+    }
+    read(home).filter(|s| s.running)
+}
+
+/// Writes `state/node.json` durably.
+pub fn write(home: &Home, s: &DaemonState) -> Result<()> {
+    let mut json = serde_json::to_vec_pretty(s)?;
+    json.push(b'\n');
+    netsky_bus::write_durable(&home.state_dir(), "node.json", &json)?;
+    Ok(())
+}
