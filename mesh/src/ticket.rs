@@ -148,10 +148,17 @@ mod tests {
         // Edited after signing: another invitee.
         let mut edited = body(&mk).sign(&mk);
         edited.body.invitee = "evil".parse().unwrap();
+        // Valid base32 of a payload cut short.
+        let raw = postcard::to_allocvec(&body(&mk).sign(&mk)).unwrap();
+        let short_payload = format!(
+            "netsky1{}",
+            data_encoding::BASE32_NOPAD.encode(&raw[..raw.len() - 5]).to_ascii_lowercase()
+        );
         let cases = [
             ("", "start"),
             ("netsky2abc", "start"),
-            (&good[..good.len() - 9], "malformed"),
+            (&short_payload, "malformed"),
+            (&good[..good.len() - 3], "truncated"),
             (&format!("{good}!"), "base32"),
             (&forged, "does not verify"),
             (&edited.encode(), "does not verify"),
