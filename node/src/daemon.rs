@@ -60,7 +60,7 @@ pub fn relay_of(r: &config::Relay) -> Relay {
 
 async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     let name = node.config.node.name.clone();
-    let (tx, rx) = sync_channel::<Event>(EVENT_QUEUE);
+    let (tx, rx) = sync_channel::<Option<Event>>(EVENT_QUEUE);
     let recorder = Recorder::new(&node.home, name.clone());
     let rec_thread = std::thread::Builder::new()
         .name("recorder".into())
@@ -106,12 +106,13 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
     daemon_state::write(&node.home, &state)?;
-    let _ = tx.send(Recorder::new(&node.home, name.clone()).event(
+    let started = format!("pid {} addrs {:?}", state.pid, state.addrs);
+    let _ = tx.send(Some(Recorder::new(&node.home, name.clone()).event(
         "daemon-started",
         None,
         None,
-        Some(format!("pid {} addrs {:?}", state.pid, state.addrs)),
-    ));
+        Some(started),
+    )));
     let ready = Ready {
         name: state.name.clone(),
         node_id: state.node_id.clone(),
@@ -137,8 +138,9 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     if let Err(e) = daemon_state::write(&node.home, &stopped) {
         warn!(error = %e, "cannot mark the daemon stopped");
     }
-    let _ = tx.send(Recorder::new(&node.home, name.clone()).event("daemon-stopped", None, None, None));
-    drop(tx);
+    let _ = tx.send(Some(Recorder::new(&node.home, name.clone()).event("daemon-stopped", None, None, None)));
+    // An explicit end: tasks that outlive the mesh may still hold senders.
+    let _ = tx.send(None);
     let _ = rec_thread.join();
     Ok(ExitCode::SUCCESS)
 }
@@ -155,26 +157,35 @@ fn clone_cfg(c: &MeshConfig) -> MeshConfig {
     }
 }
 
-/// Records events in batches: whatever queued up while the last batch was written.
-fn record_loop(recorder: Recorder, rx: Receiver<Event>) {
-    while let Ok(first) = rx.recv() {
+/// Records events in batches (whatever queued up while the last batch was
+/// written) until `None` or until every sender is gone.
+fn record_loop(recorder: Recorder, rx: Receiver<Option<Event>>) {
+    while let Ok(Some(first)) = rx.recv() {
         let mut batch = vec![first];
+        let mut end = false;
         while batch.len() < 4096 {
             match rx.try_recv() {
-                Ok(e) => batch.push(e),
+                Ok(Some(e)) => batch.push(e),
+                Ok(None) => {
+                    end = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }
         recorder.record(&batch);
+        if end {
+            return;
+        }
     }
 }
 
 /// Turns mesh events into recorder events on the queue.
-fn event_sink(factory: Recorder, tx: SyncSender<Event>) -> netsky_mesh::EventSink {
+fn event_sink(factory: Recorder, tx: SyncSender<Option<Event>>) -> netsky_mesh::EventSink {
     let factory = Arc::new(factory);
     Arc::new(move |e: MeshEvent| {
         for ev in translate(&factory, e) {
-            if tx.send(ev).is_err() {
+            if tx.send(Some(ev)).is_err() {
                 warn!("recorder gone; event dropped");
             }
         }

@@ -100,3 +100,178 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<
         }
     }
 }
+
+/// A running `netsky node run`, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub ready: serde_json::Value,
+}
+
+impl TestHome {
+    /// Starts this home's daemon and waits for its ready line.
+    pub fn start(&self) -> Daemon {
+        use std::io::BufRead;
+        let err =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.join("daemon.err")).unwrap();
+        let mut child = self
+            .cmd(&["--json", "node", "run"])
+            .env("RUST_LOG", "netsky=info,netsky_mesh=debug,warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .expect("daemon starts");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let ready = serde_json::from_str(&line).unwrap_or_else(|_| {
+            let _ = child.kill();
+            let err = std::fs::read_to_string(self.join("daemon.err")).unwrap_or_default();
+            panic!("daemon of {} did not become ready; stdout {line:?}; stderr:\n{err}", self.name)
+        });
+        Daemon { child, ready }
+    }
+
+    /// Events recorded in this home's logs, as (event, envelope, detail).
+    pub fn events(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for f in self.files("logs") {
+            let text = std::fs::read_to_string(self.join(&format!("logs/{f}"))).unwrap_or_default();
+            for l in text.lines() {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+                    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+                    out.push((s("event"), s("envelope"), s("detail")));
+                }
+            }
+        }
+        out
+    }
+
+    /// Drains `agent` and returns the texts delivered, in order.
+    pub fn drain_texts(&self, agent: &str) -> Vec<String> {
+        let v = self.json(&["channel", "drain", agent]);
+        v["delivered"].as_array().unwrap().iter().map(|d| d["text"].as_str().unwrap().to_string()).collect()
+    }
+}
+
+impl Daemon {
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), 15);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("daemon did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9, no cleanup at all.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends signal `sig` to `pid`.
+pub fn unsafe_kill(pid: u32, sig: i32) {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: kill(2) has no memory preconditions.
+    unsafe {
+        kill(pid as i32, sig);
+    }
+}
+
+/// A root with a running daemon and members joined by ticket, each with its daemon.
+pub struct TestMesh {
+    pub homes: Vec<TestHome>,
+    pub daemons: Vec<Option<Daemon>>,
+}
+
+impl TestMesh {
+    /// `names[0]` is root of mesh "home"; the rest join it.
+    pub fn new(names: &[&str]) -> TestMesh {
+        let root = TestHome::init(names[0]);
+        root.ok(&["mesh", "init", "--mesh", "home"]);
+        let mut daemons = vec![Some(root.start())];
+        let mut homes = vec![root];
+        for n in &names[1..] {
+            let h = TestHome::init(n);
+            let ticket = homes[0].ok(&["mesh", "invite", n]).trim().to_string();
+            h.ok(&["mesh", "join", &ticket]);
+            daemons.push(Some(h.start()));
+            homes.push(h);
+        }
+        let m = TestMesh { homes, daemons };
+        // Everyone sees everyone once the members' addresses are in the charter they hold.
+        for h in &m.homes {
+            let want = names.len();
+            wait_for(
+                &format!("{} to hold a charter with every address", h.name),
+                Duration::from_secs(20),
+                || {
+                    let c = h.json(&["mesh", "charter"]);
+                    let members = c["charter"]["members"].as_array().cloned().unwrap_or_default();
+                    let with_addrs = members
+                        .iter()
+                        .filter(|m| m["addrs"].as_array().is_some_and(|a| !a.is_empty()))
+                        .count();
+                    if with_addrs == want { Ok(()) } else { Err(c.to_string()) }
+                },
+            );
+        }
+        m
+    }
+
+    /// The home of `name`.
+    pub fn home(&self, name: &str) -> &TestHome {
+        self.homes.iter().find(|h| h.name == name).expect("a member")
+    }
+
+    fn idx(&self, name: &str) -> usize {
+        self.homes.iter().position(|h| h.name == name).expect("a member")
+    }
+
+    /// Stops `name`'s daemon cleanly.
+    pub fn stop(&mut self, name: &str) {
+        let i = self.idx(name);
+        if let Some(d) = self.daemons[i].take() {
+            assert!(d.stop().success(), "{name} stopped cleanly");
+        }
+    }
+
+    /// kill -9 of `name`'s daemon.
+    pub fn kill9(&mut self, name: &str) {
+        let i = self.idx(name);
+        if let Some(d) = self.daemons[i].take() {
+            d.kill9();
+        }
+    }
+
+    /// (Re)starts `name`'s daemon.
+    pub fn start(&mut self, name: &str) {
+        let i = self.idx(name);
+        assert!(self.daemons[i].is_none(), "{name} is running already");
+        self.daemons[i] = Some(self.homes[i].start());
+    }
+}
