@@ -62,6 +62,22 @@ impl Home {
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state")
     }
+    /// `state/escalations/`
+    pub fn escalations_dir(&self) -> PathBuf {
+        self.state_dir().join("escalations")
+    }
+    /// `state/prompts/`: each agent's rendered prompt.
+    pub fn prompts_dir(&self) -> PathBuf {
+        self.state_dir().join("prompts")
+    }
+    /// `state/agents/<agent>/`: the watchdog's markers for one agent.
+    pub fn agent_state_dir(&self, agent: netsky_bus::AgentName) -> PathBuf {
+        self.state_dir().join("agents").join(agent.to_string())
+    }
+    /// `prompts/addendum.md`: the operator's optional addendum to every prompt.
+    pub fn prompt_addendum_path(&self) -> PathBuf {
+        self.root.join("prompts").join("addendum.md")
+    }
     /// `meta.db`
     pub fn db_path(&self) -> PathBuf {
         self.root.join("meta.db")

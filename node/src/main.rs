@@ -6,11 +6,14 @@
 mod bench;
 mod cli;
 mod config;
+mod constellation;
 mod demo;
+mod escalation;
 mod home;
 mod proc;
 mod record;
 mod store;
+mod ticker;
 
 use std::process::ExitCode;
 

@@ -110,6 +110,30 @@ impl Recorder {
         }
     }
 
+    /// Runs `f` on meta.db (opened on first use); a failure is logged once and disables the store, as for events.
+    pub fn with_store(&self, f: impl FnOnce(&mut Store) -> anyhow::Result<()>) {
+        if *self.store_failed.borrow() {
+            return;
+        }
+        let mut slot = self.store.borrow_mut();
+        if slot.is_none() {
+            match Store::open(&self.db) {
+                Ok(s) => *slot = Some(s),
+                Err(e) => {
+                    drop(slot);
+                    self.store_unavailable(&e.to_string());
+                    return;
+                }
+            }
+        }
+        if let Some(store) = slot.as_mut()
+            && let Err(e) = f(store)
+        {
+            drop(slot);
+            self.store_unavailable(&e.to_string());
+        }
+    }
+
     fn store_unavailable(&self, why: &str) {
         *self.store_failed.borrow_mut() = true;
         tracing::warn!(db = %self.db.display(), error = why, "meta.db unavailable; the bus goes on, the log has every event");

@@ -1,9 +1,15 @@
 //! The command line of ARCHITECTURE.md section 10: one module per verb group.
 
 mod channel;
+mod down;
 mod init;
 mod keys;
+mod prompts;
 mod query;
+mod restart;
+mod status;
+mod ticker;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +49,20 @@ enum Command {
     Channel(channel::ChannelCmd),
     /// Run read-only SQL over meta.db.
     Query(query::QueryArgs),
+    /// Start agent0, agent1..agentN and agentinfinity in tmux, and the heartbeat.
+    Up(up::UpArgs),
+    /// Stop every agent and the heartbeat `up` started; nothing revives them until `up`.
+    Down(down::DownArgs),
+    /// Each agent: alive, pid, last output change, inbox, hang suspected, restarts.
+    Status(status::StatusArgs),
+    /// Stop and start one agent's session now (ends a crash-loop cooldown).
+    Restart(restart::RestartArgs),
+    /// Render agent prompts.
+    #[command(subcommand)]
+    Prompts(prompts::PromptsCmd),
+    /// The heartbeat alone, in the foreground (what `up` runs when no daemon does).
+    #[command(hide = true)]
+    Ticker(ticker::TickerArgs),
     /// Measure netsky against this machine's floors.
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
@@ -66,6 +86,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys(c) => keys::run(&ctx, c),
         Command::Channel(c) => channel::run(&ctx, c),
         Command::Query(a) => query::run(&ctx, a),
+        Command::Up(a) => up::run(&ctx, a),
+        Command::Down(a) => down::run(&ctx, a),
+        Command::Status(a) => status::run(&ctx, a),
+        Command::Restart(a) => restart::run(&ctx, a),
+        Command::Prompts(c) => prompts::run(&ctx, c),
+        Command::Ticker(a) => ticker::run(&ctx, a),
         Command::Bench(c) => crate::bench::run(&ctx, c),
         Command::Demo(a) => crate::demo::run(&ctx, a),
     }
