@@ -226,6 +226,11 @@ fn up_starts_each_agent_with_its_environment_and_down_stops_everything() {
     assert_eq!(down["ticker_stopped"], true, "{down}");
     assert!(w.sessions().is_empty(), "{:?}", w.sessions());
     assert!(w.state("constellation-down").exists());
+    // The heartbeat took tmux's SIGHUP as a request to stop after its tick.
+    let log = || {
+        std::fs::read_dir(w.home.join("logs")).unwrap().map(|e| read(&e.unwrap().path())).collect::<String>()
+    };
+    wait_for("ticker-stopped", || log().contains("\"event\":\"ticker-stopped\"").then_some(()), log);
     let st = w.status();
     assert_eq!(st["down"], true, "{st}");
     assert!(st["agents"].as_array().unwrap().iter().all(|a| a["session_alive"] == false), "{st}");
@@ -272,6 +277,28 @@ fn a_message_sent_to_an_agent_appears_in_its_pane_and_is_then_delivered() {
     w.wait_ticks(2);
     let ls = w.json(&["channel", "ls", "agent5"]);
     assert_eq!((ls["inbox"].as_u64(), ls["delivered"].as_u64()), (Some(1), Some(0)), "{ls}");
+}
+
+#[test]
+fn an_envelope_left_claimed_by_a_crash_is_pasted_once_the_agent_runs() {
+    let w = World::new(&["cat"], "");
+    let id = w.ok(&["channel", "send", "agent1", "left behind"]).trim().to_string();
+    // As if a delivery round died between its claim and its paste.
+    let mb = w.home.join("channels/agent/agent1");
+    std::fs::rename(mb.join(format!("inbox/{id}.json")), mb.join(format!("claimed/{id}.json"))).unwrap();
+    w.ok(&["up", "1"]);
+    wait_for(
+        "the adopted message in agent1's pane",
+        || Some(w.capture("agent1")).filter(|p| p.contains("left behind</channel>")),
+        || w.capture("agent1"),
+    );
+    let delivered = mb.join(format!("delivered/{id}.json"));
+    wait_for(
+        "delivered",
+        || delivered.exists().then_some(()),
+        || format!("{:?}", w.json(&["channel", "ls", "agent1"])),
+    );
+    assert!(!mb.join(format!("claimed/{id}.json")).exists());
 }
 
 #[test]

@@ -212,3 +212,54 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
     let rec = &node.recorder;
     rec.record(&[rec.event("ticker-stopped", None, None, None)]);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Relay};
+
+    /// A home with a key and a config whose tmux server (never started) is private.
+    fn home() -> (tempfile::TempDir, Home) {
+        let d = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(d.path().join("h"))).unwrap();
+        home.create_dirs().unwrap();
+        netsky_keys::create_key_file(&home.node_key_path()).unwrap();
+        let mut cfg = Config::new("t".parse().unwrap(), None, Some(Relay::Disabled));
+        cfg.node.tick_interval_s = 1;
+        cfg.constellation.tmux_socket = format!("nsky-unit-{}", std::process::id());
+        std::fs::write(home.config_path(), cfg.to_toml()).unwrap();
+        (d, home)
+    }
+
+    fn ticks(home: &Home) -> u64 {
+        std::fs::read(home.state_dir().join("tick.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<constellation::TickStamp>(&b).ok())
+            .map_or(0, |t| t.ticks)
+    }
+
+    #[test]
+    fn a_ticker_ticks_at_once_keeps_ticking_and_stops_when_asked() {
+        let (_d, home) = home();
+        let t = Ticker::start(home.clone()).unwrap();
+        t.waker().inbox();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ticks(&home) < 2 {
+            assert!(Instant::now() < deadline, "ticks seen: {}", ticks(&home));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let start = Instant::now();
+        t.stop().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(10), "stop took {:?}", start.elapsed());
+        let n = ticks(&home);
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(ticks(&home), n, "no tick after stop");
+    }
+
+    #[test]
+    fn a_ticker_on_a_home_that_is_not_one_fails_to_start() {
+        let d = tempfile::tempdir().unwrap();
+        let e = Ticker::start(Home::resolve(Some(d.path().to_path_buf())).unwrap()).unwrap_err();
+        assert!(format!("{e:#}").contains("not a netsky home"), "{e:#}");
+    }
+}
