@@ -65,9 +65,9 @@ fn envelopes_wait_in_the_outbox_while_the_peer_is_down_and_flow_when_it_returns(
         let n = studio.files("mesh/outbox").len();
         if n == 0 { Ok(()) } else { Err(format!("{n} left")) }
     });
+    assert_eq!(studio.json(&["channel", "status", &ids[19]])["state"], "acked");
     let got = laptop.drain_texts("agent1");
     assert_eq!(got, (0..20).map(|i| format!("while down {i}")).collect::<Vec<_>>());
-    assert_eq!(studio.json(&["channel", "status", &ids[19]])["state"], "acked");
 }
 
 #[test]

@@ -496,17 +496,22 @@ impl Shared {
 
     /// Moves an outbox file this node cannot send to `mesh/refused/` with a reason.
     fn refuse_local(&self, path: &std::path::Path, name: &str, kind: &str, reason: &str) {
-        let dst = self.paths.refused().join(name);
-        if std::fs::rename(path, &dst).is_ok() {
-            let line = format!("{} {kind}: {reason}\n", now_ts());
-            let _ =
-                netsky_bus::write_durable(&self.paths.refused(), &format!("{name}.reason"), line.as_bytes());
-            self.emit(MeshEvent::RefusedLocally {
-                file: name.to_string(),
-                kind: kind.into(),
-                reason: reason.into(),
-            });
+        if self.keep_refused(path, name, kind, reason) {
+            let file = name.to_string();
+            self.emit(MeshEvent::RefusedLocally { file, kind: kind.into(), reason: reason.into() });
         }
+    }
+
+    /// Moves an outbox file to `mesh/refused/`, its reason written first so a
+    /// reader that sees the envelope there always finds why.
+    fn keep_refused(&self, path: &std::path::Path, name: &str, kind: &str, reason: &str) -> bool {
+        let line = format!("{} {kind}: {reason}\n", now_ts());
+        if let Err(e) =
+            netsky_bus::write_durable(&self.paths.refused(), &format!("{name}.reason"), line.as_bytes())
+        {
+            warn!(error = %e, "cannot write the refusal reason");
+        }
+        std::fs::rename(path, self.paths.refused().join(name)).is_ok()
     }
 
     /// One peer's sender: connect when there is work, ship in order, back off when down.
@@ -727,14 +732,7 @@ impl Shared {
                     self.emit(MeshEvent::Acked { env: q.env.clone(), duplicate });
                 }
                 Outcome::Refused { kind, reason } => {
-                    let dst = self.paths.refused().join(&q.file);
-                    let _ = std::fs::rename(&path, &dst);
-                    let line = format!("{} {kind}: {reason}\n", now_ts());
-                    let _ = netsky_bus::write_durable(
-                        &self.paths.refused(),
-                        &format!("{}.reason", q.file),
-                        line.as_bytes(),
-                    );
+                    self.keep_refused(&path, &q.file, kind, reason);
                     self.emit(MeshEvent::RefusedByPeer {
                         env: q.env.clone(),
                         kind: kind.clone(),

@@ -109,11 +109,20 @@ pub struct ConstellationSection {
     #[serde(default = "default_runtime", deserialize_with = "argv")]
     pub runtime: Vec<String>,
     /// `tmux -L` socket name; empty means the default server.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "socket_name")]
     pub tmux_socket: String,
     /// Seconds without pane output before a hang is suspected.
     #[serde(default = "default_hang", deserialize_with = "positive")]
     pub hang_after_s: u64,
+    /// Restarts within `crash_loop_window_s` that make a crash loop.
+    #[serde(default = "default_crash_restarts", deserialize_with = "crash_restarts")]
+    pub crash_loop_restarts: u32,
+    /// The window, in seconds, in which restarts are counted.
+    #[serde(default = "default_crash_window", deserialize_with = "positive")]
+    pub crash_loop_window_s: u64,
+    /// Seconds a crash-looping agent is left down before the next try.
+    #[serde(default = "default_crash_cooldown", deserialize_with = "positive")]
+    pub crash_cooldown_s: u64,
 }
 
 impl Default for ConstellationSection {
@@ -123,6 +132,9 @@ impl Default for ConstellationSection {
             runtime: default_runtime(),
             tmux_socket: String::new(),
             hang_after_s: default_hang(),
+            crash_loop_restarts: default_crash_restarts(),
+            crash_loop_window_s: default_crash_window(),
+            crash_cooldown_s: default_crash_cooldown(),
         }
     }
 }
@@ -200,6 +212,36 @@ fn default_hang() -> u64 {
 }
 fn default_repage() -> u64 {
     900
+}
+fn default_crash_restarts() -> u32 {
+    3
+}
+fn default_crash_window() -> u64 {
+    300
+}
+fn default_crash_cooldown() -> u64 {
+    900
+}
+
+fn crash_restarts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = u32::deserialize(d)?;
+    if v == 0 || v > 100 {
+        return Err(serde::de::Error::custom(format!("{v} is out of range: expected 1 to 100 restarts")));
+    }
+    Ok(v)
+}
+
+/// A `tmux -L` name becomes a file name under tmux's socket directory: keep it plain.
+fn socket_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let v = String::deserialize(d)?;
+    let ok = v.len() <= 64 && v.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+    if !ok || v.starts_with('.') {
+        return Err(serde::de::Error::custom(format!(
+            "tmux_socket {:?}: expected at most 64 of a-z A-Z 0-9 - _ . (not starting with '.'), or empty",
+            v.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(v)
 }
 
 fn positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -332,6 +374,10 @@ path = "/tmp/owner-pages.jsonl"
             ("[node]\nname = \"w\"\ntick_interval_s = 0\n", "line 3", "out of range"),
             ("[node]\nname = \"w\"\n[constellation]\nclones = 5000\n", "line 4", "999"),
             ("[node]\nname = \"w\"\n[constellation]\nruntime = []\n", "line 4", "argv"),
+            ("[node]\nname = \"w\"\n[constellation]\ntmux_socket = \"a/b\"\n", "line 4", "tmux_socket"),
+            ("[node]\nname = \"w\"\n[constellation]\ncrash_loop_restarts = 0\n", "line 4", "restarts"),
+            ("[node]\nname = \"w\"\n[constellation]\ncrash_cooldown_s = 0\n", "line 4", "out of range"),
+            ("[node]\nname = \"w\"\n[constellation]\ncrash_loop = 3\n", "line 4", "crash_loop"),
             ("[node]\nname = \"w\"\n[[owner.legs]]\nkind = \"pigeon\"\n", "line", "pigeon"),
             ("[nod]\nname = \"w\"\n", "line 1", "nod"),
             ("", "", "node"),

@@ -20,8 +20,9 @@ use tracing::{info, warn};
 use crate::cli::{Ctx, emit};
 use crate::config;
 use crate::daemon_state::{self, DaemonState};
-use crate::home::{Node, agent_in_constellation};
+use crate::home::{Node, agent_in_constellation, clones_of};
 use crate::record::{Event, Recorder};
+use crate::ticker::{Ticker, Waker};
 
 /// Events waiting for the recorder thread; a full queue slows the mesh rather than losing evidence.
 const EVENT_QUEUE: usize = 65_536;
@@ -66,15 +67,17 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
         .name("recorder".into())
         .spawn(move || record_loop(recorder, rx))
         .context("cannot start the recorder thread")?;
-    let sink = event_sink(Recorder::new(&node.home, name.clone()), tx.clone());
-    let clones = node.config.constellation.clones;
+    // The heartbeat: delivery into panes, watchdog, hang detection, on its own thread.
+    let ticker = Ticker::start(node.home.clone())?;
+    let sink = event_sink(Recorder::new(&node.home, name.clone()), tx.clone(), ticker.waker());
+    let (home, config) = (node.home.clone(), node.config.clone());
     let mut cfg = MeshConfig {
         home: node.home.root().to_path_buf(),
         name: name.clone(),
         key: node.key.clone(),
         listen: node.config.node.listen,
         relay: relay_of(&node.config.node.relay),
-        agent_exists: Arc::new(move |a| agent_in_constellation(a, clones)),
+        agent_exists: Arc::new(move |a| agent_in_constellation(a, clones_of(&home, &config))),
         events: sink,
     };
     // An unpinned port: reuse the last one, so peers' charters stay right across restarts.
@@ -129,11 +132,19 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     })?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    // tmux sends SIGHUP when `netsky down` kills the session `up` started us in.
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: stopping"),
         _ = int.recv() => info!("SIGINT: stopping"),
+        _ = hup.recv() => info!("SIGHUP: stopping"),
     }
     mesh.shutdown().await;
+    match tokio::task::spawn_blocking(move || ticker.stop()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "the heartbeat stopped with an error"),
+        Err(e) => warn!(error = %e, "the heartbeat thread failed"),
+    }
     let stopped = DaemonState { running: false, ..state };
     if let Err(e) = daemon_state::write(&node.home, &stopped) {
         warn!(error = %e, "cannot mark the daemon stopped");
@@ -181,9 +192,14 @@ fn record_loop(recorder: Recorder, rx: Receiver<Option<Event>>) {
 }
 
 /// Turns mesh events into recorder events on the queue.
-fn event_sink(factory: Recorder, tx: SyncSender<Option<Event>>) -> netsky_mesh::EventSink {
+fn event_sink(factory: Recorder, tx: SyncSender<Option<Event>>, waker: Waker) -> netsky_mesh::EventSink {
     let factory = Arc::new(factory);
     Arc::new(move |e: MeshEvent| {
+        // Mail from another node goes into its agent's pane at once, not at the next tick.
+        if matches!(&e, MeshEvent::Received { item, .. } if item.ack.outcome == netsky_mesh::wire::Outcome::Stored)
+        {
+            waker.inbox();
+        }
         for ev in translate(&factory, e) {
             if tx.send(Some(ev)).is_err() {
                 warn!("recorder gone; event dropped");

@@ -62,6 +62,22 @@ impl Home {
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state")
     }
+    /// `state/escalations/`
+    pub fn escalations_dir(&self) -> PathBuf {
+        self.state_dir().join("escalations")
+    }
+    /// `state/prompts/`: each agent's rendered prompt.
+    pub fn prompts_dir(&self) -> PathBuf {
+        self.state_dir().join("prompts")
+    }
+    /// `state/agents/<agent>/`: the watchdog's markers for one agent.
+    pub fn agent_state_dir(&self, agent: netsky_bus::AgentName) -> PathBuf {
+        self.state_dir().join("agents").join(agent.to_string())
+    }
+    /// `prompts/addendum.md`: the operator's optional addendum to every prompt.
+    pub fn prompt_addendum_path(&self) -> PathBuf {
+        self.root.join("prompts").join("addendum.md")
+    }
     /// `meta.db`
     pub fn db_path(&self) -> PathBuf {
         self.root.join("meta.db")
@@ -116,10 +132,32 @@ pub struct Node {
 }
 
 impl Node {
+    /// The roster under the charter on disk now (a long-lived holder of a
+    /// `Node`, like the heartbeat, must see members who joined since it opened).
+    pub fn current_roster(&self) -> Result<Roster> {
+        let name = &self.config.node.name;
+        Ok(match netsky_mesh::charter_file::load(&self.home.mesh_paths())? {
+            Some(c) => c.charter.roster(name, self.key.public())?,
+            None => Roster::solo(name.clone(), self.key.public())?,
+        })
+    }
+
     /// Whether `agent` belongs to this node's constellation (agent0, clones, agentinfinity).
     pub fn agent_exists(&self, agent: AgentName) -> bool {
-        agent_in_constellation(agent, self.config.constellation.clones)
+        agent_in_constellation(agent, clones_of(&self.home, &self.config))
     }
+
+    /// The highest clone number of this node: the config's, or more if `up N` asked for more.
+    pub fn clones(&self) -> u16 {
+        clones_of(&self.home, &self.config)
+    }
+}
+
+/// The config's clone count, or the larger count `netsky up N` last asked for.
+pub fn clones_of(home: &Home, config: &Config) -> u16 {
+    let asked =
+        crate::constellation::agents::load_desired(home).ok().flatten().map(|d| d.clones).unwrap_or(0);
+    config.constellation.clones.max(asked)
 }
 
 /// Whether `agent` is agent0, agentinfinity or a clone numbered 1..=clones.

@@ -6,13 +6,16 @@
 mod bench;
 mod cli;
 mod config;
+mod constellation;
 mod daemon;
 mod daemon_state;
 mod demo;
+mod escalation;
 mod home;
 mod proc;
 mod record;
 mod store;
+mod ticker;
 
 use std::process::ExitCode;
 

@@ -1,4 +1,5 @@
-//! Bounded subprocesses: every child netsky starts has a deadline.
+//! Bounded subprocesses: every child netsky starts has a deadline and an
+//! output cap, so a hung or chatty child can stall or bloat nothing.
 
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
@@ -6,7 +7,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// Runs `cmd` to completion, killing it if it outlives `timeout`.
+/// The most of each stream (stdout, stderr) kept from a child; the rest is read and dropped.
+pub const MAX_OUTPUT: u64 = 1024 * 1024;
+
+/// Reads at most [`MAX_OUTPUT`] bytes, then drains the rest so the child never blocks on a full pipe.
+fn read_capped(mut r: impl Read) -> Vec<u8> {
+    let mut b = Vec::new();
+    let _ = (&mut r).take(MAX_OUTPUT).read_to_end(&mut b);
+    let _ = std::io::copy(&mut r, &mut std::io::sink());
+    b
+}
+
+/// Runs `cmd` to completion, killing it if it outlives `timeout`; output is capped at [`MAX_OUTPUT`].
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     let what = format!("{:?}", cmd.get_program());
     let mut child = cmd
@@ -18,16 +30,8 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     let mut out_pipe = child.stdout.take().context("child stdout")?;
     let mut err_pipe = child.stderr.take().context("child stderr")?;
     // Readers on their own threads so a chatty child never blocks on a full pipe.
-    let out_t = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = out_pipe.read_to_end(&mut b);
-        b
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = err_pipe.read_to_end(&mut b);
-        b
-    });
+    let out_t = std::thread::spawn(move || read_capped(&mut out_pipe));
+    let err_t = std::thread::spawn(move || read_capped(&mut err_pipe));
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(s) = child.try_wait()? {

@@ -84,6 +84,11 @@ impl Recorder {
         if let Err(e) = self.append_log(events) {
             tracing::warn!(error = %e, "cannot append to the event log");
         }
+        self.with_store(|store| store.record(events));
+    }
+
+    /// Runs `f` on meta.db (opened on first use); a failure is logged once and disables the store, as for events.
+    pub fn with_store(&self, f: impl FnOnce(&mut Store) -> anyhow::Result<()>) {
         let mut slot = self.store.lock().unwrap_or_else(|p| p.into_inner());
         let Ok(opened) = &mut *slot else { return };
         if opened.is_none() {
@@ -98,7 +103,7 @@ impl Recorder {
             }
         }
         if let Some(store) = opened.as_mut()
-            && let Err(e) = store.record(events)
+            && let Err(e) = f(store)
         {
             *slot = Err(());
             drop(slot);

@@ -39,6 +39,34 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_by_envelope ON events(envelope_id);
     CREATE INDEX events_by_event ON events(event, ts);",
+    // 2: the constellation's watchdog: escalations, restarts and agent markers.
+    // Rows are appended, never rewritten: a marker's clearing is a new row.
+    "CREATE TABLE escalations (
+        id TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        opened TEXT NOT NULL,
+        source TEXT NOT NULL,
+        agent TEXT
+    );
+    CREATE TABLE restarts (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX restarts_by_agent ON restarts(agent, ts);
+    CREATE TABLE agent_markers (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        marker TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('set', 'cleared')),
+        detail TEXT
+    );
+    CREATE INDEX agent_markers_by_agent ON agent_markers(agent, marker, seq);",
 ];
 
 /// The schema version this binary writes.
@@ -106,6 +134,67 @@ impl Store {
     }
 }
 
+/// One row of the `escalations` table.
+pub struct EscalationRow<'a> {
+    /// The incident id (a ULID).
+    pub id: &'a str,
+    /// One-line subject.
+    pub subject: &'a str,
+    /// What happened.
+    pub body: &'a str,
+    /// When it was opened.
+    pub opened: &'a str,
+    /// Who opened it (`watchdog`, ...).
+    pub source: &'a str,
+    /// The agent concerned, if any.
+    pub agent: Option<&'a str>,
+}
+
+impl Store {
+    /// Records an opened escalation (once per id).
+    pub fn insert_escalation(&mut self, e: &EscalationRow<'_>) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO escalations (id, subject, body, opened, source, agent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![e.id, e.subject, e.body, e.opened, e.source, e.agent],
+        )?;
+        Ok(())
+    }
+
+    /// Appends a restart attempt of `agent`.
+    pub fn insert_restart(
+        &mut self,
+        ts: &str,
+        agent: &str,
+        reason: &str,
+        ok: bool,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO restarts (ts, agent, reason, ok, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![ts, agent, reason, ok, detail],
+        )?;
+        Ok(())
+    }
+
+    /// Appends a marker change (`set` or `cleared`) of `agent`.
+    pub fn insert_marker(
+        &mut self,
+        ts: &str,
+        agent: &str,
+        marker: &str,
+        set: bool,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        let state = if set { "set" } else { "cleared" };
+        self.conn.execute(
+            "INSERT INTO agent_markers (ts, agent, marker, state, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![ts, agent, marker, state, detail],
+        )?;
+        Ok(())
+    }
+}
+
 /// Opens meta.db strictly read-only, for `netsky query`.
 pub fn open_read_only(path: &Path) -> Result<Connection> {
     if !path.exists() {
@@ -132,6 +221,31 @@ mod tests {
         let c = open_read_only(&p).unwrap();
         let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn watchdog_rows_append_and_read_back() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("meta.db");
+        let mut s = Store::open(&p).unwrap();
+        let row = EscalationRow {
+            id: "01J",
+            subject: "s",
+            body: "b",
+            opened: "t",
+            source: "watchdog",
+            agent: Some("agent1"),
+        };
+        s.insert_escalation(&row).unwrap();
+        s.insert_escalation(&row).unwrap();
+        s.insert_restart("t", "agent1", "dead", true, None).unwrap();
+        s.insert_marker("t", "agent1", "hang-suspected", true, None).unwrap();
+        s.insert_marker("t", "agent1", "hang-suspected", false, None).unwrap();
+        let c = open_read_only(&p).unwrap();
+        let n = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(n("SELECT count(*) FROM escalations"), 1);
+        assert_eq!(n("SELECT count(*) FROM restarts WHERE ok = 1"), 1);
+        assert_eq!(n("SELECT count(*) FROM agent_markers WHERE state = 'cleared'"), 1);
     }
 
     #[test]

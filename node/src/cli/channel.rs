@@ -140,7 +140,7 @@ fn send(ctx: &Ctx, node: &Node, o: Outgoing, wait: Option<Duration>) -> Result<E
             if !node.agent_exists(*agent) {
                 bail!(
                     "no agent {agent} on this node (agent0, agent1..agent{}, agentinfinity)",
-                    node.config.constellation.clones
+                    node.clones()
                 );
             }
             *agent

@@ -1,13 +1,18 @@
 //! The command line of ARCHITECTURE.md section 10: one module per verb group.
 
 mod channel;
+mod down;
 mod init;
 mod keys;
 mod mesh;
 mod node;
+mod prompts;
 mod query;
 mod receipt;
 mod remote;
+mod restart;
+mod status;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +22,8 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::home::Home;
+
+pub use receipt::spool as spool_receipts;
 
 /// netsky: a node of an operator's mesh of AI-agent machines.
 #[derive(Debug, Parser)]
@@ -53,6 +60,17 @@ enum Command {
     Node(node::NodeCmd),
     /// Run read-only SQL over meta.db.
     Query(query::QueryArgs),
+    /// Start agent0, agent1..agentN and agentinfinity in tmux, and the heartbeat.
+    Up(up::UpArgs),
+    /// Stop every agent and the heartbeat `up` started; nothing revives them until `up`.
+    Down(down::DownArgs),
+    /// Each agent: alive, pid, last output change, inbox, hang suspected, restarts.
+    Status(status::StatusArgs),
+    /// Stop and start one agent's session now (ends a crash-loop cooldown).
+    Restart(restart::RestartArgs),
+    /// Render agent prompts.
+    #[command(subcommand)]
+    Prompts(prompts::PromptsCmd),
     /// Measure netsky against this machine's floors.
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
@@ -78,6 +96,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mesh(c) => mesh::run(&ctx, c),
         Command::Node(c) => node::run(&ctx, c),
         Command::Query(a) => query::run(&ctx, a),
+        Command::Up(a) => up::run(&ctx, a),
+        Command::Down(a) => down::run(&ctx, a),
+        Command::Status(a) => status::run(&ctx, a),
+        Command::Restart(a) => restart::run(&ctx, a),
+        Command::Prompts(c) => prompts::run(&ctx, c),
         Command::Bench(c) => crate::bench::run(&ctx, c),
         Command::Demo(a) => crate::demo::run(&ctx, a),
     }

@@ -1,0 +1,56 @@
+//! `netsky status`: each agent: alive, pid, last output change, inbox, hang, restarts.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::{Ctx, emit};
+use crate::constellation;
+use crate::home::Node;
+
+/// Arguments of `netsky status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {}
+
+/// Runs `netsky status`.
+pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<ExitCode> {
+    let node = Node::open(ctx.home.clone())?;
+    let st = constellation::status(&node)?;
+    emit(ctx, &st, || {
+        let hb = match st.heartbeat {
+            Some(constellation::agents::Heartbeat::Daemon) => "daemon",
+            Some(constellation::agents::Heartbeat::Ticker) => "netsky-ticker",
+            None => "none",
+        };
+        let mut s = format!(
+            "node {}{}; heartbeat: {hb}; last tick: {}",
+            st.node,
+            if st.down { " (DOWN: brought down with `netsky down`)" } else { "" },
+            st.last_tick.as_deref().unwrap_or("never")
+        );
+        s.push_str(&format!(
+            "\n{:<14} {:<5} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}",
+            "AGENT", "ALIVE", "PID", "LAST OUTPUT CHANGE", "INBOX", "CLAIMED", "HANG", "RESTARTS"
+        ));
+        for a in &st.agents {
+            let restarts = match &a.cooldown_until {
+                Some(u) => format!("{} (cooling until {u})", a.restarts),
+                None => a.restarts.to_string(),
+            };
+            s.push_str(&format!(
+                "\n{:<14} {:<5} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}",
+                a.agent,
+                if a.session_alive { "yes" } else { "no" },
+                a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                a.last_output_change.as_deref().unwrap_or("-"),
+                a.inbox,
+                a.claimed,
+                if a.hang_suspected { "yes" } else { "no" },
+                restarts
+            ));
+        }
+        s
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,134 @@
+//! `netsky up [N]`: start agent0, agent1..agentN and agentinfinity, and the heartbeat.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use super::{Ctx, emit};
+use crate::constellation::agents::{self, Desired, Heartbeat};
+use crate::constellation::{tmux_of, watchdog};
+use crate::home::Node;
+
+/// How long `up` waits for a running tick to finish.
+pub const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Arguments of `netsky up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Number of clones, agent1..agentN (default: `[constellation] clones`).
+    #[arg(value_parser = clap::value_parser!(u16).range(0..=999))]
+    clones: Option<u16>,
+}
+
+#[derive(Serialize)]
+struct Out {
+    node: String,
+    clones: u16,
+    started: Vec<String>,
+    running: Vec<String>,
+    stopped: Vec<String>,
+    heartbeat: Heartbeat,
+    heartbeat_started: bool,
+}
+
+/// Whether `program` names something runnable: a path that exists, or a name found on PATH.
+fn program_found(program: &str) -> bool {
+    if program.contains('/') {
+        return std::path::Path::new(program).exists();
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Runs `netsky up`.
+pub fn run(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
+    let node = Node::open(ctx.home.clone())?;
+    let home = &node.home;
+    let desired = Desired { clones: a.clones.unwrap_or(node.config.constellation.clones) };
+    let tmux = tmux_of(&node);
+    let program = &node.config.constellation.runtime[0];
+    if !program_found(program) {
+        eprintln!(
+            "netsky: warning: runtime {program:?} is not found; its agents will exit at once, \
+             and the watchdog will cool them down and escalate"
+        );
+    }
+    let lock = agents::lock(home, LOCK_WAIT)?;
+    // Every prompt first: a bad addendum stops `up` before anything starts.
+    for agent in desired.agents() {
+        agents::write_prompt(&node, agent, desired.clones)?;
+    }
+    // Asking tmux before writing any mark: a missing or hung tmux changes nothing.
+    let sessions = tmux.sessions()?;
+    agents::clear_down(home)?;
+    agents::save_desired(home, desired)?;
+    let mut out = Out {
+        node: node.config.node.name.to_string(),
+        clones: desired.clones,
+        started: vec![],
+        running: vec![],
+        stopped: vec![],
+        heartbeat: Heartbeat::Ticker,
+        heartbeat_started: false,
+    };
+    for name in sessions.keys() {
+        if let Ok(agent) = name.parse()
+            && !desired.contains(agent)
+        {
+            tmux.kill_session(name)?;
+            out.stopped.push(name.clone());
+        }
+    }
+    // The heartbeat first: if every agent's runtime exits at once, the tmux
+    // server must still have a live session when the heartbeat's is made.
+    out.heartbeat = match agents::heartbeat(home, &tmux)? {
+        Some(h) => h,
+        None => {
+            agents::start_ticker(home, &tmux).context("cannot start the heartbeat")?;
+            out.heartbeat_started = true;
+            Heartbeat::Ticker
+        }
+    };
+    for agent in desired.agents() {
+        let name = agent.to_string();
+        match sessions.get(&name) {
+            Some(p) if !p.dead => out.running.push(name),
+            other => {
+                if other.is_some() {
+                    tmux.kill_session(&name)?;
+                }
+                // The operator asked for it: an old crash-loop cooldown no longer holds.
+                watchdog::forgive(&node, agent)?;
+                agents::start_agent(&node, &tmux, agent, desired.clones)?;
+                let rec = &node.recorder;
+                rec.record(&[rec.event("started", Some(agent), None, Some("netsky up".into()))]);
+                out.started.push(name);
+            }
+        }
+    }
+    drop(lock);
+    emit(ctx, &out, || {
+        let mut s = format!("constellation of {} up: {}", out.node, desired.describe());
+        if !out.started.is_empty() {
+            s.push_str(&format!("\nstarted: {}", out.started.join(", ")));
+        }
+        if !out.running.is_empty() {
+            s.push_str(&format!("\nalready running: {}", out.running.join(", ")));
+        }
+        if !out.stopped.is_empty() {
+            s.push_str(&format!("\nstopped (beyond agent{}): {}", desired.clones, out.stopped.join(", ")));
+        }
+        let hb = match (out.heartbeat, out.heartbeat_started) {
+            (Heartbeat::Daemon, _) => "the running daemon",
+            (Heartbeat::Ticker, true) => "started in tmux session netsky-ticker",
+            (Heartbeat::Ticker, false) => "tmux session netsky-ticker (already running)",
+        };
+        s.push_str(&format!("\nheartbeat: {hb}"));
+        s
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

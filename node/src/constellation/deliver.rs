@@ -1,0 +1,109 @@
+//! Delivery: claimed envelopes are pasted into their agent's pane, then delivered.
+//!
+//! For each agent whose session is alive: take the mailbox lock (skip the
+//! agent if a drain holds it), claim (adopting what a crashed claimer left),
+//! and for each envelope, oldest first: paste its `<channel>` rendering into
+//! the pane, press Enter, and only then move it to `delivered/`. The first
+//! failed paste stops that agent's round; it and everything after it stay
+//! in `claimed/` and are adopted, in order, by the next round.
+//!
+//! An agent without a live pane is not claimed from at all: its envelopes
+//! wait in the inbox. A crash between a paste and its rename means that
+//! envelope is pasted again after restart (at least once into the pane);
+//! the mailbox itself never holds an envelope twice.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use netsky_bus::{AgentName, Guard, Mailbox};
+
+use super::tmux::Tmux;
+use crate::home::Node;
+
+/// How long a round waits for another holder of a mailbox lock.
+const LOCK_WAIT: Duration = Duration::from_millis(200);
+
+/// Envelopes claimed per agent per round, so one flooded inbox cannot stall a tick.
+const MAX_PER_ROUND: usize = 32;
+
+/// What one delivery round did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// Envelopes pasted and marked delivered.
+    pub delivered: usize,
+    /// Envelopes refused by the guard.
+    pub poisoned: usize,
+    /// Pastes that failed (left claimed, retried next round).
+    pub failed: usize,
+}
+
+/// Delivers waiting envelopes to every agent in `live` (agents with a live pane).
+pub fn deliver(node: &Node, tmux: &Tmux, live: &BTreeSet<AgentName>) -> Delivered {
+    let mut total = Delivered::default();
+    for &agent in live {
+        match deliver_one(node, tmux, agent) {
+            Ok(d) => {
+                total.delivered += d.delivered;
+                total.poisoned += d.poisoned;
+                total.failed += d.failed;
+            }
+            Err(e) => {
+                total.failed += 1;
+                let rec = &node.recorder;
+                rec.record(&[rec.event("deliver-error", Some(agent), None, Some(format!("{e:#}")))]);
+            }
+        }
+    }
+    total
+}
+
+fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Delivered> {
+    let mut out = Delivered::default();
+    let mailbox = Mailbox::open(&node.home.layout(), &node.config.node.name, agent)?;
+    let counts = mailbox.counts()?;
+    if counts.inbox == 0 && counts.claimed == 0 {
+        return Ok(out);
+    }
+    let lock = match mailbox.lock(LOCK_WAIT) {
+        Ok(l) => l,
+        // Someone drains this mailbox by hand right now; the next round comes soon.
+        Err(netsky_bus::BusError::Busy { .. }) => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    let roster = node.current_roster()?;
+    let guard = Guard::new(&roster);
+    let (claimed, poisoned) = mailbox.claim(&lock, &guard, MAX_PER_ROUND)?;
+    let rec = &node.recorder;
+    let mut events = Vec::new();
+    for p in &poisoned {
+        events.push(rec.event("poisoned", Some(agent), None, Some(format!("{}: {}", p.file, p.refusal))));
+    }
+    for c in &claimed {
+        events.push(rec.event(
+            if c.adopted { "adopted" } else { "claimed" },
+            Some(agent),
+            Some(&c.env),
+            None,
+        ));
+    }
+    rec.record(&events);
+    out.poisoned = poisoned.len();
+    let scratch = node.home.state_dir().join("paste");
+    let session = agent.to_string();
+    for c in &claimed {
+        let buffer = format!("netsky-{}", c.env.id);
+        if let Err(e) = tmux.paste(&session, &buffer, &c.env.render_channel(), &scratch) {
+            out.failed += 1;
+            rec.record(&[rec.event("paste-failed", Some(agent), Some(&c.env), Some(format!("{e:#}")))]);
+            break;
+        }
+        // One at a time: a later failure must not leave a pasted envelope claimed.
+        mailbox.deliver(&lock, std::slice::from_ref(c))?;
+        out.delivered += 1;
+        if let Err(e) = crate::cli::spool_receipts(node, agent, "pasted", &[&c.env]) {
+            rec.record(&[rec.event("receipt-failed", Some(agent), Some(&c.env), Some(format!("{e:#}")))]);
+        }
+        rec.record(&[rec.event("delivered", Some(agent), Some(&c.env), Some("pasted into pane".into()))]);
+    }
+    Ok(out)
+}

@@ -1,0 +1,70 @@
+//! Raising an escalation: an incident that needs the owner's attention.
+//!
+//! For now an escalation is recorded, not paged: a durable
+//! `state/escalations/<id>.json`, an `escalation-opened` event and a row in
+//! meta.db's `escalations` table. Paging through the owner legs (and relaying
+//! to the root) belongs to a later issue, which extends [`raise`] and keeps
+//! its callers as they are.
+
+use anyhow::{Context, Result};
+use netsky_bus::{AgentName, format_ts};
+use serde::Serialize;
+use time::OffsetDateTime;
+use ulid::Ulid;
+
+use crate::home::Node;
+use crate::store::EscalationRow;
+
+/// One incident, as written to `state/escalations/<id>.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Escalation {
+    /// Incident id (ULID).
+    pub id: String,
+    /// One-line subject.
+    pub subject: String,
+    /// What happened, for a human.
+    pub body: String,
+    /// When it was opened (canonical UTC timestamp).
+    pub opened: String,
+    /// Who raised it: `watchdog`, ...
+    pub source: &'static str,
+    /// The agent concerned, if any.
+    pub agent: Option<String>,
+}
+
+/// Opens an escalation: durable file first, then the event and the database row; returns it.
+pub fn raise(
+    node: &Node,
+    source: &'static str,
+    agent: Option<AgentName>,
+    subject: &str,
+    body: &str,
+) -> Result<Escalation> {
+    let e = Escalation {
+        id: Ulid::new().to_string(),
+        subject: subject.to_string(),
+        body: body.to_string(),
+        opened: format_ts(OffsetDateTime::now_utc()),
+        source,
+        agent: agent.map(|a| a.to_string()),
+    };
+    let dir = node.home.escalations_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let json = serde_json::to_vec_pretty(&e).context("escalation to JSON")?;
+    netsky_bus::write_durable(&dir, &format!("{}.json", e.id), &json)
+        .with_context(|| format!("escalation {} not written", e.id))?;
+    let rec = &node.recorder;
+    rec.record(&[rec.event("escalation-opened", agent, None, Some(format!("{}: {subject}", e.id)))]);
+    rec.with_store(|s| {
+        s.insert_escalation(&EscalationRow {
+            id: &e.id,
+            subject: &e.subject,
+            body: &e.body,
+            opened: &e.opened,
+            source: e.source,
+            agent: e.agent.as_deref(),
+        })
+    });
+    tracing::warn!(id = %e.id, subject, "escalation raised");
+    Ok(e)
+}

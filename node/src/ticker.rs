@@ -1,0 +1,255 @@
+//! The heartbeat: a dedicated thread that runs the constellation's tick.
+//!
+//! [`Ticker::start`] spawns one std thread that opens its own [`Node`] and
+//! runs [`constellation::tick`] every `tick_interval_s` (at once on start).
+//! A file watcher on `channels/agent/*/inbox/` (the `notify` crate, owned by
+//! the thread) sends [`Wake::Inbox`] when an envelope lands, and the thread
+//! then runs a delivery round at once instead of waiting for the next tick.
+//! [`Waker`] lets anyone else (the daemon after a mesh delivery) do the same.
+//!
+//! The thread does all its work synchronously; every tmux call in it is
+//! bounded, so a tick is too. [`Wake::Shutdown`] (or [`Ticker::stop`]) is
+//! honoured after the current tick or round finishes, never in the middle.
+
+use std::path::Path;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::constellation;
+use crate::home::{Home, Node};
+use crate::record::Recorder;
+
+/// What wakes the ticker between ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// New envelopes may be waiting: run a delivery round now.
+    Inbox,
+    /// Finish the current work and exit.
+    Shutdown,
+}
+
+/// A cheap handle that wakes a running ticker.
+#[derive(Debug, Clone)]
+pub struct Waker {
+    tx: SyncSender<Wake>,
+}
+
+impl Waker {
+    /// Asks for a delivery round now; wakes already queued make this a no-op.
+    pub fn inbox(&self) {
+        // A full queue already holds a wake: nothing is lost by dropping this one.
+        let _ = self.tx.try_send(Wake::Inbox);
+    }
+
+    /// Asks the ticker to exit after its current tick.
+    pub fn shutdown(&self) {
+        // Blocking send: a shutdown must not be dropped behind a full queue of wakes.
+        let _ = self.tx.send(Wake::Shutdown);
+    }
+}
+
+/// The running heartbeat thread.
+#[derive(Debug)]
+pub struct Ticker {
+    waker: Waker,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    /// Opens the node in `home` on a new thread and starts ticking; errors if the node cannot be opened.
+    pub fn start(home: Home) -> Result<Ticker> {
+        let (tx, rx) = sync_channel::<Wake>(16);
+        let (ready_tx, ready_rx) = sync_channel::<Result<(), String>>(1);
+        let wake_tx = tx.clone();
+        let handle = std::thread::Builder::new()
+            .name("netsky-ticker".into())
+            .spawn(move || {
+                let node = match Node::open(home) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("{e:#}")));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                run(node, wake_tx, rx);
+            })
+            .context("cannot spawn the ticker thread")?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Ticker { waker: Waker { tx }, handle: Some(handle) }),
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(anyhow!("heartbeat not started: {e}"))
+            }
+            Err(_) => {
+                let _ = handle.join();
+                Err(anyhow!("heartbeat not started: its thread died while opening the node"))
+            }
+        }
+    }
+
+    /// A handle to wake this ticker from elsewhere.
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+
+    /// Asks the ticker to finish its current tick and exit, and waits for it.
+    pub fn stop(mut self) -> Result<()> {
+        self.shutdown_and_join()
+    }
+
+    fn shutdown_and_join(&mut self) -> Result<()> {
+        let Some(h) = self.handle.take() else { return Ok(()) };
+        self.waker.shutdown();
+        h.join().map_err(|_| anyhow!("the ticker thread panicked"))
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        let _ = self.shutdown_and_join();
+    }
+}
+
+/// Whether a watcher event means an envelope may have landed in an inbox.
+fn lands_in_inbox(ev: &notify::Event) -> bool {
+    use notify::EventKind;
+    if !matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))) {
+        return false;
+    }
+    ev.paths.iter().any(|p| {
+        let in_inbox = p.parent().and_then(Path::file_name).is_some_and(|n| n == "inbox");
+        let hidden = p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+        // Renames out of the inbox (claims) name a path that is gone by now.
+        in_inbox && !hidden && p.exists()
+    })
+}
+
+fn watch_inboxes(node: &Node, tx: SyncSender<Wake>) -> Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = node.home.layout().agents_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res
+            && lands_in_inbox(&ev)
+            && let Err(TrySendError::Disconnected(_)) = tx.try_send(Wake::Inbox)
+        {
+            tracing::debug!("ticker gone; inbox wake dropped");
+        }
+    })
+    .context("cannot create the inbox watcher")?;
+    // Recursive, so mailboxes created after start are watched too.
+    w.watch(&dir, notify::RecursiveMode::Recursive)
+        .with_context(|| format!("cannot watch {}", dir.display()))?;
+    Ok(w)
+}
+
+fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
+    let interval = Duration::from_secs(node.config.node.tick_interval_s);
+    let _watcher = match watch_inboxes(&node, tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            // Without the watcher, mail still flows on every tick, only later.
+            tracing::warn!(error = %format!("{e:#}"), "inbox watcher unavailable; delivering on ticks only");
+            None
+        }
+    };
+    let rec = &node.recorder;
+    rec.record(&[rec.event("ticker-started", None, None, Some(format!("every {interval:?}")))]);
+    let mut ticks: u64 = 0;
+    let mut next = Instant::now();
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Wake::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+            Ok(Wake::Inbox) => {
+                // Coalesce a burst of wakes into one round, but never swallow a shutdown.
+                let mut stop = false;
+                while let Ok(w) = rx.try_recv() {
+                    stop |= w == Wake::Shutdown;
+                }
+                if let Err(e) = constellation::deliver_now(&node) {
+                    let rec = &node.recorder;
+                    rec.record(&[rec.event("deliver-error", None, None, Some(format!("{e:#}")))]);
+                }
+                if stop {
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                // A fresh recorder each tick: one locked moment of meta.db must not
+                // silence the database for the rest of a long-lived heartbeat.
+                node.recorder = Recorder::new(&node.home, node.config.node.name.clone());
+                ticks += 1;
+                match constellation::tick(&node) {
+                    Ok(r) => tracing::debug!(?r, "tick"),
+                    Err(e) => {
+                        let rec = &node.recorder;
+                        rec.record(&[rec.event("tick-error", None, None, Some(format!("{e:#}")))]);
+                        tracing::warn!(error = %format!("{e:#}"), "tick failed");
+                    }
+                }
+                if let Err(e) = constellation::stamp_tick(&node, ticks) {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot write state/tick.json");
+                }
+                next = Instant::now() + interval;
+            }
+        }
+    }
+    let rec = &node.recorder;
+    rec.record(&[rec.event("ticker-stopped", None, None, None)]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Relay};
+
+    /// A home with a key and a config whose tmux server (never started) is private.
+    fn home() -> (tempfile::TempDir, Home) {
+        let d = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(d.path().join("h"))).unwrap();
+        home.create_dirs().unwrap();
+        netsky_keys::create_key_file(&home.node_key_path()).unwrap();
+        let mut cfg = Config::new("t".parse().unwrap(), None, Some(Relay::Disabled));
+        cfg.node.tick_interval_s = 1;
+        cfg.constellation.tmux_socket = format!("nsky-unit-{}", std::process::id());
+        std::fs::write(home.config_path(), cfg.to_toml()).unwrap();
+        (d, home)
+    }
+
+    fn ticks(home: &Home) -> u64 {
+        std::fs::read(home.state_dir().join("tick.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<constellation::TickStamp>(&b).ok())
+            .map_or(0, |t| t.ticks)
+    }
+
+    #[test]
+    fn a_ticker_ticks_at_once_keeps_ticking_and_stops_when_asked() {
+        let (_d, home) = home();
+        let t = Ticker::start(home.clone()).unwrap();
+        t.waker().inbox();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ticks(&home) < 2 {
+            assert!(Instant::now() < deadline, "ticks seen: {}", ticks(&home));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let start = Instant::now();
+        t.stop().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(10), "stop took {:?}", start.elapsed());
+        let n = ticks(&home);
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(ticks(&home), n, "no tick after stop");
+    }
+
+    #[test]
+    fn a_ticker_on_a_home_that_is_not_one_fails_to_start() {
+        let d = tempfile::tempdir().unwrap();
+        let e = Ticker::start(Home::resolve(Some(d.path().to_path_buf())).unwrap()).unwrap_err();
+        assert!(format!("{e:#}").contains("not a netsky home"), "{e:#}");
+    }
+}

@@ -1,0 +1,476 @@
+//! End-to-end tests of the constellation on a real tmux server.
+//!
+//! Each test owns its world: a temporary home, a tmux server on its own
+//! socket (killed when the test ends, pass or fail), a stand-in runtime
+//! (`cat`, `sh -c ...`) instead of an AI agent, and a 1-second tick. Tests
+//! wait on conditions with deadlines and print what they saw on timeout.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Generous: the machine running the suite may be busy with other builds.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct World {
+    _dir: tempfile::TempDir,
+    home: PathBuf,
+    sock: String,
+    children: Vec<Child>,
+    path_env: Option<std::ffi::OsString>,
+}
+
+impl World {
+    /// A fresh home whose constellation runs `runtime` on a private tmux socket, ticking every second.
+    fn new(runtime: &[&str], extra: &str) -> World {
+        World::with_tick(runtime, extra, 1)
+    }
+
+    /// As [`World::new`] with `tick_interval_s = tick`.
+    fn with_tick(runtime: &[&str], extra: &str, tick: u64) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let sock = format!("nsky-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let w = World { _dir: dir, home, sock, children: Vec::new(), path_env: None };
+        w.ok(&["init", "--name", "t", "--relay", "disabled"]);
+        let config = format!(
+            "[node]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nrelay = \"disabled\"\ntick_interval_s = {tick}\n\n\
+             [constellation]\nclones = 1\nruntime = {}\ntmux_socket = \"{}\"\n{extra}\n",
+            serde_json::to_string(runtime).unwrap(),
+            w.sock
+        );
+        std::fs::write(w.home.join("config.toml"), config).unwrap();
+        w
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_netsky"));
+        c.arg("--home").arg(&self.home).args(args).env_remove("NETSKY_HOME").env_remove("TMUX");
+        if let Some(p) = &self.path_env {
+            c.env("PATH", p);
+        }
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "netsky {args:?} failed: {}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// `SELECT count(*) AS n ...` over meta.db.
+    fn count(&self, sql: &str) -> i64 {
+        let v = self.json(&["query", sql]);
+        v[0]["n"].as_i64().unwrap_or_else(|| panic!("{sql}: {v}"))
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        Command::new("tmux").arg("-L").arg(&self.sock).args(args).env_remove("TMUX").output().unwrap()
+    }
+
+    fn sessions(&self) -> Vec<String> {
+        let o = self.tmux(&["list-sessions", "-F", "#{session_name}"]);
+        let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect();
+        v.sort();
+        v
+    }
+
+    fn capture(&self, session: &str) -> String {
+        String::from_utf8_lossy(
+            &self.tmux(&["capture-pane", "-p", "-J", "-t", &format!("={session}:")]).stdout,
+        )
+        .into_owned()
+    }
+
+    fn status(&self) -> Value {
+        self.json(&["status"])
+    }
+
+    fn agent(&self, name: &str) -> Value {
+        let st = self.status();
+        st["agents"].as_array().unwrap().iter().find(|a| a["agent"] == name).cloned().unwrap_or(Value::Null)
+    }
+
+    fn state(&self, rel: &str) -> PathBuf {
+        self.home.join("state").join(rel)
+    }
+
+    fn ticks(&self) -> u64 {
+        std::fs::read(self.state("tick.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["ticks"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Waits until `n` more ticks have completed.
+    fn wait_ticks(&self, n: u64) {
+        let start = self.ticks();
+        wait_for(
+            &format!("{n} ticks after tick {start}"),
+            || (self.ticks() >= start + n).then_some(()),
+            || format!("tick.json says {}", self.ticks()),
+        );
+    }
+
+    fn escalations(&self) -> Vec<Value> {
+        let Ok(rd) = std::fs::read_dir(self.state("escalations")) else { return vec![] };
+        rd.filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
+    }
+
+    /// Runs the real daemon outside tmux (as launchd or systemd would), so `down` cannot stop it.
+    fn start_daemon(&mut self) {
+        let child = self.cmd(&["node", "run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        self.children.push(child);
+        let st = self.home.join("state/node.json");
+        wait_for(
+            "the daemon to be running",
+            || read(&st).contains("\"running\": true").then_some(()),
+            || read(&st),
+        );
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("tmux").arg("-L").arg(&self.sock).arg("kill-server").env_remove("TMUX").output();
+        // tmux leaves the socket file when its server exits on its own; tidy it.
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(uid) = std::fs::metadata(&self.home).map(|m| m.uid()) {
+            let tmp = std::env::var_os("TMUX_TMPDIR").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+            let _ = std::fs::remove_file(tmp.join(format!("tmux-{uid}")).join(&self.sock));
+        }
+    }
+}
+
+/// Polls `f` until it gives a value or the deadline passes; then panics with `seen()`.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>, seen: impl Fn() -> String) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}; seen: {}", seen());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+#[test]
+fn up_starts_each_agent_with_its_environment_and_down_stops_everything() {
+    let w = World::new(
+        &[
+            "sh",
+            "-c",
+            "env | grep -E '^(AGENT_N|NETSKY_HOME|NETSKY_PROMPT_FILE)=' | sort > \"$NETSKY_HOME/env-$AGENT_N\"; exec cat",
+        ],
+        "",
+    );
+    let up = w.json(&["up", "2"]);
+    assert_eq!(up["heartbeat"], "ticker", "{up}");
+    assert_eq!(up["heartbeat_started"], true, "{up}");
+    let want = ["agent0", "agent1", "agent2", "agentinfinity", "netsky-ticker"];
+    wait_for("every session", || (w.sessions() == want).then_some(()), || format!("{:?}", w.sessions()));
+    let home = w.home.display().to_string();
+    for (agent, n) in [("agent0", "0"), ("agent1", "1"), ("agent2", "2"), ("agentinfinity", "infinity")] {
+        let env_file = w.home.join(format!("env-{n}"));
+        let env = wait_for(
+            &format!("{agent}'s environment"),
+            || Some(read(&env_file)).filter(|s| s.lines().count() == 3),
+            || read(&env_file),
+        );
+        let prompt = format!("{home}/state/prompts/{agent}.md");
+        assert_eq!(env, format!("AGENT_N={n}\nNETSKY_HOME={home}\nNETSKY_PROMPT_FILE={prompt}\n"));
+        assert!(read(Path::new(&prompt)).contains(&format!("- you: `{agent}@t`")), "{agent}'s prompt");
+    }
+    let st = w.status();
+    for a in st["agents"].as_array().unwrap() {
+        assert_eq!(a["session_alive"], true, "{st}");
+        assert!(a["pid"].as_u64().is_some(), "{st}");
+    }
+    // A second `up` starts nothing new.
+    let again = w.json(&["up", "2"]);
+    assert_eq!(again["started"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(again["heartbeat_started"], false, "{again}");
+
+    let down = w.json(&["down"]);
+    assert_eq!(down["stopped"].as_array().unwrap().len(), 4, "{down}");
+    assert_eq!(down["ticker_stopped"], true, "{down}");
+    assert!(w.sessions().is_empty(), "{:?}", w.sessions());
+    assert!(w.state("constellation-down").exists());
+    // The heartbeat took tmux's SIGHUP as a request to stop after its tick.
+    let log = || {
+        std::fs::read_dir(w.home.join("logs")).unwrap().map(|e| read(&e.unwrap().path())).collect::<String>()
+    };
+    wait_for("ticker-stopped", || log().contains("\"event\":\"ticker-stopped\"").then_some(()), log);
+    let st = w.status();
+    assert_eq!(st["down"], true, "{st}");
+    assert!(st["agents"].as_array().unwrap().iter().all(|a| a["session_alive"] == false), "{st}");
+}
+
+#[test]
+fn a_message_sent_to_an_agent_appears_in_its_pane_and_is_then_delivered() {
+    let w = World::new(&["cat"], "");
+    // Five clones exist on this node, but only agent1 is started.
+    let cfg = w.home.join("config.toml");
+    std::fs::write(&cfg, read(&cfg).replace("clones = 1", "clones = 5")).unwrap();
+    w.ok(&["up", "1"]);
+    wait_for(
+        "agent1",
+        || w.sessions().contains(&"agent1".to_string()).then_some(()),
+        || format!("{:?}", w.sessions()),
+    );
+    let id = w.ok(&["channel", "send", "agent1", "rebase onto main", "--from", "agent0"]).trim().to_string();
+    let pane = wait_for(
+        "the message in agent1's pane",
+        || Some(w.capture("agent1")).filter(|p| p.contains("rebase onto main</channel>")),
+        || w.capture("agent1"),
+    );
+    assert!(pane.contains("<channel source=\"agent\" from=\"agent0@t\" ts=\"20"), "{pane}");
+    let delivered = w.home.join(format!("channels/agent/agent1/delivered/{id}.json"));
+    wait_for(
+        "the envelope in delivered/",
+        || delivered.exists().then_some(()),
+        || format!("{:?}", w.json(&["channel", "ls", "agent1"])),
+    );
+    let ls = w.json(&["channel", "ls", "agent1"]);
+    assert_eq!(
+        (ls["inbox"].as_u64(), ls["claimed"].as_u64(), ls["delivered"].as_u64()),
+        (Some(0), Some(0), Some(1)),
+        "{ls}"
+    );
+    // Pasted once: cat echoes the line as typed and prints it back, never a third time.
+    w.wait_ticks(2);
+    assert!(
+        w.capture("agent1").matches("rebase onto main</channel>").count() <= 2,
+        "{}",
+        w.capture("agent1")
+    );
+
+    // An agent of this node without a pane keeps its mail in the inbox, untouched.
+    w.ok(&["channel", "send", "agent5", "nobody home"]);
+    w.wait_ticks(2);
+    let ls = w.json(&["channel", "ls", "agent5"]);
+    assert_eq!((ls["inbox"].as_u64(), ls["delivered"].as_u64()), (Some(1), Some(0)), "{ls}");
+}
+
+#[test]
+fn an_envelope_left_claimed_by_a_crash_is_pasted_once_the_agent_runs() {
+    let w = World::new(&["cat"], "");
+    let id = w.ok(&["channel", "send", "agent1", "left behind"]).trim().to_string();
+    // As if a delivery round died between its claim and its paste.
+    let mb = w.home.join("channels/agent/agent1");
+    std::fs::rename(mb.join(format!("inbox/{id}.json")), mb.join(format!("claimed/{id}.json"))).unwrap();
+    w.ok(&["up", "1"]);
+    wait_for(
+        "the adopted message in agent1's pane",
+        || Some(w.capture("agent1")).filter(|p| p.contains("left behind</channel>")),
+        || w.capture("agent1"),
+    );
+    let delivered = mb.join(format!("delivered/{id}.json"));
+    wait_for(
+        "delivered",
+        || delivered.exists().then_some(()),
+        || format!("{:?}", w.json(&["channel", "ls", "agent1"])),
+    );
+    assert!(!mb.join(format!("claimed/{id}.json")).exists());
+}
+
+#[test]
+fn mail_arriving_between_ticks_is_pasted_at_once() {
+    // One tick at start, the next a minute later: only the inbox watcher can deliver in between.
+    let w = World::with_tick(&["cat"], "", 60);
+    w.ok(&["up", "0"]);
+    wait_for("the first tick", || (w.ticks() >= 1).then_some(()), || format!("{:?}", w.sessions()));
+    let start = Instant::now();
+    w.ok(&["channel", "send", "agentinfinity", "between ticks"]);
+    wait_for(
+        "the message in agentinfinity's pane",
+        || Some(w.capture("agentinfinity")).filter(|p| p.contains("between ticks</channel>")),
+        || w.capture("agentinfinity"),
+    );
+    assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());
+    assert_eq!(w.ticks(), 1, "delivered by a tick, not by the watcher");
+}
+
+#[test]
+fn a_killed_agent_is_restarted_and_after_down_nothing_is_revived() {
+    let mut w = World::new(&["cat"], "");
+    w.start_daemon();
+    let up = w.json(&["up", "1"]);
+    assert_eq!(up["heartbeat"], "daemon", "{up}");
+    assert_eq!(up["heartbeat_started"], false, "a running daemon keeps the heartbeat: {up}");
+    let old = wait_for("agent1's pid", || w.agent("agent1")["pid"].as_u64(), || w.status().to_string());
+    assert!(w.tmux(&["kill-session", "-t", "=agent1"]).status.success());
+    let start = Instant::now();
+    let st = wait_for(
+        "agent1 restarted",
+        || Some(w.agent("agent1")).filter(|a| a["session_alive"] == true && a["pid"].as_u64() != Some(old)),
+        || w.status().to_string(),
+    );
+    // Within two ticks of 1 s, plus the slack a loaded machine needs.
+    assert!(start.elapsed() < Duration::from_secs(8), "took {:?}", start.elapsed());
+    assert_eq!(st["restarts"], 1, "{st}");
+    let rows = w.ok(&["query", "SELECT agent, reason, ok FROM restarts"]);
+    assert!(rows.contains("agent1") && rows.contains("dead"), "{rows}");
+
+    // Bad input: out of range, and not an agent at all.
+    let o = w.run(&["restart", "agent7"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("agent7 is not in this constellation"), "{o:?}");
+    assert_eq!(w.run(&["restart", "agent1000"]).status.code(), Some(2));
+
+    // By hand: a new pid.
+    let before = w.agent("agent1")["pid"].as_u64();
+    w.ok(&["restart", "agent1"]);
+    wait_for(
+        "agent1 restarted by hand",
+        || (w.agent("agent1")["pid"].as_u64().is_some_and(|p| Some(p) != before)).then_some(()),
+        || w.status().to_string(),
+    );
+
+    w.ok(&["down"]);
+    w.wait_ticks(3);
+    assert!(w.sessions().is_empty(), "revived after down: {:?}", w.sessions());
+}
+
+#[test]
+fn a_runtime_that_does_not_exist_cools_down_and_escalates_instead_of_spinning() {
+    let w = World::new(
+        &["/nonexistent/netsky-test-runtime"],
+        "crash_loop_restarts = 2\ncrash_loop_window_s = 60\ncrash_cooldown_s = 600\n",
+    );
+    let o = w.run(&["up", "0"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not found"), "{o:?}");
+    let esc = wait_for(
+        "a crash-loop escalation for agent0",
+        || w.escalations().into_iter().find(|e| e["agent"] == "agent0" && e["source"] == "watchdog"),
+        || format!("{:?} / {}", w.escalations(), w.status()),
+    );
+    assert!(esc["subject"].as_str().unwrap().contains("crash-looping"), "{esc}");
+    let a = w.agent("agent0");
+    assert_eq!(a["restarts"], 2, "{a}");
+    assert!(a["cooldown_until"].is_string(), "{a}");
+    // Cooling down: no more restarts, no more escalations.
+    w.wait_ticks(3);
+    let later = w.agent("agent0");
+    assert_eq!(later["restarts"], 2, "{later}");
+    let n = w.escalations().iter().filter(|e| e["agent"] == "agent0").count();
+    assert_eq!(n, 1, "{:?}", w.escalations());
+    assert_eq!(w.count("SELECT count(*) AS n FROM escalations WHERE agent = 'agent0'"), 1);
+}
+
+#[test]
+fn a_quiet_pane_is_marked_hung_once_and_cleared_when_output_moves() {
+    let w = World::new(&["cat"], "hang_after_s = 2\n");
+    w.ok(&["up", "0"]);
+    let marker = w.state("agents/agent0/hang-suspected");
+    wait_for("the hang marker", || marker.exists().then_some(()), || w.status().to_string());
+    assert_eq!(w.agent("agent0")["hang_suspected"], true);
+    w.wait_ticks(2);
+    let escalations = |w: &World| {
+        w.escalations()
+            .into_iter()
+            .filter(|e| e["agent"] == "agent0" && e["subject"].as_str().unwrap_or("").contains("hung"))
+            .count()
+    };
+    assert_eq!(escalations(&w), 1, "{:?}", w.escalations());
+    let marker_rows = |state: &str| {
+        w.count(&format!(
+            "SELECT count(*) AS n FROM agent_markers WHERE agent = 'agent0' AND marker = 'hang-suspected' AND state = '{state}'"
+        ))
+    };
+    assert_eq!(marker_rows("set"), 1);
+    assert_eq!(marker_rows("cleared"), 0);
+    w.ok(&["channel", "send", "agent0", "wake up"]);
+    // The file goes when output moves; it may come back hang_after_s later, so the row is the witness.
+    wait_for(
+        "the hang marker cleared",
+        || (marker_rows("cleared") >= 1).then_some(()),
+        || format!("{} / {}", w.ok(&["query", "SELECT * FROM agent_markers"]), w.capture("agent0")),
+    );
+    assert!(w.capture("agent0").contains("wake up</channel>"), "{}", w.capture("agent0"));
+}
+
+#[test]
+fn a_missing_or_hung_tmux_is_a_clear_bounded_error() {
+    // Missing: a PATH with no tmux on it.
+    let mut w = World::new(&["cat"], "");
+    let empty = w.home.join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    w.path_env = Some(empty.clone().into_os_string());
+    let o = w.run(&["up", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tmux is not installed"), "{o:?}");
+
+    // Hung: a tmux that never answers.
+    let hung = w.home.join("hung-bin");
+    std::fs::create_dir_all(&hung).unwrap();
+    let fake = hung.join("tmux");
+    std::fs::write(&fake, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path =
+        std::env::join_paths([hung.clone(), PathBuf::from("/usr/bin"), PathBuf::from("/bin")]).unwrap();
+    w.path_env = Some(path);
+    let start = Instant::now();
+    let o = w.run(&["up", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("did not finish"), "{o:?}");
+    assert!(start.elapsed() < Duration::from_secs(15), "took {:?}", start.elapsed());
+    // Nothing was marked as started.
+    assert!(!w.state("constellation.json").exists());
+}
+
+#[test]
+fn a_prompt_addendum_that_is_not_utf8_is_refused_before_anything_starts() {
+    let w = World::new(&["cat"], "");
+    let out = w.ok(&["prompts", "render", "agent1"]);
+    assert!(out.contains("## Your role: agent1, a clone on node t"), "{out}");
+    std::fs::create_dir_all(w.home.join("prompts")).unwrap();
+    std::fs::write(w.home.join("prompts/addendum.md"), b"ok \xff\xfe not utf-8").unwrap();
+    for args in [&["prompts", "render", "agent1"][..], &["up", "1"][..]] {
+        let o = w.run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("addendum.md") && err.contains("not UTF-8"), "{args:?}: {err}");
+    }
+    assert!(w.sessions().is_empty());
+    std::fs::write(w.home.join("prompts/addendum.md"), "Use the staging database.").unwrap();
+    let out = w.ok(&["prompts", "render", "agentinfinity"]);
+    assert!(out.ends_with("## Operator addendum\n\nUse the staging database.\n"), "{out}");
+    assert_eq!(read(&w.state("prompts/agentinfinity.md")), out);
+}
