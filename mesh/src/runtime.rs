@@ -246,8 +246,11 @@ impl Shared {
     fn watch(self: &Arc<Self>) -> Option<notify::RecommendedWatcher> {
         use notify::Watcher;
         let weak = Arc::downgrade(self);
-        let mut w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-            if let Some(s) = weak.upgrade() {
+        let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res
+                && lands(&ev)
+                && let Some(s) = weak.upgrade()
+            {
                 s.dispatch.notify_one();
             }
         })
@@ -439,6 +442,8 @@ impl Shared {
                 let path = dir.join(&name);
                 let bytes = match netsky_bus::read_envelope_file(&path) {
                     Ok(b) => b,
+                    // Acknowledged and deleted since the listing: nothing to do.
+                    Err(_) if !path.exists() => continue,
                     Err(e) => {
                         warn!(file = %path.display(), error = %e, "unreadable outbox file");
                         self.refuse_local(&path, &name, "unreadable", &e.to_string());
@@ -483,6 +488,7 @@ impl Shared {
                     Item::Env(env) => q.envs.push_back(Queued { file: name, bytes, env }),
                     Item::Receipt(receipt) => q.receipts.push_back(QueuedReceipt { file: name, receipt }),
                 }
+                debug!(%node, "queued");
                 woken.insert(node);
             }
         }
@@ -664,6 +670,7 @@ impl Shared {
                 break;
             }
             let envs = batch.iter().map(|q| q.bytes.clone()).collect();
+            debug!(n = batch.len(), first = %batch[0].env.id, "push");
             let acks = match request(&c, &Frame::Push { envs }, FRAME_TIMEOUT, &pname).await? {
                 Frame::Acks { acks } if acks.len() == batch.len() => acks,
                 Frame::Refused { reason } => {
@@ -679,6 +686,7 @@ impl Shared {
                     });
                 }
             };
+            debug!(n = acks.len(), "acks");
             let s = self.clone();
             let done = batch.clone();
             tokio::task::spawn_blocking(move || s.settle(&done, &acks))
@@ -910,6 +918,19 @@ pub struct SpooledReceipt {
     pub node: String,
     /// The receipt.
     pub receipt: Receipt,
+}
+
+/// Whether a watched event may bring new work: a file created or renamed
+/// into place, not a temp file. Reads are ignored: the scan itself reads
+/// every file it finds, and waking on that would spin.
+fn lands(ev: &notify::Event) -> bool {
+    use notify::EventKind;
+    use notify::event::ModifyKind;
+    matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_)))
+        && ev
+            .paths
+            .iter()
+            .any(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.')))
 }
 
 enum Item {

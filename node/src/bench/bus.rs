@@ -1,12 +1,11 @@
-//! `netsky bench`: netsky's figures measured against this machine's floors,
-//! in the same run, so every number has its reference beside it.
+//! `netsky bench bus`: the bus on one machine against the durable-write floor.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Subcommand;
+use clap::Args;
 use netsky_bus::{Address, Envelope, Guard, Kind, Layout, Mailbox, NodeName, Roster};
 use netsky_keys::SecretKey;
 use serde::Serialize;
@@ -14,24 +13,23 @@ use serde::Serialize;
 use crate::cli::{Ctx, emit};
 use crate::proc::run_bounded;
 
-/// `netsky bench ...`
-#[derive(Debug, Subcommand)]
-pub enum BenchCmd {
-    /// The bus on one machine: durable-write floor, signing, throughput, one send process.
-    Bus {
-        /// Where to write (default: a temporary folder in $TMPDIR).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Envelopes for the throughput runs.
-        #[arg(long, default_value_t = 5000)]
-        n: usize,
-        /// Envelopes per batch in the batched run.
-        #[arg(long, default_value_t = 256)]
-        batch: usize,
-        /// Runs of the `channel send` process.
-        #[arg(long, default_value_t = 30)]
-        runs: usize,
-    },
+use super::{DurableFloor, ms, pct};
+
+/// Arguments of `netsky bench bus`.
+#[derive(Debug, Args)]
+pub struct BusArgs {
+    /// Where to write (default: a temporary folder in $TMPDIR).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Envelopes for the throughput runs.
+    #[arg(long, default_value_t = 5000)]
+    n: usize,
+    /// Envelopes per batch in the batched run.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Runs of the `channel send` process.
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
 }
 
 #[derive(Serialize, Default)]
@@ -54,11 +52,11 @@ struct BusFigures {
 }
 
 #[derive(Serialize)]
-struct Target {
-    name: &'static str,
-    figure: String,
-    target: String,
-    met: bool,
+pub(super) struct Target {
+    pub(super) name: &'static str,
+    pub(super) figure: String,
+    pub(super) target: String,
+    pub(super) met: bool,
 }
 
 #[derive(Serialize)]
@@ -70,46 +68,17 @@ struct Report {
     targets: Vec<Target>,
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// Runs `netsky bench`.
-pub fn run(ctx: &Ctx, cmd: BenchCmd) -> Result<ExitCode> {
-    let BenchCmd::Bus { dir, n, batch, runs } = cmd;
+/// Runs `netsky bench bus`.
+pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
+    let BusArgs { dir, n, batch, runs } = a;
     if n == 0 || batch == 0 || runs == 0 {
         bail!("--n, --batch and --runs must be at least 1");
     }
-    let tmp = match &dir {
-        Some(d) => tempfile::tempdir_in(d),
-        None => tempfile::tempdir(),
-    }
-    .context("cannot make a scratch folder for the benchmark")?;
+    let tmp = super::scratch(dir.as_deref(), "bus")?;
     let base = tmp.path();
-    eprintln!("netsky bench bus: writing under {}", base.display());
-
-    // Floor: one fsync-durable file write, exactly as the bus does it.
-    let floor_dir = base.join("floor");
-    std::fs::create_dir_all(&floor_dir)?;
-    let body = vec![b'x'; 420];
-    let mut w = Vec::new();
-    for i in 0..200 {
-        let t = Instant::now();
-        netsky_bus::write_durable(&floor_dir, &format!("{i}.json"), &body)?;
-        w.push(ms(t.elapsed()));
-    }
-    let fsync_mean = w.iter().sum::<f64>() / w.len() as f64;
-    let mut floor = Floor {
-        fsync_ms: pct(&mut w, 0.5),
-        fsync_p90_ms: pct(&mut w, 0.9),
-        fsync_writes_per_s: 1e3 / fsync_mean,
-        ..Floor::default()
-    };
+    let f = DurableFloor::measure(base)?;
+    let mut floor =
+        Floor { fsync_ms: f.p50_ms, fsync_p90_ms: f.p90_ms, fsync_writes_per_s: f.per_s, ..Floor::default() };
 
     // Signing and verification of a typical envelope.
     let key = SecretKey::generate();

@@ -1,0 +1,76 @@
+//! `netsky bench`: netsky's figures measured against this machine's floors,
+//! in the same run, so every number has its reference beside it.
+
+mod bus;
+mod mesh;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+
+use crate::cli::Ctx;
+
+/// `netsky bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// The bus on one machine: durable-write floor, signing, throughput, one send process.
+    Bus(bus::BusArgs),
+    /// Two nodes on loopback, in process: acked latency and pipelined throughput
+    /// against the durable-write floor and the raw iroh round trip.
+    Mesh(mesh::MeshArgs),
+}
+
+/// Runs `netsky bench`.
+pub fn run(ctx: &Ctx, cmd: BenchCmd) -> Result<ExitCode> {
+    match cmd {
+        BenchCmd::Bus(a) => bus::run(ctx, a),
+        BenchCmd::Mesh(a) => mesh::run(ctx, a),
+    }
+}
+
+/// The `p` quantile (0..=1) of `v` (sorted in place); `v` must not be empty.
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A scratch folder under `dir` (default $TMPDIR), removed when dropped.
+fn scratch(dir: Option<&Path>, what: &str) -> Result<tempfile::TempDir> {
+    let t = match dir {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .context("cannot make a scratch folder for the benchmark")?;
+    eprintln!("netsky bench {what}: writing under {}", t.path().display());
+    Ok(t)
+}
+
+/// The machine's floor for one fsync-durable file write, exactly as the bus does it.
+struct DurableFloor {
+    p50_ms: f64,
+    p90_ms: f64,
+    per_s: f64,
+}
+
+impl DurableFloor {
+    fn measure(base: &Path) -> Result<DurableFloor> {
+        let dir = base.join("floor");
+        std::fs::create_dir_all(&dir)?;
+        let body = vec![b'x'; 420];
+        let mut w = Vec::new();
+        for i in 0..200 {
+            let t = Instant::now();
+            netsky_bus::write_durable(&dir, &format!("{i}.json"), &body)?;
+            w.push(ms(t.elapsed()));
+        }
+        let mean = w.iter().sum::<f64>() / w.len() as f64;
+        Ok(DurableFloor { p50_ms: pct(&mut w, 0.5), p90_ms: pct(&mut w, 0.9), per_s: 1e3 / mean })
+    }
+}
