@@ -242,3 +242,30 @@ fn kill_9_of_either_side_mid_stream_loses_nothing_and_doubles_nothing() {
     let want: Vec<String> = (0..n).map(|i| format!("m{i:03}")).collect();
     assert_eq!(got, want, "every envelope exactly once, in order");
 }
+
+#[test]
+fn the_root_role_and_the_mesh_key_move_to_a_promoted_member() {
+    let m = TestMesh::new(&["studio", "laptop", "desk"]);
+    let (studio, laptop, desk) = (m.home("studio"), m.home("laptop"), m.home("desk"));
+    let err = desk.fails(&["mesh", "promote", "laptop"], 1);
+    assert!(err.contains("only the root"), "{err}");
+    let out = studio.json(&["mesh", "promote", "laptop"]);
+    let epoch = out["epoch"].as_u64().unwrap();
+    assert!(!studio.join("keys/mesh.key").exists(), "the old root gave up the mesh key");
+    assert!(laptop.join("keys/mesh.key").exists(), "the new root holds it");
+    assert_eq!(laptop.json(&["keys", "show"])["mesh_key"], true);
+    for h in [studio, laptop, desk] {
+        wait_for(&format!("{} to see laptop as root", h.name), T, || {
+            let c = h.json(&["mesh", "charter"]);
+            let ok = c["charter"]["root"] == "laptop" && c["charter"]["epoch"].as_u64() >= Some(epoch);
+            if ok { Ok(()) } else { Err(c.to_string()) }
+        });
+    }
+    // The new root admits nodes; the old one cannot any more.
+    let err = studio.fails(&["mesh", "invite", "tablet"], 1);
+    assert!(err.contains("only the root"), "{err}");
+    laptop.ok(&["mesh", "invite", "tablet"]);
+    // Messages still cross.
+    desk.json(&["channel", "send", "agent1@studio", "after the handover", "--wait"]);
+    assert_eq!(studio.drain_texts("agent1"), ["after the handover"]);
+}

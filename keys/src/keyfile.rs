@@ -30,10 +30,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
 
 /// Creates a new random key at `path` (mode 0600), refusing if anything exists there.
 pub fn create_key_file(path: &Path) -> Result<KeyFile, KeyError> {
+    save_key_file(path, SecretKey::generate())
+}
+
+/// Stores `key` at `path` (mode 0600, durably), refusing if anything exists there.
+pub fn save_key_file(path: &Path, key: SecretKey) -> Result<KeyFile, KeyError> {
     if path.symlink_metadata().is_ok() {
         return Err(KeyError::Exists { path: path.to_path_buf() });
     }
-    let key = SecretKey::generate();
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)

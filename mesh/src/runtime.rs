@@ -368,6 +368,29 @@ impl Shared {
         }
     }
 
+    /// When this node's addresses differ from its charter entry (a network
+    /// change, a restart on a new port), tells the root, or as root records them.
+    fn check_own_addrs(self: &Arc<Self>) {
+        let Some(c) = self.charter() else { return };
+        let mine = self.own_addrs();
+        if c.charter.member(&self.name).is_none_or(|m| m.addrs == mine) {
+            return;
+        }
+        if c.charter.root == self.name {
+            let s = self.clone();
+            // Off the async threads: amending fsyncs.
+            self.spawn(async move {
+                let _ = tokio::task::spawn_blocking(move || s.claim_own_addrs()).await;
+            });
+        } else if let Some(p) = self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(&c.charter.root) {
+            let mut q = p.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if !q.hello_due {
+                q.hello_due = true;
+                p.wake.notify_one();
+            }
+        }
+    }
+
     /// Amends the charter with the mesh key (root only) and reloads it.
     fn amend(
         self: &Arc<Self>,
@@ -414,6 +437,7 @@ impl Shared {
                 warn!(error = %e, "charter on disk refused");
                 self.emit(MeshEvent::CharterRefused { from: "disk".into(), reason: e.to_string() });
             }
+            self.check_own_addrs();
             let s = self.clone();
             let scan = tokio::task::spawn_blocking(move || s.scan()).await;
             if let Err(e) = scan {
@@ -808,6 +832,30 @@ impl Shared {
                 Frame::Ok { note: String::new() }
             }
             Frame::Hello { addrs, epoch } => self.hello(remote, addrs, epoch).await,
+            Frame::Handover { mesh_key, charter } => {
+                let s = self.clone();
+                let res = tokio::task::spawn_blocking(move || s.take_over(remote, &mesh_key, &charter)).await;
+                match res {
+                    Ok(Ok(epoch)) => {
+                        self.emit(MeshEvent::CharterStored {
+                            epoch,
+                            from: format!("{peer} (handover: this node is root now)"),
+                        });
+                        if let Err(e) = self.reload_charter() {
+                            warn!(error = %e, "charter reload failed");
+                        }
+                        Frame::Ok { note: format!("root at epoch {epoch}") }
+                    }
+                    Ok(Err(e)) => {
+                        self.emit(MeshEvent::CharterRefused {
+                            from: peer.to_string(),
+                            reason: e.to_string(),
+                        });
+                        Frame::Refused { reason: e.to_string() }
+                    }
+                    Err(e) => Frame::Refused { reason: e.to_string() },
+                }
+            }
             Frame::Receipts { receipts } => {
                 for r in receipts {
                     self.emit(MeshEvent::Receipt { from: peer.to_string(), receipt: r });
@@ -856,6 +904,40 @@ impl Shared {
             Frame::Charter { json: current.to_json() }
         } else {
             Frame::Ok { note: String::new() }
+        }
+    }
+
+    /// Takes the root role handed over by the current root: the charter must
+    /// name this node root, be signed by the key handed over, and come from
+    /// the root of the charter held.
+    fn take_over(&self, remote: NodeId, mesh_key: &[u8], json: &[u8]) -> Result<u64, MeshError> {
+        let held = self.charter().ok_or_else(|| MeshError::Charter("this node holds no charter".into()))?;
+        if held.charter.root_member().map(|m| m.node_id) != Some(remote) {
+            return Err(MeshError::Charter("a handover must come from the current root".into()));
+        }
+        let bytes: [u8; 32] = mesh_key
+            .try_into()
+            .map_err(|_| MeshError::Charter("the handed-over mesh key is not 32 bytes".into()))?;
+        let key = SecretKey::from_bytes(&bytes);
+        let new = SignedCharter::from_json(json)?;
+        if new.charter.root != self.name || key.public() != new.charter.mesh_key {
+            return Err(MeshError::Charter(
+                "the handover charter does not name this node root under that key".into(),
+            ));
+        }
+        let path = self.paths.mesh_key();
+        match netsky_keys::load_key_file(&path) {
+            Ok(k) if k.key.public() == key.public() => {}
+            Ok(_) => return Err(MeshError::Charter(format!("{} holds another mesh key", path.display()))),
+            Err(_) => {
+                netsky_keys::save_key_file(&path, key)?;
+            }
+        }
+        match charter_file::offer(&self.paths, &new)? {
+            Decision::Accept | Decision::Same => Ok(new.charter.epoch),
+            Decision::Stale { held } => {
+                Err(MeshError::Charter(format!("stale handover: epoch {held} is held")))
+            }
         }
     }
 
@@ -1050,6 +1132,47 @@ impl ProtocolHandler for JoinHandler {
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
         Ok(())
     }
+}
+
+/// Hands the root role to `target`: sends it the mesh key and the charter
+/// that names it root, over a connection authenticated to its node id.
+pub async fn handover(
+    key: &SecretKey,
+    target: &CharterMember,
+    mesh_key: &SecretKey,
+    charter: &SignedCharter,
+) -> Result<(), MeshError> {
+    let peer = target.name.to_string();
+    if target.addrs.is_empty() {
+        return Err(MeshError::Connect { peer, reason: "no known address (is its daemon running?)".into() });
+    }
+    let ep = crate::endpoint::bind_client(key).await?;
+    let mut addr = EndpointAddr::new(target.node_id);
+    for a in &target.addrs {
+        addr = addr.with_ip_addr(*a);
+    }
+    let res = async {
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect(addr, ALPN_MESH))
+            .await
+            .map_err(|_| MeshError::Connect { peer: peer.clone(), reason: "no answer within 5 s".into() })?
+            .map_err(|e| MeshError::Connect { peer: peer.clone(), reason: e.to_string() })?;
+        let frame = Frame::Handover { mesh_key: mesh_key.to_bytes().to_vec(), charter: charter.to_json() };
+        let resp = request(&conn, &frame, FRAME_TIMEOUT, &peer).await;
+        conn.close(0u32.into(), b"done");
+        match resp? {
+            Frame::Ok { .. } => Ok(()),
+            Frame::Refused { reason } => {
+                Err(MeshError::Charter(format!("{peer} refused the handover: {reason}")))
+            }
+            other => Err(MeshError::Protocol {
+                peer: peer.clone(),
+                reason: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+    .await;
+    ep.close().await;
+    res
 }
 
 /// Joins a mesh with `ticket`, from a one-off endpoint with the node key.

@@ -94,6 +94,13 @@ pub enum Frame {
         /// The receipts.
         receipts: Vec<Receipt>,
     },
+    /// The root hands its role to the receiver: the mesh key and the charter that names it root.
+    Handover {
+        /// The mesh key's 32 secret bytes (the connection is TLS to the receiver's own key).
+        mesh_key: Vec<u8>,
+        /// The new charter's JSON, signed by that key.
+        charter: Vec<u8>,
+    },
     /// A request was handled.
     Ok {
         /// Anything worth saying.

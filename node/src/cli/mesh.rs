@@ -47,6 +47,11 @@ pub enum MeshCmd {
         /// The member to revoke.
         name: NodeName,
     },
+    /// Hand the root role (and the mesh key) to member NAME (new epoch; root only).
+    Promote {
+        /// The member that becomes root; its daemon must be running.
+        name: NodeName,
+    },
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -75,6 +80,7 @@ pub fn run(ctx: &Ctx, cmd: MeshCmd) -> Result<ExitCode> {
         MeshCmd::Status => status(ctx, &node),
         MeshCmd::Charter => charter(ctx, &node),
         MeshCmd::Remove { name } => remove(ctx, &node, name),
+        MeshCmd::Promote { name } => promote(ctx, &node, name),
     }
 }
 
@@ -381,6 +387,42 @@ fn remove(ctx: &Ctx, node: &Node, name: NodeName) -> Result<ExitCode> {
         epoch: u64,
     }
     let out = Out { removed: name.to_string(), node_id: m.node_id.to_string(), epoch: new.charter.epoch };
+    emit(ctx, &out, || detail.clone())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn promote(ctx: &Ctx, node: &Node, name: NodeName) -> Result<ExitCode> {
+    let (c, mk) = root_key(node)?;
+    if name == c.charter.root {
+        bail!("{name} is the root already");
+    }
+    let target = c
+        .charter
+        .member(&name)
+        .cloned()
+        .with_context(|| format!("{name} is not a member of mesh {}", c.charter.mesh))?;
+    let paths = node.home.mesh_paths();
+    // The new charter is signed now but stored here only once the new root has it.
+    let mut next = c.charter.clone();
+    next.root = name.clone();
+    next.epoch += 1;
+    next.issued = format_ts(OffsetDateTime::now_utc());
+    let signed = next.sign(&mk)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(netsky_mesh::handover(&node.key, &target, &mk, &signed))
+        .with_context(|| format!("{name} did not take the root role; nothing changed"))?;
+    charter_file::offer(&paths, &signed)?;
+    // One holder of the mesh key: the new root has it now.
+    std::fs::remove_file(paths.mesh_key())
+        .with_context(|| format!("cannot remove {}", paths.mesh_key().display()))?;
+    let detail = format!("root handed to {name} at epoch {}", signed.charter.epoch);
+    node.recorder.record(&[node.recorder.event("charter", None, None, Some(detail.clone()))]);
+    #[derive(Serialize)]
+    struct Out {
+        root: String,
+        epoch: u64,
+    }
+    let out = Out { root: name.to_string(), epoch: signed.charter.epoch };
     emit(ctx, &out, || detail.clone())?;
     Ok(ExitCode::SUCCESS)
 }
