@@ -269,3 +269,20 @@ fn the_root_role_and_the_mesh_key_move_to_a_promoted_member() {
     desk.json(&["channel", "send", "agent1@studio", "after the handover", "--wait"]);
     assert_eq!(studio.drain_texts("agent1"), ["after the handover"]);
 }
+
+#[test]
+fn a_daemon_whose_address_is_taken_says_so_and_a_second_daemon_on_one_home_is_refused() {
+    let h = TestHome::init("studio");
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let cfg = h.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("127.0.0.1:0", &addr);
+    std::fs::write(&cfg, text).unwrap();
+    let err = h.fails(&["node", "run"], 1);
+    assert!(err.contains(&addr) && err.contains("taken"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    drop(taken);
+    let _d = h.start();
+    let err = h.fails(&["node", "run"], 1);
+    assert!(err.contains("already runs"), "{err}");
+}

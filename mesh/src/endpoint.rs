@@ -33,6 +33,14 @@ pub(crate) async fn bind(
     alpns: Vec<Vec<u8>>,
 ) -> Result<Endpoint, MeshError> {
     let err = |reason: String| MeshError::Bind { addr: listen.to_string(), reason };
+    // iroh reports only "Failed to bind sockets"; a probe names the cause.
+    if let Err(e) = std::net::UdpSocket::bind(listen) {
+        return Err(err(if e.kind() == std::io::ErrorKind::AddrInUse {
+            "the address is taken (another netsky daemon, or another program, on this port?)".into()
+        } else {
+            e.to_string()
+        }));
+    }
     let builder = match relay {
         Relay::Default => Endpoint::builder(presets::N0),
         Relay::Disabled => Endpoint::builder(presets::Minimal)
@@ -52,12 +60,13 @@ pub(crate) async fn bind(
         .bind_addr(listen)
         .map_err(|e| err(e.to_string()))?;
     builder.bind().await.map_err(|e| {
-        let s = e.to_string();
-        if s.to_lowercase().contains("in use") {
-            err(format!("the address is taken (another netsky daemon on this home or port?): {s}"))
-        } else {
-            err(s)
+        let mut reason = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(c) = src {
+            reason.push_str(&format!(": {c}"));
+            src = c.source();
         }
+        err(reason)
     })
 }
 

@@ -789,6 +789,8 @@ impl Shared {
             Ok((_, Decision::Same)) => {}
             Ok((c, Decision::Stale { held })) => {
                 info!(offered = c.charter.epoch, held, "stale charter ignored");
+                let reason = format!("stale: epoch {} offered, {held} held", c.charter.epoch);
+                self.emit(MeshEvent::CharterRefused { from: from.to_string(), reason });
             }
             Err(e) => {
                 warn!(error = %e, "charter refused");
