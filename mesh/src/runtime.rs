@@ -46,6 +46,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const JOIN_FAILURES_PER_MINUTE: u32 = 20;
 
 /// What a mesh node needs to start.
+#[derive(Clone)]
 pub struct MeshConfig {
     /// The home.
     pub home: PathBuf,

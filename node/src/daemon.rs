@@ -69,9 +69,11 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
         .context("cannot start the recorder thread")?;
     // The heartbeat: delivery into panes, watchdog, hang detection, on its own thread.
     let ticker = Ticker::start(node.home.clone())?;
-    let sink = event_sink(Recorder::new(&node.home, name.clone()), tx.clone(), ticker.waker());
+    // Builds events (never writes them: the recorder thread does).
+    let events = Arc::new(Recorder::new(&node.home, name.clone()));
+    let sink = event_sink(events.clone(), tx.clone(), ticker.waker());
     let (home, config) = (node.home.clone(), node.config.clone());
-    let mut cfg = MeshConfig {
+    let cfg = MeshConfig {
         home: node.home.root().to_path_buf(),
         name: name.clone(),
         key: node.key.clone(),
@@ -84,20 +86,16 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     let previous = daemon_state::read(&node.home).and_then(|s| s.addrs.first().map(|a| a.port()));
     let mesh = match previous {
         Some(port) if cfg.listen.port() == 0 && port != 0 => {
-            let want = SocketAddr::new(cfg.listen.ip(), port);
-            let pinned = MeshConfig { listen: want, ..clone_cfg(&cfg) };
+            let pinned = MeshConfig { listen: SocketAddr::new(cfg.listen.ip(), port), ..cfg.clone() };
             match Mesh::start(pinned).await {
                 Ok(m) => m,
                 Err(e) => {
                     info!(error = %e, "previous port unavailable; binding a new one");
-                    Mesh::start(clone_cfg(&cfg)).await?
+                    Mesh::start(cfg).await?
                 }
             }
         }
-        _ => {
-            cfg.listen = node.config.node.listen;
-            Mesh::start(clone_cfg(&cfg)).await?
-        }
+        _ => Mesh::start(cfg).await?,
     };
     let state = DaemonState {
         pid: std::process::id(),
@@ -149,23 +147,11 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     if let Err(e) = daemon_state::write(&node.home, &stopped) {
         warn!(error = %e, "cannot mark the daemon stopped");
     }
-    let _ = tx.send(Some(Recorder::new(&node.home, name.clone()).event("daemon-stopped", None, None, None)));
+    let _ = tx.send(Some(events.event("daemon-stopped", None, None, None)));
     // An explicit end: tasks that outlive the mesh may still hold senders.
     let _ = tx.send(None);
     let _ = rec_thread.join();
     Ok(ExitCode::SUCCESS)
-}
-
-fn clone_cfg(c: &MeshConfig) -> MeshConfig {
-    MeshConfig {
-        home: c.home.clone(),
-        name: c.name.clone(),
-        key: c.key.clone(),
-        listen: c.listen,
-        relay: c.relay.clone(),
-        agent_exists: c.agent_exists.clone(),
-        events: c.events.clone(),
-    }
 }
 
 /// Records events in batches (whatever queued up while the last batch was
@@ -192,8 +178,7 @@ fn record_loop(recorder: Recorder, rx: Receiver<Option<Event>>) {
 }
 
 /// Turns mesh events into recorder events on the queue.
-fn event_sink(factory: Recorder, tx: SyncSender<Option<Event>>, waker: Waker) -> netsky_mesh::EventSink {
-    let factory = Arc::new(factory);
+fn event_sink(factory: Arc<Recorder>, tx: SyncSender<Option<Event>>, waker: Waker) -> netsky_mesh::EventSink {
     Arc::new(move |e: MeshEvent| {
         // Mail from another node goes into its agent's pane at once, not at the next tick.
         if matches!(&e, MeshEvent::Received { item, .. } if item.ack.outcome == netsky_mesh::wire::Outcome::Stored)
