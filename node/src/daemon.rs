@@ -108,12 +108,7 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     };
     daemon_state::write(&node.home, &state)?;
     let started = format!("pid {} addrs {:?}", state.pid, state.addrs);
-    let _ = tx.send(Some(Recorder::new(&node.home, name.clone()).event(
-        "daemon-started",
-        None,
-        None,
-        Some(started),
-    )));
+    let _ = tx.send(Some(events.event("daemon-started", None, None, Some(started))));
     let ready = Ready {
         name: state.name.clone(),
         node_id: state.node_id.clone(),
