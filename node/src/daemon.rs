@@ -60,6 +60,12 @@ pub fn relay_of(r: &config::Relay) -> Relay {
 }
 
 async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
+    // Signals first: one that arrives while the node starts must still stop it
+    // cleanly (a stop is then noticed as soon as the start is done).
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    // tmux sends SIGHUP when `netsky down` kills the session `up` started us in.
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let name = node.config.node.name.clone();
     let (tx, rx) = sync_channel::<Option<Event>>(EVENT_QUEUE);
     let recorder = Recorder::new(&node.home, name.clone());
@@ -123,10 +129,6 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
             ready.name, ready.pid, ready.node_id, ready.addrs
         )
     })?;
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    // tmux sends SIGHUP when `netsky down` kills the session `up` started us in.
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: stopping"),
         _ = int.recv() => info!("SIGINT: stopping"),
