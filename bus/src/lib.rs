@@ -13,6 +13,7 @@
 mod durable;
 mod envelope;
 mod error;
+mod filelock;
 mod guard;
 mod layout;
 mod mailbox;
@@ -22,6 +23,7 @@ mod roster;
 pub use durable::{fsync_dir, write_durable, write_durable_batch};
 pub use envelope::{ENVELOPE_DOMAIN, Envelope, Kind, MAX_ENVELOPE_BYTES, format_ts, parse_ts};
 pub use error::BusError;
+pub use filelock::{FileLock, is_locked, lock_file};
 pub use guard::{Guard, Refusal, RefusalKind, read_envelope_file};
 pub use layout::Layout;
 pub use mailbox::{Claimed, Counts, Mailbox, MailboxLock, Poisoned, PutOutcome};

@@ -13,9 +13,8 @@
 //! `delivered/` is the audit trail and the durable memory of ids already
 //! delivered; an id found there again is refused as a duplicate.
 
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crate::guard::{Refusal, RefusalKind};
 use crate::{AgentName, BusError, Envelope, Guard, Layout, NodeName, durable, format_ts};
@@ -66,7 +65,7 @@ pub struct Counts {
 /// An exclusive hold on a mailbox's claim and deliver steps.
 #[derive(Debug)]
 pub struct MailboxLock {
-    _file: File,
+    _lock: crate::FileLock,
 }
 
 /// One agent's mailbox on this node.
@@ -173,26 +172,9 @@ impl Mailbox {
     /// Takes the mailbox lock, waiting up to `wait` for another holder.
     pub fn lock(&self, wait: Duration) -> Result<MailboxLock, BusError> {
         let path = self.dir.join(".lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(BusError::io("open lock", &path))?;
-        let deadline = Instant::now() + wait;
-        loop {
-            match f.try_lock() {
-                Ok(()) => return Ok(MailboxLock { _file: f }),
-                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(BusError::Busy { path: self.dir.clone() });
-                }
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(BusError::Io { op: "lock", path, source: e });
-                }
-            }
+        match crate::lock_file(&path, wait).map_err(BusError::io("lock", &path))? {
+            Some(l) => Ok(MailboxLock { _lock: l }),
+            None => Err(BusError::Busy { path: self.dir.clone() }),
         }
     }
 

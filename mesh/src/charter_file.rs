@@ -5,8 +5,7 @@
 //! read-modify-write holds `mesh/.charter.lock` (flock); the write itself is
 //! the bus's durable write, so a crash leaves the old charter or the new one.
 
-use std::fs::{File, OpenOptions};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use netsky_keys::SecretKey;
 
@@ -19,36 +18,16 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// A hold on the charter lock; released on drop.
 #[derive(Debug)]
 pub struct CharterLock {
-    _file: File,
+    _lock: netsky_bus::FileLock,
 }
 
 /// Takes the charter lock, waiting up to a few seconds.
 pub fn lock(paths: &MeshPaths) -> Result<CharterLock, MeshError> {
     std::fs::create_dir_all(paths.dir()).map_err(MeshError::io("create", paths.dir()))?;
     let p = paths.charter_lock();
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .map_err(MeshError::io("open", &p))?;
-    let deadline = Instant::now() + LOCK_WAIT;
-    loop {
-        match f.try_lock() {
-            Ok(()) => return Ok(CharterLock { _file: f }),
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(MeshError::Charter(format!(
-                    "{} is held by another process for over 5 s",
-                    p.display()
-                )));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(MeshError::Io { op: "lock", path: p, source: e });
-            }
-        }
+    match netsky_bus::lock_file(&p, LOCK_WAIT).map_err(MeshError::io("lock", &p))? {
+        Some(l) => Ok(CharterLock { _lock: l }),
+        None => Err(MeshError::Charter(format!("{} is held by another process for over 5 s", p.display()))),
     }
 }
 

@@ -468,7 +468,7 @@ impl Shared {
                 let bytes = match netsky_bus::read_envelope_file(&path) {
                     Ok(b) => b,
                     // Acknowledged and deleted since the listing: nothing to do.
-                    Err(_) if !path.exists() => continue,
+                    Err(_) if !path.exists() || still_settling(&path) => continue,
                     Err(e) => {
                         warn!(file = %path.display(), error = %e, "unreadable outbox file");
                         self.refuse_local(&path, &name, "unreadable", &e.to_string());
@@ -487,7 +487,9 @@ impl Shared {
                     }
                 };
                 let Some((node, item)) = target else {
-                    self.refuse_local(&path, &name, "unparsable", "not an envelope or receipt");
+                    if !still_settling(&path) {
+                        self.refuse_local(&path, &name, "unparsable", "not an envelope or receipt");
+                    }
                     continue;
                 };
                 let member = charter.as_ref().and_then(|c| c.charter.member(&node).cloned());
@@ -1003,6 +1005,17 @@ pub struct SpooledReceipt {
     pub node: String,
     /// The receipt.
     pub receipt: Receipt,
+}
+
+/// Whether a file was modified so recently that a writer that does not
+/// write atomically (a copy by hand) may not be done: look again later
+/// rather than refuse it half-written.
+fn still_settling(path: &std::path::Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age < Duration::from_secs(3))
 }
 
 /// Whether a watched event may bring new work: a file created or renamed

@@ -5,8 +5,8 @@
 //! life, so "running" is a fact the kernel keeps (a kill -9 releases it),
 //! not a pid that may have been reused.
 
-use std::fs::{File, OpenOptions};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -34,7 +34,7 @@ pub struct DaemonState {
 
 /// The held daemon lock; released when dropped (or when the process dies).
 pub struct DaemonLock {
-    _file: File,
+    _lock: netsky_bus::FileLock,
 }
 
 fn lock_path(home: &Home) -> std::path::PathBuf {
@@ -45,26 +45,22 @@ fn lock_path(home: &Home) -> std::path::PathBuf {
 pub fn acquire(home: &Home) -> Result<DaemonLock> {
     let p = lock_path(home);
     std::fs::create_dir_all(home.state_dir())?;
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("open {}", p.display()))?;
-    match f.try_lock() {
-        Ok(()) => Ok(DaemonLock { _file: f }),
-        Err(std::fs::TryLockError::WouldBlock) => {
+    // A short wait: `is_running` probes the lock for an instant, and a
+    // daemon starting at that instant must not take the probe for a rival.
+    match netsky_bus::lock_file(&p, Duration::from_secs(1))
+        .with_context(|| format!("lock {}", p.display()))?
+    {
+        Some(l) => Ok(DaemonLock { _lock: l }),
+        None => {
             let pid = read(home).map(|s| s.pid.to_string()).unwrap_or_else(|| "?".into());
             bail!("a netsky daemon already runs for {} (pid {pid}); stop it first", home.root().display())
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("lock {}", p.display())),
     }
 }
 
 /// Whether a daemon holds the lock of this home right now.
 pub fn is_running(home: &Home) -> bool {
-    let Ok(f) = OpenOptions::new().write(true).open(lock_path(home)) else { return false };
-    matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+    netsky_bus::is_locked(&lock_path(home))
 }
 
 /// The last `state/node.json` written, if any (running or not).

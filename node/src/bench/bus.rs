@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::cli::{Ctx, emit};
 use crate::proc::run_bounded;
 
-use super::{DurableFloor, ms, pct};
+use super::{DurableFloor, Target, ms, pct};
 
 /// Arguments of `netsky bench bus`.
 #[derive(Debug, Args)]
@@ -49,14 +49,6 @@ struct BusFigures {
     durable_batched_per_s: f64,
     batch: usize,
     batched_vs_floor: f64,
-}
-
-#[derive(Serialize)]
-pub(super) struct Target {
-    pub(super) name: &'static str,
-    pub(super) figure: String,
-    pub(super) target: String,
-    pub(super) met: bool,
 }
 
 #[derive(Serialize)]
@@ -223,15 +215,6 @@ fn human(r: &Report) -> String {
         "  one `channel send` process       p50 {:.2} ms  p90 {:.2} ms\n",
         r.send_process_ms, r.send_process_p90_ms
     ));
-    s.push_str("targets\n");
-    for t in &r.targets {
-        s.push_str(&format!(
-            "  [{}] {}: {} (target {})\n",
-            if t.met { "met" } else { "MISSED" },
-            t.name,
-            t.figure,
-            t.target
-        ));
-    }
+    s.push_str(&super::targets_text(&r.targets));
     s.trim_end().to_string()
 }

@@ -26,7 +26,7 @@ use netsky_mesh::{Charter, CharterMember, Mesh, MeshConfig, MeshEvent, Relay, ch
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::{DurableFloor, ms, pct};
+use super::{DurableFloor, Target, ms, pct};
 use crate::cli::{Ctx, emit};
 
 /// Arguments of `netsky bench mesh`.
@@ -56,7 +56,7 @@ struct Report {
     latency_budget_ms: f64,
     throughput_per_s: f64,
     throughput_n: usize,
-    targets: Vec<super::bus::Target>,
+    targets: Vec<Target>,
 }
 
 const ECHO: &[u8] = b"netsky/bench-echo/1";
@@ -256,13 +256,13 @@ async fn bench(base: &std::path::Path, a: &MeshArgs, floor_ms: f64) -> Result<Re
         throughput_per_s: throughput,
         throughput_n: a.n,
         targets: vec![
-            super::bus::Target {
+            Target {
                 name: "acked latency p50 within 2x (durable write + raw round trip)",
                 figure: format!("{lat_p50:.2} ms"),
                 target: format!("<= {budget:.2} ms"),
                 met: lat_p50 <= budget,
             },
-            super::bus::Target {
+            Target {
                 name: "pipelined throughput between two nodes, durable on both sides",
                 figure: format!("{throughput:.0}/s"),
                 target: ">= 2000/s".into(),
@@ -289,15 +289,6 @@ fn human(r: &Report) -> String {
         "  pipelined throughput              {:.0} envelopes/s ({} envelopes)\n",
         r.throughput_per_s, r.throughput_n
     ));
-    s.push_str("targets\n");
-    for t in &r.targets {
-        s.push_str(&format!(
-            "  [{}] {}: {} (target {})\n",
-            if t.met { "met" } else { "MISSED" },
-            t.name,
-            t.figure,
-            t.target
-        ));
-    }
+    s.push_str(&super::targets_text(&r.targets));
     s.trim_end().to_string()
 }

@@ -31,6 +31,25 @@ pub fn run(ctx: &Ctx, cmd: BenchCmd) -> Result<ExitCode> {
     }
 }
 
+/// A performance target and whether this run met it.
+#[derive(serde::Serialize)]
+struct Target {
+    name: &'static str,
+    figure: String,
+    target: String,
+    met: bool,
+}
+
+/// The targets as report lines.
+fn targets_text(targets: &[Target]) -> String {
+    let mut s = String::from("targets\n");
+    for t in targets {
+        let mark = if t.met { "met" } else { "MISSED" };
+        s.push_str(&format!("  [{mark}] {}: {} (target {})\n", t.name, t.figure, t.target));
+    }
+    s
+}
+
 /// The `p` quantile (0..=1) of `v` (sorted in place); `v` must not be empty.
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -108,13 +108,32 @@ fn read_text(text: String) -> Result<String> {
 }
 
 #[derive(Serialize)]
-struct SendOut {
-    id: String,
-    from: String,
-    to: String,
-    kind: &'static str,
-    ts: String,
-    state: &'static str,
+/// What `channel send` prints: the envelope and where it is now.
+pub(super) struct SendOut {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub kind: &'static str,
+    pub ts: String,
+    /// inbox | duplicate (local); queued | acked (remote).
+    pub state: &'static str,
+    /// More about the state, when there is more to say.
+    pub detail: Option<String>,
+}
+
+impl SendOut {
+    /// The output for `env` in `state`.
+    pub fn new(env: &Envelope, state: &'static str) -> SendOut {
+        SendOut {
+            id: env.id.to_string(),
+            from: env.from.to_string(),
+            to: env.to.to_string(),
+            kind: env.kind.as_str(),
+            ts: format_ts(env.ts),
+            state,
+            detail: None,
+        }
+    }
 }
 
 /// What `channel send` was asked to send.
@@ -159,14 +178,7 @@ fn send(ctx: &Ctx, node: &Node, o: Outgoing, wait: Option<Duration>) -> Result<E
         PutOutcome::Duplicate => "duplicate",
     };
     node.recorder.record(&[node.recorder.event("sent", Some(target), Some(&env), None)]);
-    let out = SendOut {
-        id: env.id.to_string(),
-        from: env.from.to_string(),
-        to: env.to.to_string(),
-        kind: env.kind.as_str(),
-        ts: format_ts(env.ts),
-        state,
-    };
+    let out = SendOut::new(&env, state);
     emit(ctx, &out, || out.id.clone())?;
     Ok(ExitCode::SUCCESS)
 }

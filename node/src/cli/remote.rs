@@ -6,23 +6,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use netsky_bus::{Envelope, NodeName, format_ts};
-use serde::Serialize;
+use netsky_bus::{Envelope, NodeName};
 
+use super::channel::SendOut;
 use super::{Ctx, emit};
 use crate::daemon_state;
 use crate::home::Node;
-
-#[derive(Serialize)]
-struct Out {
-    id: String,
-    from: String,
-    to: String,
-    kind: &'static str,
-    ts: String,
-    state: &'static str,
-    detail: Option<String>,
-}
 
 /// Queues `env` for node `target` and, with `wait`, waits for the outcome.
 pub fn send(
@@ -50,15 +39,7 @@ pub fn send(
         Some(&env),
         Some(format!("for {target}")),
     )]);
-    let mut out = Out {
-        id: env.id.to_string(),
-        from: env.from.to_string(),
-        to: env.to.to_string(),
-        kind: env.kind.as_str(),
-        ts: format_ts(env.ts),
-        state: "queued",
-        detail: None,
-    };
+    let mut out = SendOut::new(&env, "queued");
     let Some(wait) = wait else {
         emit(ctx, &out, || out.id.clone())?;
         return Ok(ExitCode::SUCCESS);

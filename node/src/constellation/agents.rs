@@ -12,10 +12,10 @@
 //! runs `[constellation] runtime` in a tmux session with `AGENT_N`,
 //! `NETSKY_HOME` and `NETSKY_PROMPT_FILE` in its environment.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use netsky_bus::{AgentName, format_ts};
@@ -115,7 +115,7 @@ pub fn clear_down(home: &Home) -> Result<()> {
 /// An exclusive hold on the constellation, released on drop.
 #[derive(Debug)]
 pub struct ConstellationLock {
-    _file: File,
+    _lock: netsky_bus::FileLock,
 }
 
 /// Takes `state/constellation.lock`, waiting up to `wait`; None when another holder keeps it.
@@ -123,25 +123,8 @@ pub fn try_lock(home: &Home, wait: Duration) -> Result<Option<ConstellationLock>
     let dir = home.state_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("constellation.lock");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let deadline = Instant::now() + wait;
-    loop {
-        match f.try_lock() {
-            Ok(()) => return Ok(Some(ConstellationLock { _file: f })),
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
-            }
-        }
-    }
+    let l = netsky_bus::lock_file(&path, wait).with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(l.map(|l| ConstellationLock { _lock: l }))
 }
 
 /// As [`try_lock`], but an error naming the holder's likely identity when busy.
