@@ -625,7 +625,10 @@ impl Shared {
             let resp =
                 request(&c, &Frame::Hello { addrs: self.own_addrs(), epoch }, FRAME_TIMEOUT, &pname).await?;
             match resp {
-                Frame::Charter { json } => self.accept_charter(&json, &pname),
+                Frame::Charter { json } => {
+                    // The root answered our hello; a refusal is already an event here.
+                    let _ = self.accept_charter(&json, &pname);
+                }
                 Frame::Ok { .. } => {}
                 other => warn!(?other, "unexpected answer to hello"),
             }
@@ -743,8 +746,14 @@ impl Shared {
         }
     }
 
-    /// Offers a charter that came over the wire; logs the outcome.
-    fn accept_charter(self: &Arc<Self>, json: &[u8], from: &str) {
+    /// Offers a charter that came over the wire; logs the outcome and returns
+    /// the answer for whoever pushed it.
+    ///
+    /// A refused charter (foreign key, conflict, bad signature) is answered
+    /// with `Frame::Refused`, not `Ok`: the root's sender matches on
+    /// `Refused` to log that a member will not follow it, and before this it
+    /// never heard of a refusal. A stale charter is no attack: `Ok`, with a note.
+    fn accept_charter(self: &Arc<Self>, json: &[u8], from: &str) -> Frame {
         let res =
             SignedCharter::from_json(json).and_then(|c| charter_file::offer(&self.paths, &c).map(|d| (c, d)));
         match res {
@@ -753,14 +762,17 @@ impl Shared {
                 if let Err(e) = self.reload_charter() {
                     warn!(error = %e, "charter reload failed");
                 }
+                Frame::Ok { note: String::new() }
             }
-            Ok((_, Decision::Same)) => {}
+            Ok((_, Decision::Same)) => Frame::Ok { note: String::new() },
             Ok((c, Decision::Stale { held })) => {
                 info!(offered = c.charter.epoch, held, "stale charter ignored");
+                Frame::Ok { note: format!("stale: this node holds epoch {held}") }
             }
             Err(e) => {
                 warn!(error = %e, "charter refused");
                 self.emit(MeshEvent::CharterRefused { from: from.to_string(), reason: e.to_string() });
+                Frame::Refused { reason: e.to_string() }
             }
         }
     }
@@ -795,10 +807,7 @@ impl Shared {
                     Err(e) => Frame::Refused { reason: format!("receiver failed: {e}") },
                 }
             }
-            Frame::Charter { json } => {
-                self.accept_charter(&json, peer);
-                Frame::Ok { note: String::new() }
-            }
+            Frame::Charter { json } => self.accept_charter(&json, peer),
             Frame::Hello { addrs, epoch } => self.hello(remote, addrs, epoch).await,
             Frame::Receipts { receipts } => {
                 for r in receipts {
