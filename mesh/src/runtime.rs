@@ -42,8 +42,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
 /// How long a dial may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Failed join attempts allowed per minute, in all, before joins are refused for the minute.
-const JOIN_FAILURES_PER_MINUTE: u32 = 20;
+/// Failed join attempts allowed per joining node id per minute; more are refused unread.
+const JOIN_FAILURES_PER_MINUTE: u32 = 5;
+/// Joins handled at once; more wait (bounds the root's work under a flood).
+const JOINS_AT_ONCE: usize = 4;
+/// Joiner ids remembered for the failure limit (oldest forgotten first).
+const JOINERS_REMEMBERED: usize = 4096;
 
 /// What a mesh node needs to start.
 #[derive(Clone)]
@@ -124,7 +128,10 @@ struct Shared {
     known: Mutex<HashSet<String>>,
     dispatch: Notify,
     peer_states: Mutex<HashMap<String, PeerState>>,
-    join_failures: Mutex<(Instant, u32)>,
+    /// Per joiner id: when its minute started and its failures in it. Per id,
+    /// not global: a stranger's failures must not lock out a real joiner.
+    join_failures: Mutex<HashMap<NodeId, (Instant, u32)>>,
+    joins: tokio::sync::Semaphore,
     cancel: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
 }
@@ -168,7 +175,8 @@ impl Mesh {
             known: Mutex::new(HashSet::new()),
             dispatch: Notify::new(),
             peer_states: Mutex::new(HashMap::new()),
-            join_failures: Mutex::new((Instant::now(), 0)),
+            join_failures: Mutex::new(HashMap::new()),
+            joins: tokio::sync::Semaphore::new(JOINS_AT_ONCE),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(JoinSet::new()),
         });
@@ -658,7 +666,11 @@ impl Shared {
             let resp =
                 request(&c, &Frame::Hello { addrs: self.own_addrs(), epoch }, FRAME_TIMEOUT, &pname).await?;
             match resp {
-                Frame::Charter { json } => self.accept_charter(&json, &pname),
+                Frame::Charter { json } => {
+                    // The root answered our hello; a refusal is already an event here.
+                    let (s, from) = (self.clone(), pname.clone());
+                    let _ = tokio::task::spawn_blocking(move || s.accept_charter(&json, &from)).await;
+                }
                 Frame::Ok { .. } => {}
                 other => warn!(?other, "unexpected answer to hello"),
             }
@@ -778,8 +790,14 @@ impl Shared {
         }
     }
 
-    /// Offers a charter that came over the wire; logs the outcome.
-    fn accept_charter(self: &Arc<Self>, json: &[u8], from: &str) {
+    /// Offers a charter that came over the wire; logs the outcome and returns
+    /// the answer for whoever pushed it.
+    ///
+    /// A refused charter (foreign key, conflict, bad signature) is answered
+    /// with `Frame::Refused`, not `Ok`: the root's sender matches on
+    /// `Refused` to log that a member will not follow it, and before this it
+    /// never heard of a refusal. A stale charter is no attack: `Ok`, with a note.
+    fn accept_charter(self: &Arc<Self>, json: &[u8], from: &str) -> Frame {
         let res =
             SignedCharter::from_json(json).and_then(|c| charter_file::offer(&self.paths, &c).map(|d| (c, d)));
         match res {
@@ -788,16 +806,19 @@ impl Shared {
                 if let Err(e) = self.reload_charter() {
                     warn!(error = %e, "charter reload failed");
                 }
+                Frame::Ok { note: String::new() }
             }
-            Ok((_, Decision::Same)) => {}
+            Ok((_, Decision::Same)) => Frame::Ok { note: String::new() },
             Ok((c, Decision::Stale { held })) => {
                 info!(offered = c.charter.epoch, held, "stale charter ignored");
                 let reason = format!("stale: epoch {} offered, {held} held", c.charter.epoch);
                 self.emit(MeshEvent::CharterRefused { from: from.to_string(), reason });
+                Frame::Ok { note: format!("stale: this node holds epoch {held}") }
             }
             Err(e) => {
                 warn!(error = %e, "charter refused");
                 self.emit(MeshEvent::CharterRefused { from: from.to_string(), reason: e.to_string() });
+                Frame::Refused { reason: e.to_string() }
             }
         }
     }
@@ -833,8 +854,11 @@ impl Shared {
                 }
             }
             Frame::Charter { json } => {
-                self.accept_charter(&json, peer);
-                Frame::Ok { note: String::new() }
+                // Locking and fsyncing the charter file: off the async threads.
+                let (s, from) = (self.clone(), peer.to_string());
+                tokio::task::spawn_blocking(move || s.accept_charter(&json, &from))
+                    .await
+                    .unwrap_or_else(|e| Frame::Refused { reason: format!("receiver failed: {e}") })
             }
             Frame::Hello { addrs, epoch } => self.hello(remote, addrs, epoch).await,
             Frame::Handover { mesh_key, charter } => {
@@ -984,17 +1008,26 @@ impl Shared {
         .map_err(|e| e.to_string())
     }
 
-    fn join_budget_spent(&self) -> bool {
-        let mut g = self.join_failures.lock().unwrap_or_else(|p| p.into_inner());
-        if g.0.elapsed() > Duration::from_secs(60) {
-            *g = (Instant::now(), 0);
-        }
-        g.1 >= JOIN_FAILURES_PER_MINUTE
+    fn join_budget_spent(&self, id: &NodeId) -> bool {
+        let g = self.join_failures.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(id).is_some_and(|(start, n)| {
+            start.elapsed() < Duration::from_secs(60) && *n >= JOIN_FAILURES_PER_MINUTE
+        })
     }
 
-    fn join_failed(&self) {
+    fn join_failed(&self, id: NodeId) {
         let mut g = self.join_failures.lock().unwrap_or_else(|p| p.into_inner());
-        g.1 += 1;
+        if g.len() >= JOINERS_REMEMBERED {
+            g.retain(|_, (start, _)| start.elapsed() < Duration::from_secs(60));
+            if g.len() >= JOINERS_REMEMBERED {
+                g.clear();
+            }
+        }
+        let e = g.entry(id).or_insert((Instant::now(), 0));
+        if e.0.elapsed() >= Duration::from_secs(60) {
+            *e = (Instant::now(), 0);
+        }
+        e.1 += 1;
     }
 }
 
@@ -1116,7 +1149,8 @@ impl ProtocolHandler for JoinHandler {
         let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(FRAME_TIMEOUT, conn.accept_bi()).await else {
             return Ok(());
         };
-        let resp = if s.join_budget_spent() {
+        let Ok(_permit) = s.joins.acquire().await else { return Ok(()) };
+        let resp = if s.join_budget_spent(&remote) {
             JoinResponse::Refused { reason: "too many failed join attempts; try again in a minute".into() }
         } else {
             match read_frame::<JoinRequest>(&mut recv, 16 * 1024, FRAME_TIMEOUT, "joiner").await {
@@ -1140,7 +1174,7 @@ impl ProtocolHandler for JoinHandler {
             }
         };
         if let JoinResponse::Refused { reason } = &resp {
-            s.join_failed();
+            s.join_failed(remote);
             s.emit(MeshEvent::JoinRefused { remote: remote.to_string(), reason: reason.clone() });
         }
         let _ = write_frame(&mut send, &resp, "joiner").await;
