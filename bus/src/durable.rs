@@ -110,7 +110,8 @@ fn sync_files(_dir: &Path, temps: &[(PathBuf, File)]) -> Result<(), BusError> {
     use std::os::fd::AsRawFd;
     // Start every file's writeback, then wait for all of it: the data is on
     // disk before the first fsync commits the journal for the whole batch.
-    let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let wait =
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     for flags in [libc::SYNC_FILE_RANGE_WRITE, wait] {
         for (_, f) in temps {
             // SAFETY: sync_file_range only writes back an open fd's pages; a
