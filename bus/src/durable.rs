@@ -27,15 +27,19 @@ use std::path::{Path, PathBuf};
 
 use crate::BusError;
 
+/// A temp name no other writer uses, in this process or another: two
+/// writers of the same final name (a retried push racing the first) must
+/// never share, and so truncate, one temp file.
 fn temp_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!(".{name}.{}.tmp", std::process::id()))
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
 fn write_temp(tmp: &Path, bytes: &[u8]) -> Result<File, BusError> {
     let mut f = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(tmp)
@@ -99,6 +103,9 @@ pub fn write_durable_batch(dir: &Path, items: &[(String, Vec<u8>)]) -> Result<()
         let dst = dir.join(name);
         if let Err(e) = std::fs::rename(tmp, &dst) {
             cleanup(&temps);
+            // The names renamed so far count as known to a retry (and are
+            // acked as duplicates then): make them durable now.
+            let _ = fsync_dir(dir);
             return Err(BusError::Io { op: "rename", path: dst, source: e });
         }
     }

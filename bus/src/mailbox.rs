@@ -207,6 +207,14 @@ impl Mailbox {
                 poisoned.push(Poisoned { file: name, refusal: r });
                 continue;
             }
+            if !adopted && self.claimed.join(&name).symlink_metadata().is_ok() {
+                // A second copy of an envelope already claimed (two writers raced):
+                // claiming it would deliver that envelope twice.
+                let r = Refusal::new(RefusalKind::Duplicate, format!("{name} is already claimed"));
+                self.poison(from_dir, &name, &r)?;
+                poisoned.push(Poisoned { file: name, refusal: r });
+                continue;
+            }
             if !adopted {
                 let dst = self.claimed.join(&name);
                 match std::fs::rename(from_dir.join(&name), &dst) {

@@ -54,7 +54,7 @@ pub(crate) async fn bind(
     let builder = builder
         .secret_key(key.clone())
         .portmapper_config(PortmapperConfig::Disabled)
-        .hooks(Door { allow, events })
+        .hooks(Door { allow, events, reported: Default::default() })
         .alpns(alpns)
         .clear_ip_transports()
         .bind_addr(listen)

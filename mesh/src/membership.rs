@@ -32,6 +32,27 @@ impl Allowlist {
 pub(crate) struct Door {
     pub allow: Allowlist,
     pub events: crate::EventSink,
+    /// When each refused id was last reported: node ids cost a stranger
+    /// nothing, so evidence is kept to one event per id a minute.
+    pub reported: std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>,
+}
+
+impl Door {
+    /// Whether a refusal of `id` should become an event now.
+    fn report(&self, id: NodeId) -> bool {
+        let mut g = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        let minute = std::time::Duration::from_secs(60);
+        if g.len() > 4096 {
+            g.retain(|_, t| t.elapsed() < minute);
+        }
+        match g.get(&id) {
+            Some(t) if t.elapsed() < minute => false,
+            _ => {
+                g.insert(id, std::time::Instant::now());
+                g.len() <= 4096
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Door {
@@ -46,7 +67,12 @@ impl EndpointHooks for Door {
         if conn.alpn() == ALPN_JOIN || self.allow.allows(&id) {
             return AfterHandshakeOutcome::Accept;
         }
-        (self.events)(MeshEvent::ConnectionRefused { peer: id.to_string(), reason: "not a member".into() });
+        if self.report(id) {
+            (self.events)(MeshEvent::ConnectionRefused {
+                peer: id.to_string(),
+                reason: "not a member".into(),
+            });
+        }
         AfterHandshakeOutcome::Reject {
             error_code: 403u32.into(),
             reason: b"not a member of this mesh".to_vec(),

@@ -40,6 +40,9 @@ pub type AgentCheck = Arc<dyn Fn(AgentName) -> bool + Send + Sync>;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a sender looks again even when nothing woke it.
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
+/// Envelopes (or receipts) held in memory per peer; the rest wait on disk
+/// and are read, in order, as the queue drains.
+const QUEUE_CAP: usize = 4 * MAX_BATCH;
 /// How long a dial may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Failed join attempts allowed per joining node id per minute; more are refused unread.
@@ -123,7 +126,7 @@ struct Shared {
     allow: Allowlist,
     charter: RwLock<Option<Arc<SignedCharter>>>,
     roster: RwLock<Arc<Roster>>,
-    charter_stamp: Mutex<Option<(SystemTime, u64)>>,
+    charter_stamp: Mutex<Option<(SystemTime, u64, u64)>>,
     peers: Mutex<HashMap<NodeName, Arc<Peer>>>,
     known: Mutex<HashSet<String>>,
     dispatch: Notify,
@@ -134,6 +137,14 @@ struct Shared {
     joins: tokio::sync::Semaphore,
     cancel: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
+    /// An address claim (root) is under way.
+    claiming: std::sync::atomic::AtomicBool,
+    /// Serialises ingests: a retried push racing its first try must not
+    /// write the same envelope twice.
+    ingest_lock: Mutex<()>,
+    /// Serialises writes of `state/peers.json`: the sequence number written last.
+    peers_file: Mutex<u64>,
+    peer_state_seq: std::sync::atomic::AtomicU64,
 }
 
 /// A running mesh node.
@@ -179,9 +190,19 @@ impl Mesh {
             joins: tokio::sync::Semaphore::new(JOINS_AT_ONCE),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(JoinSet::new()),
+            claiming: std::sync::atomic::AtomicBool::new(false),
+            ingest_lock: Mutex::new(()),
+            peers_file: Mutex::new(0),
+            peer_state_seq: std::sync::atomic::AtomicU64::new(0),
         });
-        shared.reload_charter()?;
-        shared.claim_own_addrs();
+        let s = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            s.reload_charter()?;
+            s.claim_own_addrs();
+            Ok::<(), MeshError>(())
+        })
+        .await
+        .map_err(|e| MeshError::Charter(format!("charter load failed: {e}")))??;
         let router = Router::builder(endpoint)
             .accept(ALPN_MESH, MeshHandler(shared.clone()))
             .accept(ALPN_JOIN, JoinHandler(shared.clone()))
@@ -275,20 +296,23 @@ impl Shared {
 
     /// Re-reads `mesh/charter.json` if it changed; updates roster, allowlist and peers.
     fn reload_charter(self: &Arc<Self>) -> Result<(), MeshError> {
+        use std::os::unix::fs::MetadataExt;
         let path = self.paths.charter();
-        let stamp =
-            std::fs::metadata(&path).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-        {
-            let mut s = self.charter_stamp.lock().unwrap_or_else(|p| p.into_inner());
-            if *s == stamp && (stamp.is_none() || self.charter().is_some()) {
-                return Ok(());
-            }
-            *s = stamp;
+        // Held throughout: concurrent reloads must not install an older charter
+        // after a newer one. The inode is in the stamp because every atomic
+        // replace makes a new one, even within one mtime tick at the same length.
+        let mut held_stamp = self.charter_stamp.lock().unwrap_or_else(|p| p.into_inner());
+        let stamp = std::fs::metadata(&path)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), m.ino()));
+        if *held_stamp == stamp && (stamp.is_none() || self.charter().is_some()) {
+            return Ok(());
         }
+        *held_stamp = stamp;
         let Some(c) = charter_file::load(&self.paths)? else { return Ok(()) };
         if let Some(held) = self.charter()
-            && held.charter.epoch >= c.charter.epoch
-            && *held == c
+            && held.charter.mesh_key == c.charter.mesh_key
+            && (held.charter.epoch > c.charter.epoch || *held == c)
         {
             return Ok(());
         }
@@ -318,6 +342,15 @@ impl Shared {
             let keep = current.contains(name);
             if !keep {
                 p.cancel.cancel();
+                // Its files are looked at again: refused as for a non-member.
+                let q = p.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                for e in &q.envs {
+                    known.remove(&format!("o/{}", e.file));
+                }
+                for r in &q.receipts {
+                    known.remove(&format!("r/{}", r.file));
+                }
             }
             keep
         });
@@ -386,10 +419,15 @@ impl Shared {
             return;
         }
         if c.charter.root == self.name {
+            if self.claiming.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                return;
+            }
             let s = self.clone();
             // Off the async threads: amending fsyncs.
             self.spawn(async move {
-                let _ = tokio::task::spawn_blocking(move || s.claim_own_addrs()).await;
+                let s2 = s.clone();
+                let _ = tokio::task::spawn_blocking(move || s2.claim_own_addrs()).await;
+                s.claiming.store(false, std::sync::atomic::Ordering::Release);
             });
         } else if let Some(p) = self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(&c.charter.root) {
             let mut q = p.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -414,7 +452,7 @@ impl Shared {
         Ok(c)
     }
 
-    fn set_peer_state(&self, name: &NodeName, reachable: bool, error: Option<String>) {
+    fn set_peer_state(self: &Arc<Self>, name: &NodeName, reachable: bool, error: Option<String>) {
         let mut states = self.peer_states.lock().unwrap_or_else(|p| p.into_inner());
         let changed = states.get(name.as_str()).is_none_or(|s| s.reachable != reachable);
         if !changed {
@@ -423,10 +461,23 @@ impl Shared {
         let st = PeerState { reachable, since: now_ts(), last_error: error.clone() };
         states.insert(name.to_string(), st);
         let json = serde_json::to_vec_pretty(&*states).unwrap_or_default();
+        let seq = self.peer_state_seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
         drop(states);
-        if let Err(e) = netsky_bus::write_durable(&self.paths.home().join("state"), "peers.json", &json) {
-            warn!(error = %e, "cannot write state/peers.json");
-        }
+        let s = self.clone();
+        // Off the async threads (it fsyncs); a snapshot older than one written already is skipped.
+        self.spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut written = s.peers_file.lock().unwrap_or_else(|p| p.into_inner());
+                if seq <= *written {
+                    return;
+                }
+                match netsky_bus::write_durable(&s.paths.home().join("state"), "peers.json", &json) {
+                    Ok(_) => *written = seq,
+                    Err(e) => warn!(error = %e, "cannot write state/peers.json"),
+                }
+            })
+            .await;
+        });
         self.emit(if reachable {
             MeshEvent::PeerReachable { name: name.to_string() }
         } else {
@@ -442,13 +493,16 @@ impl Shared {
                 _ = self.dispatch.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
-            if let Err(e) = self.reload_charter() {
-                warn!(error = %e, "charter on disk refused");
-                self.emit(MeshEvent::CharterRefused { from: "disk".into(), reason: e.to_string() });
-            }
-            self.check_own_addrs();
             let s = self.clone();
-            let scan = tokio::task::spawn_blocking(move || s.scan()).await;
+            let scan = tokio::task::spawn_blocking(move || {
+                if let Err(e) = s.reload_charter() {
+                    warn!(error = %e, "charter on disk refused");
+                    s.emit(MeshEvent::CharterRefused { from: "disk".into(), reason: e.to_string() });
+                }
+                s.scan();
+            })
+            .await;
+            self.check_own_addrs();
             if let Err(e) = scan {
                 warn!(error = %e, "outbox scan failed");
             }
@@ -517,6 +571,13 @@ impl Shared {
                 }
                 let peer = self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(&node).cloned();
                 let Some(peer) = peer else { continue };
+                {
+                    let q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    let queued = if is_receipt { q.receipts.len() } else { q.envs.len() };
+                    if queued >= QUEUE_CAP {
+                        continue;
+                    }
+                }
                 self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
                 let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
                 match item {
@@ -705,13 +766,19 @@ impl Shared {
                     .cloned()
                     .collect()
             };
-            if batch.is_empty() {
+            if batch.is_empty() || peer.cancel.is_cancelled() {
                 break;
             }
             let envs = batch.iter().map(|q| q.bytes.clone()).collect();
             debug!(n = batch.len(), first = %batch[0].env.id, "push");
             let acks = match request(&c, &Frame::Push { envs }, FRAME_TIMEOUT, &pname).await? {
-                Frame::Acks { acks } if acks.len() == batch.len() => acks,
+                // Acks pair with envelopes by id, never by position alone.
+                Frame::Acks { acks }
+                    if acks.len() == batch.len()
+                        && acks.iter().zip(&batch).all(|(a, q)| a.id == q.env.id.to_string()) =>
+                {
+                    acks
+                }
                 Frame::Refused { reason } => {
                     return Err(MeshError::Protocol {
                         peer: pname.clone(),
@@ -760,7 +827,10 @@ impl Shared {
                         known.remove(&format!("r/{}", r.file));
                     }
                 }
-                other => warn!(?other, "receipts not taken"),
+                other => {
+                    let reason = format!("receipts not taken: {other:?}");
+                    return Err(MeshError::Protocol { peer: pname.clone(), reason });
+                }
             }
         }
         Ok(())
@@ -834,6 +904,7 @@ impl Shared {
                 }
                 let s = self.clone();
                 let res = tokio::task::spawn_blocking(move || {
+                    let _one_at_a_time = s.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
                     let roster = s.roster();
                     ingest::ingest(&s.layout, &s.name, &roster, &*s.agent_exists, remote, envs)
                 })
@@ -997,7 +1068,13 @@ impl Shared {
         let secret = t.body.secret_hex();
         let pending = self.paths.tickets().join(format!("{secret}.json"));
         let used = self.paths.tickets().join(format!("{secret}.used"));
-        std::fs::rename(&pending, &used).map_err(|_| "unknown or already used ticket".to_string())?;
+        if std::fs::rename(&pending, &used).is_err() {
+            // The same joiner asking again (its answer was lost): it is in already.
+            if used.exists() && charter.charter.member(&name).is_some_and(|m| m.node_id == remote) {
+                return Ok((*charter).clone());
+            }
+            return Err("unknown or already used ticket".into());
+        }
         let addrs: Vec<SocketAddr> =
             req.addrs.into_iter().filter(|a| !a.ip().is_unspecified()).take(16).collect();
         self.amend(move |ch| {
@@ -1005,7 +1082,11 @@ impl Shared {
             ch.members.push(CharterMember { name, node_id: remote, addrs });
             Ok(())
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| {
+            // Not admitted after all: the ticket stays good for another try.
+            let _ = std::fs::rename(&used, &pending);
+            e.to_string()
+        })
     }
 
     fn join_budget_spent(&self, id: &NodeId) -> bool {
@@ -1015,7 +1096,8 @@ impl Shared {
         })
     }
 
-    fn join_failed(&self, id: NodeId) {
+    /// Counts a failed join of `id`; returns its failures in the current minute.
+    fn join_failed(&self, id: NodeId) -> u32 {
         let mut g = self.join_failures.lock().unwrap_or_else(|p| p.into_inner());
         if g.len() >= JOINERS_REMEMBERED {
             g.retain(|_, (start, _)| start.elapsed() < Duration::from_secs(60));
@@ -1028,6 +1110,7 @@ impl Shared {
             *e = (Instant::now(), 0);
         }
         e.1 += 1;
+        e.1
     }
 }
 
@@ -1173,8 +1256,10 @@ impl ProtocolHandler for JoinHandler {
                 }
             }
         };
-        if let JoinResponse::Refused { reason } = &resp {
-            s.join_failed(remote);
+        if let JoinResponse::Refused { reason } = &resp
+            && s.join_failed(remote) <= JOIN_FAILURES_PER_MINUTE
+        {
+            // Past its limit a joiner's attempts are refused unrecorded: evidence, not a flood.
             s.emit(MeshEvent::JoinRefused { remote: remote.to_string(), reason: reason.clone() });
         }
         let _ = write_frame(&mut send, &resp, "joiner").await;

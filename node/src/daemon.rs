@@ -182,9 +182,22 @@ fn event_sink(factory: Arc<Recorder>, tx: SyncSender<Option<Event>>, waker: Wake
         {
             waker.inbox();
         }
+        // Events a stranger can cause at will are dropped when the queue is
+        // full rather than stall the mesh; our own evidence waits for room.
+        let strangers = matches!(
+            &e,
+            MeshEvent::ConnectionRefused { .. }
+                | MeshEvent::JoinRefused { .. }
+                | MeshEvent::ProtocolError { .. }
+        );
         for ev in translate(&factory, e) {
-            if tx.send(Some(ev)).is_err() {
-                warn!("recorder gone; event dropped");
+            let sent = if strangers {
+                tx.try_send(Some(ev)).map_err(|_| ())
+            } else {
+                tx.send(Some(ev)).map_err(|_| ())
+            };
+            if sent.is_err() {
+                warn!("event dropped: the recorder is gone or full");
             }
         }
     })

@@ -392,7 +392,15 @@ fn remove(ctx: &Ctx, node: &Node, name: NodeName) -> Result<ExitCode> {
 }
 
 fn promote(ctx: &Ctx, node: &Node, name: NodeName) -> Result<ExitCode> {
-    let (c, mk) = root_key(node)?;
+    let (_, mk) = root_key(node)?;
+    let paths = node.home.mesh_paths();
+    // Held until the end: the daemon must not issue another epoch meanwhile,
+    // or the old and the new root would hold different charters of one epoch.
+    let lock = charter_file::lock(&paths)?;
+    let c = charter_file::load(&paths)?.context("this node holds no charter")?;
+    if c.charter.root != node.config.node.name {
+        bail!("only the root ({}) can do this; this node is {}", c.charter.root, node.config.node.name);
+    }
     if name == c.charter.root {
         bail!("{name} is the root already");
     }
@@ -401,20 +409,23 @@ fn promote(ctx: &Ctx, node: &Node, name: NodeName) -> Result<ExitCode> {
         .member(&name)
         .cloned()
         .with_context(|| format!("{name} is not a member of mesh {}", c.charter.mesh))?;
-    let paths = node.home.mesh_paths();
-    // The new charter is signed now but stored here only once the new root has it.
     let mut next = c.charter.clone();
     next.root = name.clone();
     next.epoch += 1;
     next.issued = format_ts(OffsetDateTime::now_utc());
     let signed = next.sign(&mk)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(netsky_mesh::handover(&node.key, &target, &mk, &signed))
-        .with_context(|| format!("{name} did not take the root role; nothing changed"))?;
-    charter_file::offer(&paths, &signed)?;
+    rt.block_on(netsky_mesh::handover(&node.key, &target, &mk, &signed)).with_context(|| {
+        format!(
+            "{name} did not confirm taking the root role; this node is still root here \
+             (if {name} did take it, it pushes its charter here as root)"
+        )
+    })?;
+    charter_file::store(&paths, &lock, &signed)?;
     // One holder of the mesh key: the new root has it now.
     std::fs::remove_file(paths.mesh_key())
         .with_context(|| format!("cannot remove {}", paths.mesh_key().display()))?;
+    drop(lock);
     let detail = format!("root handed to {name} at epoch {}", signed.charter.epoch);
     node.recorder.record(&[node.recorder.event("charter", None, None, Some(detail.clone()))]);
     #[derive(Serialize)]

@@ -59,7 +59,8 @@ pub fn send(
                 std::fs::read_to_string(paths.refused().join(format!("{file}.reason"))).unwrap_or_default();
             bail!("envelope {} was refused: {}", env.id, reason.trim());
         }
-        if !queued.exists() {
+        // Moved to refused/ between the two looks: refused.exists() is checked again.
+        if !queued.exists() && !refused.exists() {
             out.state = "acked";
             out.detail = Some(format!("durable in {}'s inbox", env.to));
             emit(ctx, &out, || out.id.clone())?;

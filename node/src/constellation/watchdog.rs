@@ -192,10 +192,15 @@ fn restart(
 ) -> Revival {
     let now = ts(OffsetDateTime::now_utc());
     let name = agent.to_string();
-    let result = tmux.kill_session(&name).and_then(|_| agents::start_agent(node, tmux, agent, clones));
+    // Counted before the attempt: whoever sees the new session also sees it
+    // counted, and a crash mid-restart still leaves the attempt on record.
     r.total += 1;
     r.recent.push(now.clone());
     r.last = Some(now.clone());
+    if let Err(e) = write_json(node, agent, "restarts.json", r) {
+        tracing::warn!(%agent, error = %format!("{e:#}"), "cannot record the restart before it");
+    }
+    let result = tmux.kill_session(&name).and_then(|_| agents::start_agent(node, tmux, agent, clones));
     forget_pane(node, agent, "restarted");
     let rec = &node.recorder;
     let (outcome, ev, detail) = match &result {
