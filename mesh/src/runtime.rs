@@ -804,6 +804,10 @@ impl Shared {
                 q.envs.pop_front();
                 known.remove(&format!("o/{}", b.file));
             }
+            // Room in the queue: files left on disk by the cap are read now, not at the next wake.
+            if q.envs.len() < QUEUE_CAP / 2 {
+                self.dispatch.notify_one();
+            }
         }
         // Receipts back to this peer.
         let receipts: Vec<QueuedReceipt> = peer
