@@ -40,9 +40,12 @@ pub type AgentCheck = Arc<dyn Fn(AgentName) -> bool + Send + Sync>;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a sender looks again even when nothing woke it.
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
-/// Envelopes (or receipts) held in memory per peer; the rest wait on disk
-/// and are read, in order, as the queue drains.
-const QUEUE_CAP: usize = 4 * MAX_BATCH;
+/// Envelope bytes held in memory per peer; the rest wait on disk and are
+/// read, in order, as the queue drains (8 MiB: thousands of typical
+/// envelopes, 128 of the largest).
+const QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// Receipts held in memory per peer.
+const QUEUE_RECEIPTS: usize = 4 * MAX_BATCH;
 /// How long a dial may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Failed join attempts allowed per joining node id per minute; more are refused unread.
@@ -89,6 +92,10 @@ struct QueuedReceipt {
 #[derive(Default)]
 struct PeerQueue {
     envs: VecDeque<Queued>,
+    /// The bytes of the envelopes in `envs`.
+    env_bytes: usize,
+    /// The scan left files on disk because the queue was full.
+    capped: bool,
     receipts: VecDeque<QueuedReceipt>,
     /// The charter epoch this peer is known to hold (root pushes when behind).
     epoch_known: u64,
@@ -572,16 +579,24 @@ impl Shared {
                 let peer = self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(&node).cloned();
                 let Some(peer) = peer else { continue };
                 {
-                    let q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
-                    let queued = if is_receipt { q.receipts.len() } else { q.envs.len() };
-                    if queued >= QUEUE_CAP {
+                    let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    let full = if is_receipt {
+                        q.receipts.len() >= QUEUE_RECEIPTS
+                    } else {
+                        q.env_bytes >= QUEUE_BYTES
+                    };
+                    if full {
+                        q.capped = true;
                         continue;
                     }
                 }
                 self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
                 let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
                 match item {
-                    Item::Env(env) => q.envs.push_back(Queued { file: name, bytes, env }),
+                    Item::Env(env) => {
+                        q.env_bytes += bytes.len();
+                        q.envs.push_back(Queued { file: name, bytes, env });
+                    }
                     Item::Receipt(receipt) => q.receipts.push_back(QueuedReceipt { file: name, receipt }),
                 }
                 debug!(%node, "queued");
@@ -802,10 +817,12 @@ impl Shared {
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
             for b in &batch {
                 q.envs.pop_front();
+                q.env_bytes = q.env_bytes.saturating_sub(b.bytes.len());
                 known.remove(&format!("o/{}", b.file));
             }
             // Room in the queue: files left on disk by the cap are read now, not at the next wake.
-            if q.envs.len() < QUEUE_CAP / 2 {
+            if q.capped && q.env_bytes < QUEUE_BYTES / 2 {
+                q.capped = false;
                 self.dispatch.notify_one();
             }
         }
