@@ -124,6 +124,7 @@ pub struct PeerState {
 
 struct Shared {
     name: NodeName,
+    relay: Relay,
     key: SecretKey,
     paths: MeshPaths,
     layout: Layout,
@@ -178,6 +179,7 @@ impl Mesh {
         .await?;
         let roster = Roster::solo(cfg.name.clone(), cfg.key.public())?;
         let shared = Arc::new(Shared {
+            relay: cfg.relay.clone(),
             name: cfg.name,
             key: cfg.key,
             layout: Layout::new(&cfg.home),
@@ -705,15 +707,27 @@ impl Shared {
             self.charter().and_then(|c| c.charter.member(name).cloned()).ok_or_else(|| {
                 MeshError::Connect { peer: name.to_string(), reason: "no longer a member".into() }
             })?;
-        if member.addrs.is_empty() {
-            return Err(MeshError::Connect {
-                peer: name.to_string(),
-                reason: "no known address yet (its daemon has not reported one)".into(),
-            });
-        }
         let mut addr = EndpointAddr::new(member.node_id);
         for a in &member.addrs {
             addr = addr.with_ip_addr(*a);
+        }
+        match &self.relay {
+            // Direct addresses are all there is.
+            Relay::Disabled if member.addrs.is_empty() => {
+                return Err(MeshError::Connect {
+                    peer: name.to_string(),
+                    reason: "no known address yet (its daemon has not reported one)".into(),
+                });
+            }
+            Relay::Disabled => {}
+            // A self-hosted relay serves the whole mesh: the peer is reachable through it too.
+            Relay::Url(u) => {
+                if let Ok(url) = u.parse::<iroh::RelayUrl>() {
+                    addr = addr.with_relay_url(url);
+                }
+            }
+            // iroh's address lookup finds the peer's relay by its id.
+            Relay::Default => {}
         }
         let c = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(addr, ALPN_MESH))
             .await
