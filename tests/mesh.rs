@@ -40,6 +40,18 @@ fn nodes_join_by_ticket_and_messages_cross_both_ways_in_order() {
         let s = laptop.json(&["channel", "status", &id]);
         if s["state"] == "delivered" { Ok(()) } else { Err(s.to_string()) }
     });
+    // The receipt is a file on the sender before the receiver forgets it.
+    let receipt = std::fs::read_to_string(laptop.join(&format!("mesh/delivered/{id}.json"))).unwrap();
+    assert!(receipt.contains("\"node\":\"desk\"") && receipt.contains("drained"), "{receipt}");
+    assert_eq!(
+        laptop.json(&["channel", "status", &id])["detail"],
+        "drained by desk at ".to_string() + &receipt_at(&receipt)
+    );
+}
+
+fn receipt_at(json: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    v["receipt"]["at"].as_str().unwrap().to_string()
 }
 
 #[test]

@@ -45,6 +45,10 @@ impl MeshPaths {
     pub fn receipts(&self) -> PathBuf {
         self.dir().join("receipts")
     }
+    /// `mesh/delivered/`: receipts received for envelopes this node sent, one per id.
+    pub fn delivered(&self) -> PathBuf {
+        self.dir().join("delivered")
+    }
     /// `keys/mesh.key`: the mesh authority key, on the node that holds it.
     pub fn mesh_key(&self) -> PathBuf {
         self.root.join("keys").join("mesh.key")
@@ -56,7 +60,9 @@ impl MeshPaths {
 
     /// Creates the mesh folders.
     pub fn create(&self) -> std::io::Result<()> {
-        for d in [self.dir(), self.tickets(), self.outbox(), self.refused(), self.receipts()] {
+        for d in
+            [self.dir(), self.tickets(), self.outbox(), self.refused(), self.receipts(), self.delivered()]
+        {
             std::fs::create_dir_all(d)?;
         }
         Ok(())

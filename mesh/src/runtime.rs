@@ -992,10 +992,25 @@ impl Shared {
                 }
             }
             Frame::Receipts { receipts } => {
-                for r in receipts {
-                    self.emit(MeshEvent::Receipt { from: peer.to_string(), receipt: r });
+                if receipts.len() > MAX_BATCH {
+                    return Frame::Refused {
+                        reason: format!("{} receipts at once (at most {MAX_BATCH})", receipts.len()),
+                    };
                 }
-                Frame::Ok { note: String::new() }
+                // Durable before the ack: the sending node deletes its copy then.
+                let (s, from) = (self.clone(), peer.to_string());
+                let rs = receipts.clone();
+                let stored = tokio::task::spawn_blocking(move || s.store_receipts(&from, &rs)).await;
+                match stored {
+                    Ok(Ok(())) => {
+                        for r in receipts {
+                            self.emit(MeshEvent::Receipt { from: peer.to_string(), receipt: r });
+                        }
+                        Frame::Ok { note: String::new() }
+                    }
+                    Ok(Err(e)) => Frame::Refused { reason: format!("cannot store receipts now: {e}") },
+                    Err(e) => Frame::Refused { reason: format!("receiver failed: {e}") },
+                }
             }
             other => {
                 Frame::Refused { reason: format!("not a request: {:?}", std::mem::discriminant(&other)) }
@@ -1040,6 +1055,26 @@ impl Shared {
         } else {
             Frame::Ok { note: String::new() }
         }
+    }
+
+    /// Writes receipts for envelopes this node sent into `mesh/delivered/<id>.json`.
+    fn store_receipts(&self, from: &str, receipts: &[Receipt]) -> Result<(), MeshError> {
+        let items: Vec<(String, Vec<u8>)> = receipts
+            .iter()
+            // Only ULIDs name files here: a receipt is data from a peer.
+            .filter(|r| r.id.parse::<ulid::Ulid>().is_ok())
+            .filter_map(|r| {
+                let doc = SpooledReceipt { node: from.to_string(), receipt: r.clone() };
+                Some((format!("{}.json", r.id), serde_json::to_vec(&doc).ok()?))
+            })
+            .collect();
+        if items.is_empty() {
+            return Ok(());
+        }
+        let dir = self.paths.delivered();
+        std::fs::create_dir_all(&dir).map_err(MeshError::io("create", &dir))?;
+        netsky_bus::write_durable_batch(&dir, &items)?;
+        Ok(())
     }
 
     /// Takes the root role handed over by the current root: the charter must

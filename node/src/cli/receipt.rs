@@ -87,6 +87,14 @@ pub fn status(ctx: &Ctx, node: &Node, id: ulid::Ulid) -> Result<ExitCode> {
                 _ => format!("sending to {peer}"),
             }
         });
+    } else if let Some(r) = std::fs::read(paths.delivered().join(&file))
+        .ok()
+        .filter(|b| b.len() < 64 * 1024)
+        .and_then(|b| serde_json::from_slice::<SpooledReceipt>(&b).ok())
+    {
+        out.state = "delivered".into();
+        out.to = Some(format!("{}@{}", r.receipt.agent, r.node));
+        out.detail = Some(format!("{} by {} at {}", r.receipt.how, r.node, r.receipt.at));
     } else if paths.refused().join(&file).exists() {
         out.state = "refused".into();
         let reason =
