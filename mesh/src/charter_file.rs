@@ -61,13 +61,23 @@ pub fn amend(
 ) -> Result<SignedCharter, MeshError> {
     let l = lock(paths)?;
     let held = load(paths)?.ok_or_else(|| MeshError::Charter("this node holds no charter".into()))?;
-    let mut c = held.charter.clone();
+    let signed = reissue(&held.charter, mesh_key, change)?;
+    store(paths, &l, &signed)?;
+    Ok(signed)
+}
+
+/// The next epoch of `held` with `change` applied, issued now and signed; not stored.
+pub fn reissue(
+    held: &Charter,
+    mesh_key: &SecretKey,
+    change: impl FnOnce(&mut Charter) -> Result<(), MeshError>,
+) -> Result<SignedCharter, MeshError> {
+    let mut c = held.clone();
     change(&mut c)?;
-    c.epoch = held.charter.epoch + 1;
+    c.epoch = held.epoch + 1;
     c.issued = netsky_bus::format_ts(time::OffsetDateTime::now_utc());
     let signed = c.sign(mesh_key)?;
     signed.verify()?;
-    store(paths, &l, &signed)?;
     Ok(signed)
 }
 

@@ -86,6 +86,11 @@ pub(crate) async fn bind_client(key: &SecretKey) -> Result<Endpoint, MeshError> 
         .map_err(|e| MeshError::Bind { addr: listen.to_string(), reason: e.to_string() })
 }
 
+/// The address of node `id` at its direct socket addresses.
+pub(crate) fn direct_addr(id: netsky_keys::NodeId, addrs: &[SocketAddr]) -> iroh::EndpointAddr {
+    addrs.iter().fold(iroh::EndpointAddr::new(id), |a, s| a.with_ip_addr(*s))
+}
+
 /// The endpoint's dialable direct addresses (never the unspecified address).
 pub fn dialable_addrs(ep: &Endpoint) -> Vec<SocketAddr> {
     let mut v: Vec<SocketAddr> = ep.addr().ip_addrs().copied().filter(|a| !a.ip().is_unspecified()).collect();

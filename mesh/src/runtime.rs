@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use iroh::Endpoint;
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
-use iroh::{Endpoint, EndpointAddr};
 use netsky_bus::{AgentName, Envelope, Layout, NodeName, Roster};
 use netsky_keys::{NodeId, SecretKey};
 use tokio::sync::Notify;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::charter::{CharterMember, Decision, SignedCharter};
-use crate::endpoint::{Relay, dialable_addrs};
+use crate::endpoint::{Relay, dialable_addrs, direct_addr};
 use crate::membership::Allowlist;
 use crate::wire::{
     ALPN_JOIN, ALPN_MESH, FRAME_TIMEOUT, Frame, JoinRequest, JoinResponse, MAX_BATCH, MAX_FRAME, Outcome,
@@ -120,6 +120,18 @@ pub struct PeerState {
     pub since: String,
     /// The last error, if unreachable.
     pub last_error: Option<String>,
+}
+
+impl PeerState {
+    /// The reachability of every peer as last written to `state/peers.json`
+    /// (empty when there is none, or it is unreadable or oversized).
+    pub fn load_all(paths: &MeshPaths) -> HashMap<String, PeerState> {
+        std::fs::read(paths.peers_state())
+            .ok()
+            .filter(|b| b.len() < 1024 * 1024)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
 }
 
 struct Shared {
@@ -707,10 +719,7 @@ impl Shared {
             self.charter().and_then(|c| c.charter.member(name).cloned()).ok_or_else(|| {
                 MeshError::Connect { peer: name.to_string(), reason: "no longer a member".into() }
             })?;
-        let mut addr = EndpointAddr::new(member.node_id);
-        for a in &member.addrs {
-            addr = addr.with_ip_addr(*a);
-        }
+        let mut addr = direct_addr(member.node_id, &member.addrs);
         match &self.relay {
             // Direct addresses are all there is.
             Relay::Disabled if member.addrs.is_empty() => {
@@ -1352,10 +1361,7 @@ pub async fn handover(
         return Err(MeshError::Connect { peer, reason: "no known address (is its daemon running?)".into() });
     }
     let ep = crate::endpoint::bind_client(key).await?;
-    let mut addr = EndpointAddr::new(target.node_id);
-    for a in &target.addrs {
-        addr = addr.with_ip_addr(*a);
-    }
+    let addr = direct_addr(target.node_id, &target.addrs);
     let res = async {
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect(addr, ALPN_MESH))
             .await
@@ -1391,10 +1397,7 @@ pub async fn join(
     addrs: Vec<SocketAddr>,
 ) -> Result<SignedCharter, MeshError> {
     let ep = crate::endpoint::bind_client(key).await?;
-    let mut addr = EndpointAddr::new(ticket.body.root);
-    for a in &ticket.body.root_addrs {
-        addr = addr.with_ip_addr(*a);
-    }
+    let addr = direct_addr(ticket.body.root, &ticket.body.root_addrs);
     let res = async {
         let conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, ep.connect(addr, ALPN_JOIN))
             .await

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use netsky_bus::{AgentName, Layout, Roster};
+use netsky_bus::{AgentName, Layout, NodeName, Roster};
 use netsky_keys::SecretKey;
 
 use crate::config::Config;
@@ -135,11 +135,8 @@ impl Node {
     /// The roster under the charter on disk now (a long-lived holder of a
     /// `Node`, like the heartbeat, must see members who joined since it opened).
     pub fn current_roster(&self) -> Result<Roster> {
-        let name = &self.config.node.name;
-        Ok(match netsky_mesh::charter_file::load(&self.home.mesh_paths())? {
-            Some(c) => c.charter.roster(name, self.key.public())?,
-            None => Roster::solo(name.clone(), self.key.public())?,
-        })
+        let charter = netsky_mesh::charter_file::load(&self.home.mesh_paths())?;
+        roster_under(charter.as_ref(), &self.config.node.name, &self.key)
     }
 
     /// Whether `agent` belongs to this node's constellation (agent0, clones, agentinfinity).
@@ -151,6 +148,18 @@ impl Node {
     pub fn clones(&self) -> u16 {
         clones_of(&self.home, &self.config)
     }
+}
+
+/// Whom the bus trusts: the charter's members, or this node alone outside a mesh.
+fn roster_under(
+    charter: Option<&netsky_mesh::SignedCharter>,
+    name: &NodeName,
+    key: &SecretKey,
+) -> Result<Roster> {
+    Ok(match charter {
+        Some(c) => c.charter.roster(name, key.public())?,
+        None => Roster::solo(name.clone(), key.public())?,
+    })
 }
 
 /// The config's clone count, or the larger count `netsky up N` last asked for.
@@ -181,10 +190,7 @@ impl Node {
         let config = Config::load(&cfg_path)?;
         let key = netsky_keys::load_key_file(&home.node_key_path())?.key;
         let charter = netsky_mesh::charter_file::load(&home.mesh_paths())?;
-        let roster = match &charter {
-            Some(c) => c.charter.roster(&config.node.name, key.public())?,
-            None => Roster::solo(config.node.name.clone(), key.public())?,
-        };
+        let roster = roster_under(charter.as_ref(), &config.node.name, &key)?;
         let recorder = Recorder::new(&home, config.node.name.clone());
         Ok(Node { home, config, key, roster, recorder, charter })
     }

@@ -268,12 +268,7 @@ struct MemberRow {
 
 fn status(ctx: &Ctx, node: &Node) -> Result<ExitCode> {
     let c = held(node)?;
-    let peers: std::collections::HashMap<String, PeerState> =
-        std::fs::read(node.home.mesh_paths().peers_state())
-            .ok()
-            .filter(|b| b.len() < 1024 * 1024)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+    let peers = PeerState::load_all(&node.home.mesh_paths());
     let me = daemon_state::running(&node.home);
     let rows: Vec<MemberRow> = c
         .charter
@@ -409,11 +404,10 @@ fn promote(ctx: &Ctx, node: &Node, name: NodeName) -> Result<ExitCode> {
         .member(&name)
         .cloned()
         .with_context(|| format!("{name} is not a member of mesh {}", c.charter.mesh))?;
-    let mut next = c.charter.clone();
-    next.root = name.clone();
-    next.epoch += 1;
-    next.issued = format_ts(OffsetDateTime::now_utc());
-    let signed = next.sign(&mk)?;
+    let signed = charter_file::reissue(&c.charter, &mk, |next| {
+        next.root = name.clone();
+        Ok(())
+    })?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(netsky_mesh::handover(&node.key, &target, &mk, &signed)).with_context(|| {
         format!(

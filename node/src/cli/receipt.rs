@@ -142,9 +142,7 @@ pub fn status(ctx: &Ctx, node: &Node, id: ulid::Ulid) -> Result<ExitCode> {
 }
 
 fn peer_state(node: &Node, peer: &str) -> Option<PeerState> {
-    let bytes = std::fs::read(node.home.mesh_paths().peers_state()).ok()?;
-    let map: std::collections::HashMap<String, PeerState> = serde_json::from_slice(&bytes).ok()?;
-    map.get(peer).cloned()
+    PeerState::load_all(&node.home.mesh_paths()).remove(peer)
 }
 
 fn find_local(node: &Node, file: &str) -> Result<Option<(AgentName, &'static str)>> {
