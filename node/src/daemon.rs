@@ -68,7 +68,7 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let name = node.config.node.name.clone();
     let (tx, rx) = sync_channel::<Option<Event>>(EVENT_QUEUE);
-    let recorder = Recorder::new(&node.home, name.clone());
+    let recorder = Recorder::indexing(&node.home, name.clone());
     let rec_thread = std::thread::Builder::new()
         .name("recorder".into())
         .spawn(move || record_loop(recorder, rx))

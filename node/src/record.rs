@@ -1,5 +1,6 @@
 //! The evidence trail: every bus event goes to `logs/events-YYYY-MM-DD.jsonl`
-//! first, then to `meta.db`.
+//! (with the envelope itself where there is one); `meta.db` is an index of
+//! those logs, caught up by the daemon and by readers (see `store`).
 //!
 //! Files are the truth and the database is the record: a failure to write the
 //! database (locked, damaged, newer schema) is logged once and never stops
@@ -36,12 +37,20 @@ pub struct Event {
     /// More, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// The envelope itself, for the database's `envelopes` table.
-    #[serde(skip)]
+    /// The envelope itself, for the evidence and the database's `envelopes` table.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "envelope_json")]
     pub env: Option<Envelope>,
 }
 
-/// Writes events to the day's log, then to meta.db.
+/// The envelope as its own JSON object inside the log line.
+fn envelope_json<S: serde::Serializer>(env: &Option<Envelope>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::Error;
+    let v: Option<serde_json::Value> =
+        env.as_ref().map(|e| serde_json::from_slice(&e.to_json())).transpose().map_err(S::Error::custom)?;
+    v.serialize(s)
+}
+
+/// Writes events to the day's log; an indexing recorder then brings meta.db up to date.
 pub struct Recorder {
     node: NodeName,
     logs: PathBuf,
@@ -49,12 +58,26 @@ pub struct Recorder {
     /// The database, opened on first use; `Err` once it failed (not retried
     /// in this process, so a broken database costs one warning, not one per event).
     store: Mutex<Result<Option<Store>, ()>>,
+    /// Whether `record` also reads the logs into meta.db (the daemon), or
+    /// leaves that to whoever reads the database next (short-lived commands).
+    index: bool,
 }
 
 impl Recorder {
-    /// A recorder for `home`; the database is opened on first use.
+    /// A recorder for `home` that writes the log only; the database is opened on first use.
     pub fn new(home: &Home, node: NodeName) -> Recorder {
-        Recorder { node, logs: home.logs_dir(), db: home.db_path(), store: Mutex::new(Ok(None)) }
+        Recorder {
+            node,
+            logs: home.logs_dir(),
+            db: home.db_path(),
+            store: Mutex::new(Ok(None)),
+            index: false,
+        }
+    }
+
+    /// A recorder that also brings meta.db up to date after every record (for the daemon).
+    pub fn indexing(home: &Home, node: NodeName) -> Recorder {
+        Recorder { index: true, ..Recorder::new(home, node) }
     }
 
     /// A new event about `env` (if any) in `agent`'s mailbox.
@@ -76,7 +99,7 @@ impl Recorder {
         }
     }
 
-    /// Records events: log lines first, then one database transaction.
+    /// Records events: log lines first; an indexing recorder then catches meta.db up.
     pub fn record(&self, events: &[Event]) {
         if events.is_empty() {
             return;
@@ -84,7 +107,15 @@ impl Recorder {
         if let Err(e) = self.append_log(events) {
             tracing::warn!(error = %e, "cannot append to the event log");
         }
-        self.with_store(|store| store.record(events));
+        if self.index {
+            self.catch_up();
+        }
+    }
+
+    /// Reads what the event logs gained (from any process) into meta.db.
+    pub fn catch_up(&self) {
+        let logs = self.logs.clone();
+        self.with_store(|store| store.catch_up(&logs).map(|_| ()));
     }
 
     /// Runs `f` on meta.db (opened on first use); a failure is logged once and disables the store, as for events.

@@ -182,7 +182,9 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
             Err(RecvTimeoutError::Timeout) => {
                 // A fresh recorder each tick: one locked moment of meta.db must not
                 // silence the database for the rest of a long-lived heartbeat.
-                node.recorder = Recorder::new(&node.home, node.config.node.name.clone());
+                node.recorder = Recorder::indexing(&node.home, node.config.node.name.clone());
+                // What short-lived commands logged since the last tick goes into meta.db.
+                node.recorder.catch_up();
                 ticks += 1;
                 match constellation::tick(&node) {
                     Ok(r) => tracing::debug!(?r, "tick"),

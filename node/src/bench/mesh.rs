@@ -49,6 +49,9 @@ pub struct MeshArgs {
 #[derive(Serialize)]
 struct Report {
     durable_write_p50_ms: f64,
+    durable_write_lone_p50_ms: f64,
+    /// Of the latency: the sender's own durable write into its outbox.
+    outbox_write_p50_ms: f64,
     raw_rtt_p50_ms: f64,
     raw_rtt_p99_ms: f64,
     latency_p50_ms: f64,
@@ -155,12 +158,12 @@ pub fn run(ctx: &Ctx, a: MeshArgs) -> Result<ExitCode> {
     let base = tmp.path().to_path_buf();
     let floor = DurableFloor::measure(&base)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let report = rt.block_on(bench(&base, &a, floor.p50_ms))?;
+    let report = rt.block_on(bench(&base, &a, &floor))?;
     emit(ctx, &report, || human(&report))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn bench(base: &std::path::Path, a: &MeshArgs, floor_ms: f64) -> Result<Report> {
+async fn bench(base: &std::path::Path, a: &MeshArgs, floor: &DurableFloor) -> Result<Report> {
     let mut rtt = raw_rtt(1000).await?;
     let (tx, mut acks) = mpsc::unbounded_channel();
     let (tx2, _unused) = mpsc::unbounded_channel();
@@ -208,11 +211,13 @@ async fn bench(base: &std::path::Path, a: &MeshArgs, floor_ms: f64) -> Result<Re
     }
     // Latency, one at a time.
     let mut lat = Vec::with_capacity(a.latency_n);
+    let mut wlat = Vec::with_capacity(a.latency_n);
     for i in 0..a.latency_n {
         let e = make(i)?;
         let bytes = e.to_json();
         let t = Instant::now();
         netsky_bus::write_durable(&outbox, &e.file_name(), &bytes)?;
+        wlat.push(ms(t.elapsed()));
         sender.mesh.kick();
         wait_ack(&mut acks).await?;
         lat.push(ms(t.elapsed()));
@@ -245,9 +250,14 @@ async fn bench(base: &std::path::Path, a: &MeshArgs, floor_ms: f64) -> Result<Re
     let rtt_p99 = pct(&mut rtt, 0.99);
     let lat_p50 = pct(&mut lat, 0.5);
     let lat_p99 = pct(&mut lat, 0.99);
-    let budget = 2.0 * (floor_ms + rtt_p50);
+    let write_p50 = pct(&mut wlat, 0.5);
+    // Each envelope is written durably twice (outbox, then remote inbox), one
+    // at a time after a wait for the previous ack: the lone-write floor applies.
+    let budget = 2.0 * (floor.lone_p50_ms + rtt_p50);
     Ok(Report {
-        durable_write_p50_ms: floor_ms,
+        durable_write_p50_ms: floor.p50_ms,
+        durable_write_lone_p50_ms: floor.lone_p50_ms,
+        outbox_write_p50_ms: write_p50,
         raw_rtt_p50_ms: rtt_p50,
         raw_rtt_p99_ms: rtt_p99,
         latency_p50_ms: lat_p50,
@@ -257,7 +267,7 @@ async fn bench(base: &std::path::Path, a: &MeshArgs, floor_ms: f64) -> Result<Re
         throughput_n: a.n,
         targets: vec![
             Target {
-                name: "acked latency p50 within 2x (durable write + raw round trip)",
+                name: "acked latency p50 within 2x (lone durable write + raw round trip)",
                 figure: format!("{lat_p50:.2} ms"),
                 target: format!("<= {budget:.2} ms"),
                 met: lat_p50 <= budget,
@@ -275,7 +285,8 @@ async fn bench(base: &std::path::Path, a: &MeshArgs, floor_ms: f64) -> Result<Re
 fn human(r: &Report) -> String {
     let mut s = String::new();
     s.push_str("floors of this machine\n");
-    s.push_str(&format!("  durable write                     p50 {:.3} ms\n", r.durable_write_p50_ms));
+    s.push_str(&format!("  durable write, back to back       p50 {:.3} ms\n", r.durable_write_p50_ms));
+    s.push_str(&format!("  durable write, one at a time      p50 {:.3} ms\n", r.durable_write_lone_p50_ms));
     s.push_str(&format!(
         "  raw iroh round trip (512 B)       p50 {:.3} ms  p99 {:.3} ms\n",
         r.raw_rtt_p50_ms, r.raw_rtt_p99_ms
@@ -285,6 +296,7 @@ fn human(r: &Report) -> String {
         "  acked latency, one at a time      p50 {:.3} ms  p99 {:.3} ms\n",
         r.latency_p50_ms, r.latency_p99_ms
     ));
+    s.push_str(&format!("    of which the outbox write       p50 {:.3} ms\n", r.outbox_write_p50_ms));
     s.push_str(&format!(
         "  pipelined throughput              {:.0} envelopes/s ({} envelopes)\n",
         r.throughput_per_s, r.throughput_n

@@ -62,6 +62,9 @@ fn ms(d: Duration) -> f64 {
 
 /// A scratch folder under `dir` (default $TMPDIR), removed when dropped.
 fn scratch(dir: Option<&Path>, what: &str) -> Result<tempfile::TempDir> {
+    if let Some(d) = dir {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
     let t = match dir {
         Some(d) => tempfile::tempdir_in(d),
         None => tempfile::tempdir(),
@@ -72,11 +75,22 @@ fn scratch(dir: Option<&Path>, what: &str) -> Result<tempfile::TempDir> {
 }
 
 /// The machine's floor for one fsync-durable file write, exactly as the bus does it.
+///
+/// Measured two ways, because they differ by up to 3x on a virtual machine:
+/// back to back (the rate a busy writer sees: the reference for throughput)
+/// and one at a time, each after an idle pause (what a lone `channel send`
+/// or one acked envelope pays, as the CPU and the disk queue have gone idle:
+/// the reference for single-operation latency).
 struct DurableFloor {
     p50_ms: f64,
     p90_ms: f64,
     per_s: f64,
+    /// p50 of a write made after a pause of `LONE_PAUSE`.
+    lone_p50_ms: f64,
 }
+
+/// The pause before each lone write: about what separates sends in the latency runs.
+const LONE_PAUSE: Duration = Duration::from_millis(2);
 
 impl DurableFloor {
     fn measure(base: &Path) -> Result<DurableFloor> {
@@ -89,7 +103,19 @@ impl DurableFloor {
             netsky_bus::write_durable(&dir, &format!("{i}.json"), &body)?;
             w.push(ms(t.elapsed()));
         }
+        let mut lone = Vec::new();
+        for i in 0..100 {
+            std::thread::sleep(LONE_PAUSE);
+            let t = Instant::now();
+            netsky_bus::write_durable(&dir, &format!("lone-{i}.json"), &body)?;
+            lone.push(ms(t.elapsed()));
+        }
         let mean = w.iter().sum::<f64>() / w.len() as f64;
-        Ok(DurableFloor { p50_ms: pct(&mut w, 0.5), p90_ms: pct(&mut w, 0.9), per_s: 1e3 / mean })
+        Ok(DurableFloor {
+            p50_ms: pct(&mut w, 0.5),
+            p90_ms: pct(&mut w, 0.9),
+            per_s: 1e3 / mean,
+            lone_p50_ms: pct(&mut lone, 0.5),
+        })
     }
 }
