@@ -26,7 +26,7 @@ use crate::endpoint::{Relay, dialable_addrs, direct_addr};
 use crate::membership::Allowlist;
 use crate::wire::{
     ALPN_JOIN, ALPN_MESH, FRAME_TIMEOUT, Frame, JoinRequest, JoinResponse, MAX_BATCH, MAX_FRAME, Outcome,
-    Receipt, read_frame, request, write_frame,
+    Receipt, read_frame, request, send_request, write_frame,
 };
 use crate::{MeshError, MeshEvent, MeshPaths, charter_file, ingest};
 
@@ -48,6 +48,8 @@ const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 const QUEUE_RECEIPTS: usize = 4 * MAX_BATCH;
 /// How long a dial may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pushes in flight on one connection at once (each up to `MAX_BATCH` envelopes).
+const PUSH_WINDOW: usize = 2;
 /// Failed join attempts allowed per joining node id per minute; more are refused unread.
 const JOIN_FAILURES_PER_MINUTE: u32 = 5;
 /// Joins handled at once; more wait (bounds the root's work under a flood).
@@ -789,27 +791,42 @@ impl Shared {
                 peer.queue.lock().unwrap_or_else(|p| p.into_inner()).epoch_known = ch.charter.epoch;
             }
         }
-        // Envelopes, oldest first, a batch at a time.
+        // Envelopes, oldest first, a batch at a time, up to PUSH_WINDOW pushes
+        // in flight: the receiver stores one while the next is on the wire and
+        // the last one's copies are deleted here. It answers a connection's
+        // pushes in order and closes the connection after one it could not
+        // store, so nothing behind a failed push lands before it.
+        let mut inflight: VecDeque<(Vec<Queued>, iroh::endpoint::RecvStream)> = VecDeque::new();
+        let mut in_flight_envs = 0usize;
         loop {
-            let batch: Vec<Queued> = {
-                let q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
-                let mut size = 0;
-                q.envs
-                    .iter()
-                    .take(MAX_BATCH)
-                    .take_while(|e| {
-                        size += e.bytes.len() + 8;
-                        size < MAX_FRAME - 4096
-                    })
-                    .cloned()
-                    .collect()
-            };
-            if batch.is_empty() || peer.cancel.is_cancelled() {
-                break;
+            while inflight.len() < PUSH_WINDOW && !peer.cancel.is_cancelled() {
+                let batch: Vec<Queued> = {
+                    let q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut size = 0;
+                    q.envs
+                        .iter()
+                        .skip(in_flight_envs)
+                        .take(MAX_BATCH)
+                        .take_while(|e| {
+                            size += e.bytes.len() + 8;
+                            size < MAX_FRAME - 4096
+                        })
+                        .cloned()
+                        .collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let envs = batch.iter().map(|q| q.bytes.clone()).collect();
+                debug!(n = batch.len(), first = %batch[0].env.id, "push");
+                let recv = send_request(&c, &Frame::Push { envs }, &pname).await?;
+                in_flight_envs += batch.len();
+                inflight.push_back((batch, recv));
             }
-            let envs = batch.iter().map(|q| q.bytes.clone()).collect();
-            debug!(n = batch.len(), first = %batch[0].env.id, "push");
-            let acks = match request(&c, &Frame::Push { envs }, FRAME_TIMEOUT, &pname).await? {
+            let Some((batch, mut recv)) = inflight.pop_front() else { break };
+            in_flight_envs -= batch.len();
+            let answer: Frame = read_frame(&mut recv, MAX_FRAME, FRAME_TIMEOUT, &pname).await?;
+            let acks = match answer {
                 // Acks pair with envelopes by id, never by position alone.
                 Frame::Acks { acks }
                     if acks.len() == batch.len()
@@ -1283,9 +1300,18 @@ impl ProtocolHandler for MeshHandler {
                         continue;
                     }
                 };
+                let push = matches!(req, Frame::Push { .. });
                 let resp = s.handle(remote, &peer, req).await;
+                let failed_push = push && matches!(resp, Frame::Refused { .. });
                 if let Err(e) = write_frame(&mut send, &resp, &peer).await {
                     debug!(error = %e, "answer not delivered");
+                }
+                if failed_push {
+                    // Pushes behind this one may be waiting on their streams: storing
+                    // them now would put them ahead of the envelopes that failed.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+                    conn.close(1u32.into(), b"push not stored; retry in order");
+                    break;
                 }
             }
         }

@@ -184,6 +184,16 @@ pub async fn read_frame<T: for<'de> Deserialize<'de>>(
         .map_err(|_| proto(peer, format!("no whole frame within {} s", timeout.as_secs())))?
 }
 
+/// Sends `req` on a new stream of `conn`; the answer is read from the returned stream.
+pub async fn send_request(conn: &Connection, req: &Frame, peer: &str) -> Result<RecvStream, MeshError> {
+    let (mut send, recv) = tokio::time::timeout(FRAME_TIMEOUT, conn.open_bi())
+        .await
+        .map_err(|_| proto(peer, "no stream within the timeout"))?
+        .map_err(|e| MeshError::Connect { peer: peer.to_string(), reason: e.to_string() })?;
+    write_frame(&mut send, req, peer).await?;
+    Ok(recv)
+}
+
 /// Sends `req` on a new stream of `conn` and reads the response.
 pub async fn request(
     conn: &Connection,
@@ -191,10 +201,6 @@ pub async fn request(
     timeout: Duration,
     peer: &str,
 ) -> Result<Frame, MeshError> {
-    let (mut send, mut recv) = tokio::time::timeout(timeout, conn.open_bi())
-        .await
-        .map_err(|_| proto(peer, "no stream within the timeout"))?
-        .map_err(|e| MeshError::Connect { peer: peer.to_string(), reason: e.to_string() })?;
-    write_frame(&mut send, req, peer).await?;
+    let mut recv = send_request(conn, req, peer).await?;
     read_frame(&mut recv, MAX_FRAME, timeout, peer).await
 }

@@ -18,7 +18,7 @@ use netsky_bus::{AgentName, Envelope, Kind, NodeName};
 use netsky_keys::{NodeId, SecretKey};
 use netsky_mesh::wire::{
     ALPN_JOIN, ALPN_MESH, Ack, FRAME_TIMEOUT, Frame, JoinRequest, JoinResponse, MAX_BATCH, MAX_FRAME,
-    Outcome, read_frame, request, write_frame,
+    Outcome, read_frame, request, send_request, write_frame,
 };
 use netsky_mesh::{
     AgentCheck, Charter, CharterMember, EventSink, Mesh, MeshConfig, MeshEvent, MeshPaths, Relay,
@@ -533,14 +533,23 @@ async fn a_pushed_duplicate_is_acknowledged_as_duplicate_and_never_written_twice
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_over_the_batch_limit_is_refused_whole_and_nothing_is_stored() {
+async fn a_push_over_the_batch_limit_is_refused_whole_and_ends_the_connection() {
     let f = Fixture::new(&["alpha"]).await;
     let (_ep, conn) = f.connect("alpha").await;
     let envs: Vec<Vec<u8>> = (0..=MAX_BATCH).map(|i| f.good("alpha", &format!("n{i}")).to_json()).collect();
-    let resp = request(&conn, &Frame::Push { envs }, SOON, "server").await.unwrap();
+    let mut first = send_request(&conn, &Frame::Push { envs }, "server").await.unwrap();
+    // A second push already on its way behind the refused one.
+    let next = vec![f.good("alpha", "behind the refused push").to_json()];
+    let mut behind = send_request(&conn, &Frame::Push { envs: next }, "server").await.unwrap();
+    let resp: Frame = read_frame(&mut first, MAX_FRAME, SOON, "server").await.unwrap();
     assert!(matches!(resp, Frame::Refused { ref reason } if reason.contains("at most 128")), "{resp:?}");
+    // The connection ends: nothing behind a failed push is stored ahead of it.
+    let answer: Result<Frame, _> = read_frame(&mut behind, MAX_FRAME, SOON, "server").await;
+    assert!(answer.is_err(), "{answer:?}");
+    tokio::time::timeout(SOON, conn.closed()).await.expect("the server closes the connection");
     assert!(inbox(f.home(), "agent1").is_empty());
-    // Exactly the limit is fine.
+    // Exactly the limit is fine, on a new connection.
+    let (_ep2, conn) = f.connect("alpha").await;
     let envs: Vec<Vec<u8>> = (0..MAX_BATCH).map(|i| f.good("alpha", &format!("m{i}")).to_json()).collect();
     assert!(stored(&push(&conn, envs).await));
     assert_eq!(inbox(f.home(), "agent1").len(), MAX_BATCH);
