@@ -284,6 +284,31 @@ fn the_root_role_and_the_mesh_key_move_to_a_promoted_member() {
 }
 
 #[test]
+fn a_promotion_the_target_did_not_confirm_stays_pending_and_a_retry_sends_the_same_charter() {
+    let mut m = TestMesh::new(&["studio", "laptop"]);
+    m.stop("laptop");
+    let studio = m.home("studio");
+    let err = studio.fails(&["mesh", "promote", "laptop"], 1);
+    assert!(err.contains("did not confirm"), "{err}");
+    let pending: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(studio.join("mesh/handover.json")).unwrap()).unwrap();
+    let epoch = pending["charter"]["epoch"].as_u64().unwrap();
+    assert!(studio.join("keys/mesh.key").exists(), "still root until confirmed");
+    // Nothing else is issued meanwhile, and no other promotion starts.
+    let err = studio.fails(&["mesh", "remove", "laptop"], 1);
+    assert!(err.contains("being handed to laptop"), "{err}");
+    let err = studio.fails(&["mesh", "promote", "studio"], 1);
+    assert!(err.contains("being handed to laptop"), "{err}");
+    m.start("laptop");
+    let (studio, laptop) = (m.home("studio"), m.home("laptop"));
+    let out = studio.json(&["mesh", "promote", "laptop"]);
+    assert_eq!(out["epoch"].as_u64(), Some(epoch), "the same charter, not a second one of a new epoch");
+    assert!(!studio.join("keys/mesh.key").exists() && !studio.join("mesh/handover.json").exists());
+    assert_eq!(laptop.json(&["keys", "show"])["mesh_key"], true);
+    laptop.ok(&["mesh", "invite", "tablet"]);
+}
+
+#[test]
 fn a_daemon_whose_address_is_taken_says_so_and_a_second_daemon_on_one_home_is_refused() {
     let h = TestHome::init("studio");
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

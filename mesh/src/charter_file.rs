@@ -60,10 +60,76 @@ pub fn amend(
     change: impl FnOnce(&mut Charter) -> Result<(), MeshError>,
 ) -> Result<SignedCharter, MeshError> {
     let l = lock(paths)?;
+    if let Some(p) = pending_handover(paths)? {
+        // Another epoch now could conflict with the one the new root may already hold.
+        return Err(MeshError::Charter(format!(
+            "the root role is being handed to {} (epoch {}); run `netsky mesh promote {}` to finish that first",
+            p.charter.root, p.charter.epoch, p.charter.root
+        )));
+    }
     let held = load(paths)?.ok_or_else(|| MeshError::Charter("this node holds no charter".into()))?;
     let signed = reissue(&held.charter, mesh_key, change)?;
     store(paths, &l, &signed)?;
     Ok(signed)
+}
+
+/// The handover charter a `promote` sent and no answer has confirmed yet.
+///
+/// Kept so that a retry sends the very same charter (never a second,
+/// different one of the same epoch) and so that nothing else is issued meanwhile.
+pub fn pending_handover(paths: &MeshPaths) -> Result<Option<SignedCharter>, MeshError> {
+    let p = paths.handover();
+    if p.symlink_metadata().is_err() {
+        return Ok(None);
+    }
+    SignedCharter::load(&p)
+}
+
+/// Records `c` as a handover about to be sent (durably, before it leaves).
+pub fn begin_handover(paths: &MeshPaths, _lock: &CharterLock, c: &SignedCharter) -> Result<(), MeshError> {
+    netsky_bus::write_durable(&paths.dir(), "handover.json", &c.to_json())?;
+    Ok(())
+}
+
+/// The handover is done (`c` names the new root): stores `c`, then gives up
+/// the mesh key and the pending record, so one node alone holds the key.
+pub fn finish_handover(paths: &MeshPaths, lock: &CharterLock, c: &SignedCharter) -> Result<(), MeshError> {
+    store(paths, lock, c)?;
+    give_up_root(paths, lock)
+}
+
+/// Removes this node's mesh key and pending handover: another node is root now.
+pub fn give_up_root(paths: &MeshPaths, _lock: &CharterLock) -> Result<(), MeshError> {
+    for p in [paths.mesh_key(), paths.handover()] {
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(MeshError::io("remove", &p)(e)),
+        }
+    }
+    netsky_bus::fsync_dir(&paths.dir())?;
+    netsky_bus::fsync_dir(&paths.home().join("keys"))?;
+    Ok(())
+}
+
+/// After a charter naming another root was stored: a mesh key still held
+/// here for that charter's mesh (a handover whose answer was lost) is given
+/// up. Returns whether it was.
+pub fn settle_root(paths: &MeshPaths, self_name: &netsky_bus::NodeName) -> Result<bool, MeshError> {
+    let l = lock(paths)?;
+    let Some(held) = load(paths)? else { return Ok(false) };
+    if &held.charter.root == self_name {
+        return Ok(false);
+    }
+    match mesh_key(paths)? {
+        // Only the holder of this key could have signed a charter naming another
+        // root: the handover reached it, so the key must not stay here too.
+        Some(k) if k.public() == held.charter.mesh_key => {
+            give_up_root(paths, &l)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// The next epoch of `held` with `change` applied, issued now and signed; not stored.

@@ -53,6 +53,10 @@ impl MeshPaths {
     pub fn mesh_key(&self) -> PathBuf {
         self.root.join("keys").join("mesh.key")
     }
+    /// `mesh/handover.json`: the charter of a root handover sent but not yet confirmed.
+    pub fn handover(&self) -> PathBuf {
+        self.dir().join("handover.json")
+    }
     /// `state/peers.json`: reachability of each peer, as the daemon sees it.
     pub fn peers_state(&self) -> PathBuf {
         self.root.join("state").join("peers.json")

@@ -843,3 +843,60 @@ async fn a_pushed_charter_that_is_foreign_older_conflicting_or_tampered_is_not_s
     assert_eq!(events.count(|e| matches!(e, MeshEvent::CharterStored { epoch: 3, .. })), 1);
     mesh.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// 8. Handing over the root role when an answer is lost.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_whose_answer_was_lost_is_confirmed_again_and_the_old_root_gives_up_its_key() {
+    let (ha, hb) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (ka, kb, mk) = (SecretKey::generate(), SecretKey::generate(), SecretKey::generate());
+    let (ea, eb) = (Events::default(), Events::default());
+    let a = start(ha.path(), "alpha", &ka, &ea).await;
+    let b = start(hb.path(), "beta", &kb, &eb).await;
+    let members = [("alpha", a.id(), a.addrs()), ("beta", b.id(), b.addrs())];
+    let c1 = charter(&mk, 1, "alpha", &members);
+    store_charter(ha.path(), &c1);
+    store_charter(hb.path(), &c1);
+    let (pa, pb) = (MeshPaths::new(ha.path()), MeshPaths::new(hb.path()));
+    for h in [&ha, &hb] {
+        std::fs::create_dir_all(h.path().join("keys")).unwrap();
+    }
+    netsky_keys::save_key_file(&pa.mesh_key(), mk.clone()).unwrap();
+    a.kick();
+    b.kick();
+    // alpha hands the root role to beta, as `mesh promote beta` does: the
+    // charter is recorded as pending before it leaves.
+    let c2 = charter_file::reissue(&c1.charter, &mk, |c| {
+        c.root = name("beta");
+        Ok(())
+    })
+    .unwrap();
+    let lock = charter_file::lock(&pa).unwrap();
+    charter_file::begin_handover(&pa, &lock, &c2).unwrap();
+    drop(lock);
+    // Nothing else is issued while it is pending.
+    let err = charter_file::amend(&pa, &mk, |_| Ok(())).unwrap_err().to_string();
+    assert!(err.contains("being handed to beta"), "{err}");
+    let target = c1.charter.member(&name("beta")).unwrap().clone();
+    netsky_mesh::handover(&ka, &target, &mk, &c2).await.unwrap();
+    // alpha never heard that answer, so it sends the very same charter again:
+    // beta, root now, confirms it instead of refusing a handover from a non-root.
+    netsky_mesh::handover(&ka, &target, &mk, &c2).await.unwrap();
+    assert_eq!(charter_bytes(hb.path()), c2.to_json());
+    assert!(pb.mesh_key().exists(), "beta holds the mesh key");
+    // As root, beta pushes its charter to alpha, which then gives up its key.
+    wait_until("alpha to hold epoch 2 and no mesh key", SOON, || {
+        let done =
+            charter_bytes(ha.path()) == c2.to_json() && !pa.mesh_key().exists() && !pa.handover().exists();
+        if done { Ok(()) } else { Err(format!("{:?}", ea.all())) }
+    })
+    .await;
+    assert!(
+        ea.count(
+            |e| matches!(e, MeshEvent::CharterStored { from, .. } if from.contains("mesh key given up"))
+        ) == 1
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -387,38 +387,51 @@ fn remove(ctx: &Ctx, node: &Node, name: NodeName) -> Result<ExitCode> {
 }
 
 fn promote(ctx: &Ctx, node: &Node, name: NodeName) -> Result<ExitCode> {
-    let (_, mk) = root_key(node)?;
+    let (c, mk) = root_key(node)?;
     let paths = node.home.mesh_paths();
     // Held until the end: the daemon must not issue another epoch meanwhile,
     // or the old and the new root would hold different charters of one epoch.
     let lock = charter_file::lock(&paths)?;
-    let c = charter_file::load(&paths)?.context("this node holds no charter")?;
-    if c.charter.root != node.config.node.name {
-        bail!("only the root ({}) can do this; this node is {}", c.charter.root, node.config.node.name);
-    }
-    if name == c.charter.root {
-        bail!("{name} is the root already");
-    }
-    let target = c
-        .charter
-        .member(&name)
-        .cloned()
+    let signed = match charter_file::pending_handover(&paths)? {
+        // A handover whose answer never came: the very same charter again,
+        // never a second one of that epoch (the target may hold the first).
+        Some(p) if p.charter.root == name => p,
+        Some(p) => bail!(
+            "the root role is being handed to {} (epoch {}); run `netsky mesh promote {}` to finish that first",
+            p.charter.root,
+            p.charter.epoch,
+            p.charter.root
+        ),
+        None => {
+            if name == c.charter.root {
+                bail!("{name} is the root already");
+            }
+            if c.charter.member(&name).is_none() {
+                bail!("{name} is not a member of mesh {}", c.charter.mesh);
+            }
+            let signed = charter_file::reissue(&c.charter, &mk, |next| {
+                next.root = name.clone();
+                Ok(())
+            })?;
+            charter_file::begin_handover(&paths, &lock, &signed)?;
+            signed
+        }
+    };
+    // Where to reach it: the freshest addresses this node holds.
+    let target = charter_file::load(&paths)?
+        .and_then(|held| held.charter.member(&name).cloned())
+        .or_else(|| signed.charter.member(&name).cloned())
         .with_context(|| format!("{name} is not a member of mesh {}", c.charter.mesh))?;
-    let signed = charter_file::reissue(&c.charter, &mk, |next| {
-        next.root = name.clone();
-        Ok(())
-    })?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(netsky_mesh::handover(&node.key, &target, &mk, &signed)).with_context(|| {
         format!(
-            "{name} did not confirm taking the root role; this node is still root here \
-             (if {name} did take it, it pushes its charter here as root)"
+            "{name} did not confirm taking the root role (epoch {}); this node stays root and issues \
+             nothing else until `netsky mesh promote {name}` is run again and confirmed",
+            signed.charter.epoch
         )
     })?;
-    charter_file::store(&paths, &lock, &signed)?;
     // One holder of the mesh key: the new root has it now.
-    std::fs::remove_file(paths.mesh_key())
-        .with_context(|| format!("cannot remove {}", paths.mesh_key().display()))?;
+    charter_file::finish_handover(&paths, &lock, &signed)?;
     drop(lock);
     let detail = format!("root handed to {name} at epoch {}", signed.charter.epoch);
     node.recorder.record(&[node.recorder.event("charter", None, None, Some(detail.clone()))]);
