@@ -900,3 +900,57 @@ async fn a_handover_whose_answer_was_lost_is_confirmed_again_and_the_old_root_gi
     a.shutdown().await;
     b.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// 9. A self-hosted relay.
+
+async fn start_with_relay(home: &Path, node: &str, key: &SecretKey, events: &Events, url: &str) -> Mesh {
+    Mesh::start(MeshConfig {
+        home: home.to_path_buf(),
+        name: name(node),
+        key: key.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        relay: Relay::Url(url.to_string()),
+        agent_exists: all_but_agent9(),
+        events: events.sink(),
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_self_hosted_relay_an_envelope_reaches_a_member_whose_address_no_charter_holds() {
+    // A plain-HTTP iroh relay on loopback, as `iroh-relay --dev` runs one.
+    let mut cfg = iroh_relay::server::ServerConfig::default();
+    cfg.relay = Some(iroh_relay::server::RelayConfig::new(([127, 0, 0, 1], 0)));
+    let relay = iroh_relay::server::Server::spawn(cfg).await.unwrap();
+    let url = format!("http://{}", relay.http_addr().unwrap());
+    let (ha, hb) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (ka, kb, mk) = (SecretKey::generate(), SecretKey::generate(), SecretKey::generate());
+    let (ea, eb) = (Events::default(), Events::default());
+    let a = start_with_relay(ha.path(), "alpha", &ka, &ea, &url).await;
+    let b = start_with_relay(hb.path(), "beta", &kb, &eb, &url).await;
+    // No direct address anywhere: only the relay can bring them together.
+    let c = charter(&mk, 1, "alpha", &[("alpha", a.id(), vec![]), ("beta", b.id(), vec![])]);
+    store_charter(ha.path(), &c);
+    store_charter(hb.path(), &c);
+    a.kick();
+    b.kick();
+    let e = env(&ka, "agent0@alpha", "agent1@beta", "by way of the relay");
+    let outbox = MeshPaths::new(ha.path()).outbox();
+    netsky_bus::write_durable(&outbox, &e.file_name(), &e.to_json()).unwrap();
+    a.kick();
+    let file = e.file_name();
+    wait_until("the envelope in beta's inbox, acknowledged", Duration::from_secs(30), || {
+        let (inb, out) = (inbox(hb.path(), "agent1"), std::fs::read_dir(&outbox).unwrap().count());
+        if inb == [file.clone()] && out == 0 {
+            Ok(())
+        } else {
+            Err(format!("inbox {inb:?}, outbox {out}; {:?}", ea.all()))
+        }
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+    relay.shutdown().await.unwrap();
+}
