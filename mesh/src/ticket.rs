@@ -154,11 +154,15 @@ mod tests {
             "netsky1{}",
             data_encoding::BASE32_NOPAD.encode(&raw[..raw.len() - 5]).to_ascii_lowercase()
         );
+        // Cut to a length no base32 text has (1, 3 or 6 past a multiple of 8):
+        // whether 3 characters less is one depends on the ticket's varint sizes.
+        let body_len = good.len() - "netsky1".len();
+        let cut = (1..8).find(|k| [1, 3, 6].contains(&((body_len - k) % 8))).unwrap();
         let cases = [
             ("", "start"),
             ("netsky2abc", "start"),
             (&short_payload, "malformed"),
-            (&good[..good.len() - 3], "truncated"),
+            (&good[..good.len() - cut], "truncated"),
             (&format!("{good}!"), "base32"),
             (&forged, "does not verify"),
             (&edited.encode(), "does not verify"),

@@ -120,12 +120,16 @@ fn charter_bytes(home: &Path) -> Vec<u8> {
 }
 
 async fn start(home: &Path, node: &str, key: &SecretKey, events: &Events) -> Mesh {
+    start_with(home, node, key, events, Relay::Disabled).await
+}
+
+async fn start_with(home: &Path, node: &str, key: &SecretKey, events: &Events, relay: Relay) -> Mesh {
     Mesh::start(MeshConfig {
         home: home.to_path_buf(),
         name: name(node),
         key: key.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
-        relay: Relay::Disabled,
+        relay,
         agent_exists: all_but_agent9(),
         events: events.sink(),
     })
@@ -904,20 +908,6 @@ async fn a_handover_whose_answer_was_lost_is_confirmed_again_and_the_old_root_gi
 // ---------------------------------------------------------------------------
 // 9. A self-hosted relay.
 
-async fn start_with_relay(home: &Path, node: &str, key: &SecretKey, events: &Events, url: &str) -> Mesh {
-    Mesh::start(MeshConfig {
-        home: home.to_path_buf(),
-        name: name(node),
-        key: key.clone(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        relay: Relay::Url(url.to_string()),
-        agent_exists: all_but_agent9(),
-        events: events.sink(),
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_a_self_hosted_relay_an_envelope_reaches_a_member_whose_address_no_charter_holds() {
     // A plain-HTTP iroh relay on loopback, as `iroh-relay --dev` runs one.
@@ -928,8 +918,8 @@ async fn through_a_self_hosted_relay_an_envelope_reaches_a_member_whose_address_
     let (ha, hb) = (TempDir::new().unwrap(), TempDir::new().unwrap());
     let (ka, kb, mk) = (SecretKey::generate(), SecretKey::generate(), SecretKey::generate());
     let (ea, eb) = (Events::default(), Events::default());
-    let a = start_with_relay(ha.path(), "alpha", &ka, &ea, &url).await;
-    let b = start_with_relay(hb.path(), "beta", &kb, &eb, &url).await;
+    let a = start_with(ha.path(), "alpha", &ka, &ea, Relay::Url(url.clone())).await;
+    let b = start_with(hb.path(), "beta", &kb, &eb, Relay::Url(url)).await;
     // No direct address anywhere: only the relay can bring them together.
     let c = charter(&mk, 1, "alpha", &[("alpha", a.id(), vec![]), ("beta", b.id(), vec![])]);
     store_charter(ha.path(), &c);
