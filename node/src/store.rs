@@ -143,7 +143,15 @@ impl Store {
     /// not parse is skipped with a warning, never retried forever.
     pub fn catch_up(&mut self, logs: &Path) -> Result<usize> {
         let mut taken = 0;
+        // One read of every cursor: the write lock is taken only for logs that grew.
+        let cursors: std::collections::HashMap<String, i64> = {
+            let mut st = self.conn.prepare("SELECT file, offset FROM log_cursor")?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+        };
         for (file, len) in log_files(logs) {
+            if cursors.get(&file).is_some_and(|&at| at == len as i64) {
+                continue;
+            }
             let path = logs.join(&file);
             // Up to the length seen now: a log that grows meanwhile is for the next call.
             loop {
