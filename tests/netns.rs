@@ -31,7 +31,10 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 impl Link {
     fn new() -> Result<Link, String> {
-        let id = std::process::id() % 200 + 20;
+        // Unique per test in this process too: `cargo test` runs them side by side.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2;
+        let id = (std::process::id() % 110) * 2 + n + 20;
         let (a, b) = (format!("nsky{id}a"), format!("nsky{id}b"));
         let subnet = format!("10.{}.{}", 77, id);
         let l = Link { a: a.clone(), b: b.clone(), subnet: subnet.clone() };
@@ -45,6 +48,23 @@ impl Link {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
         Ok(l)
+    }
+
+    /// Lets multicast out on the link (a LAN host has a default route; these have none).
+    fn multicast(&self) -> Result<(), String> {
+        for ns in [&self.a, &self.b] {
+            ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", &self.dev(ns)])?;
+        }
+        Ok(())
+    }
+
+    /// Moves `ns` from host number `old` to `new` on the link, as a DHCP renumbering would.
+    fn renumber(&self, ns: &str, old: u8, new: u8) {
+        let dev = self.dev(ns);
+        // Removing the last address flushes the device's routes: put the multicast one back.
+        ip(&["-n", ns, "addr", "del", &format!("{}.{old}/24", self.subnet), "dev", &dev]).unwrap();
+        ip(&["-n", ns, "addr", "add", &format!("{}.{new}/24", self.subnet), "dev", &dev]).unwrap();
+        ip(&["-n", ns, "route", "replace", "224.0.0.0/4", "dev", &dev]).unwrap();
     }
 
     fn dev(&self, ns: &str) -> String {
@@ -76,8 +96,45 @@ impl Drop for Link {
 
 fn set_listen(h: &TestHome, addr: &str) {
     let cfg = h.join("config.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("127.0.0.1:0", addr);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| if l.starts_with("listen = ") { format!("listen = \"{addr}\"") } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(cfg, text + "\n").unwrap();
+}
+
+fn set_mdns(h: &TestHome) {
+    let cfg = h.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("mdns = false", "mdns = true");
     std::fs::write(cfg, text).unwrap();
+}
+
+/// Starts `netsky node run` for `h` in namespace `ns` and waits until it runs.
+fn run(link: &Link, ns: &str, h: &TestHome) -> Kill {
+    let err = std::fs::OpenOptions::new().create(true).append(true).open(h.join("daemon.err")).unwrap();
+    let child = link
+        .netsky(ns, h, &["--json", "node", "run"])
+        .env("RUST_LOG", "netsky_mesh=debug,info")
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let st = h.join("state/node.json");
+    wait_for("the daemon to run", T, || {
+        let s = std::fs::read_to_string(&st).unwrap_or_default();
+        if s.contains("\"running\": true") { Ok(()) } else { Err(s) }
+    });
+    Kill(child)
+}
+
+/// Without root there are no namespaces to make: say so and pass. As root
+/// (CI), failing to make them is a failure, never a silent skip.
+fn skip(e: &str) {
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    assert!(!root, "cannot make network namespaces as root: {e}");
+    eprintln!("skipped: cannot make network namespaces here ({e})");
 }
 
 fn ok(mut c: Command) -> String {
@@ -98,10 +155,7 @@ impl Drop for Kill {
 fn a_partition_between_two_hosts_heals_and_everything_arrives_once_in_order() {
     let link = match Link::new() {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("skipped: cannot make network namespaces here ({e})");
-            return;
-        }
+        Err(e) => return skip(&e),
     };
     let (sa, sb) = (format!("{}.1", link.subnet), format!("{}.2", link.subnet));
     let studio = TestHome::init("studio");
@@ -109,27 +163,11 @@ fn a_partition_between_two_hosts_heals_and_everything_arrives_once_in_order() {
     set_listen(&studio, &format!("{sa}:0"));
     set_listen(&laptop, &format!("{sb}:0"));
     studio.ok(&["mesh", "init", "--mesh", "home"]);
-    let run = |ns: &str, h: &TestHome| {
-        let err = std::fs::File::create(h.join("daemon.err")).unwrap();
-        let child = link
-            .netsky(ns, h, &["--json", "node", "run"])
-            .env("RUST_LOG", "netsky_mesh=debug,info")
-            .stdout(std::process::Stdio::null())
-            .stderr(err)
-            .spawn()
-            .unwrap();
-        let st = h.join("state/node.json");
-        wait_for("the daemon to run", T, || {
-            let s = std::fs::read_to_string(&st).unwrap_or_default();
-            if s.contains("\"running\": true") { Ok(()) } else { Err(s) }
-        });
-        Kill(child)
-    };
-    let _a = run(&link.a, &studio);
+    let _a = run(&link, &link.a, &studio);
     let ticket = studio.ok(&["mesh", "invite", "laptop"]).trim().to_string();
     assert!(ticket.starts_with("netsky1"));
     ok(link.netsky(&link.b, &laptop, &["mesh", "join", &ticket]));
-    let _b = run(&link.b, &laptop);
+    let _b = run(&link, &link.b, &laptop);
     wait_for("laptop's address in studio's charter", T, || {
         let c = studio.json(&["mesh", "charter"]);
         if c.to_string().contains(&sb) { Ok(()) } else { Err(c.to_string()) }
@@ -160,4 +198,44 @@ fn a_partition_between_two_hosts_heals_and_everything_arrives_once_in_order() {
     want.extend((0..10).map(|i| format!("cut {i}")));
     assert_eq!(studio.drain_texts("agent1"), want);
     assert_eq!(laptop.drain_texts("agent1"), want);
+}
+
+#[test]
+fn with_mdns_two_hosts_renumbered_at_once_find_each_other_again() {
+    let link = match Link::new().and_then(|l| l.multicast().map(|()| l)) {
+        Ok(l) => l,
+        Err(e) => return skip(&e),
+    };
+    let studio = TestHome::init("studio");
+    let laptop = TestHome::init("laptop");
+    for h in [&studio, &laptop] {
+        set_mdns(h);
+    }
+    set_listen(&studio, &format!("{}.1:0", link.subnet));
+    set_listen(&laptop, &format!("{}.2:0", link.subnet));
+    studio.ok(&["mesh", "init", "--mesh", "home"]);
+    let a = run(&link, &link.a, &studio);
+    let ticket = studio.ok(&["mesh", "invite", "laptop"]).trim().to_string();
+    ok(link.netsky(&link.b, &laptop, &["mesh", "join", &ticket]));
+    let b = run(&link, &link.b, &laptop);
+    ok(link.netsky(&link.b, &laptop, &["channel", "send", "agent1@studio", "before", "--wait"]));
+    // Both machines get new addresses while their daemons are down: each
+    // charter now names only addresses that no longer exist.
+    drop((a, b));
+    link.renumber(&link.a, 1, 11);
+    link.renumber(&link.b, 2, 12);
+    set_listen(&studio, &format!("{}.11:0", link.subnet));
+    set_listen(&laptop, &format!("{}.12:0", link.subnet));
+    let _a = run(&link, &link.a, &studio);
+    let _b = run(&link, &link.b, &laptop);
+    // mDNS finds them; laptop's hello then puts its new address in the charter.
+    let new_b = format!("{}.12:", link.subnet);
+    wait_for("laptop's new address in studio's charter", T, || {
+        let c = studio.json(&["mesh", "charter"]);
+        if c.to_string().contains(&new_b) { Ok(()) } else { Err(c.to_string()) }
+    });
+    ok(link.netsky(&link.b, &laptop, &["channel", "send", "agent1@studio", "after", "--wait"]));
+    ok(link.netsky(&link.a, &studio, &["channel", "send", "agent1@laptop", "back", "--wait"]));
+    assert_eq!(studio.drain_texts("agent1"), ["before", "after"]);
+    assert_eq!(laptop.drain_texts("agent1"), ["back"]);
 }

@@ -23,15 +23,22 @@ pub enum Relay {
     Url(String),
 }
 
-/// Binds an endpoint with `key` on `listen`, guarded by `allow`.
+/// The mDNS service name netsky nodes announce themselves under (not iroh's
+/// shared one, so only netsky nodes answer; membership is still checked at the door).
+const MDNS_SERVICE: &str = "netsky";
+
+/// Binds an endpoint with `key` on `listen`, guarded by `allow`; with
+/// `mdns`, it also announces and looks up members on the local network.
+/// Returns the endpoint and whether mDNS runs (it may be unavailable).
 pub(crate) async fn bind(
     key: &SecretKey,
     listen: SocketAddr,
     relay: &Relay,
+    mdns: bool,
     allow: Allowlist,
     events: crate::EventSink,
     alpns: Vec<Vec<u8>>,
-) -> Result<Endpoint, MeshError> {
+) -> Result<(Endpoint, bool), MeshError> {
     let err = |reason: String| MeshError::Bind { addr: listen.to_string(), reason };
     // iroh reports only "Failed to bind sockets"; a probe names the cause.
     if let Err(e) = std::net::UdpSocket::bind(listen) {
@@ -51,6 +58,23 @@ pub(crate) async fn bind(
             Endpoint::builder(presets::Minimal).relay_mode(RelayMode::Custom(url.into()))
         }
     };
+    let mut builder = builder;
+    let mut mdns_on = false;
+    if mdns {
+        match iroh_mdns_address_lookup::MdnsAddressLookup::builder()
+            .service_name(MDNS_SERVICE)
+            .build(key.public())
+        {
+            Ok(m) => {
+                builder = builder.address_lookup(m);
+                mdns_on = true;
+            }
+            // A host without multicast still runs, on the charter's addresses alone.
+            Err(e) => {
+                tracing::warn!(error = %e, "mDNS unavailable; peers are found by their charter addresses only")
+            }
+        }
+    }
     let builder = builder
         .secret_key(key.clone())
         .portmapper_config(PortmapperConfig::Disabled)
@@ -59,7 +83,7 @@ pub(crate) async fn bind(
         .clear_ip_transports()
         .bind_addr(listen)
         .map_err(|e| err(e.to_string()))?;
-    builder.bind().await.map_err(|e| {
+    let ep = builder.bind().await.map_err(|e| {
         let mut reason = e.to_string();
         let mut src = std::error::Error::source(&e);
         while let Some(c) = src {
@@ -67,7 +91,8 @@ pub(crate) async fn bind(
             src = c.source();
         }
         err(reason)
-    })
+    })?;
+    Ok((ep, mdns_on))
 }
 
 /// An ephemeral endpoint for one-off dials (joining), with the node key.

@@ -70,6 +70,8 @@ pub struct MeshConfig {
     pub listen: SocketAddr,
     /// Relay mode.
     pub relay: Relay,
+    /// Also find members on the local network by mDNS (multicast).
+    pub mdns: bool,
     /// Which agents exist here.
     pub agent_exists: AgentCheck,
     /// Where events go.
@@ -139,6 +141,8 @@ impl PeerState {
 struct Shared {
     name: NodeName,
     relay: Relay,
+    /// mDNS runs: a member without a known address may still be found.
+    mdns: bool,
     key: SecretKey,
     paths: MeshPaths,
     layout: Layout,
@@ -182,10 +186,11 @@ impl Mesh {
         let paths = MeshPaths::new(&cfg.home);
         paths.create().map_err(MeshError::io("create", paths.dir()))?;
         let allow = Allowlist::default();
-        let endpoint = crate::endpoint::bind(
+        let (endpoint, mdns) = crate::endpoint::bind(
             &cfg.key,
             cfg.listen,
             &cfg.relay,
+            cfg.mdns,
             allow.clone(),
             cfg.events.clone(),
             vec![ALPN_MESH.to_vec(), ALPN_JOIN.to_vec()],
@@ -194,6 +199,7 @@ impl Mesh {
         let roster = Roster::solo(cfg.name.clone(), cfg.key.public())?;
         let shared = Arc::new(Shared {
             relay: cfg.relay.clone(),
+            mdns,
             name: cfg.name,
             key: cfg.key,
             layout: Layout::new(&cfg.home),
@@ -241,6 +247,11 @@ impl Mesh {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.shared.key.public()
+    }
+
+    /// Whether mDNS discovery runs on this node.
+    pub fn mdns(&self) -> bool {
+        self.shared.mdns
     }
 
     /// The direct addresses peers can dial.
@@ -723,8 +734,8 @@ impl Shared {
             })?;
         let mut addr = direct_addr(member.node_id, &member.addrs);
         match &self.relay {
-            // Direct addresses are all there is.
-            Relay::Disabled if member.addrs.is_empty() => {
+            // Direct addresses are all there is (mDNS may yet find it).
+            Relay::Disabled if member.addrs.is_empty() && !self.mdns => {
                 return Err(MeshError::Connect {
                     peer: name.to_string(),
                     reason: "no known address yet (its daemon has not reported one)".into(),

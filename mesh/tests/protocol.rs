@@ -130,6 +130,7 @@ async fn start_with(home: &Path, node: &str, key: &SecretKey, events: &Events, r
         key: key.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
         relay,
+        mdns: false,
         agent_exists: all_but_agent9(),
         events: events.sink(),
     })

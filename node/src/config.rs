@@ -45,6 +45,10 @@ pub struct NodeSection {
     /// Seconds between heartbeat ticks.
     #[serde(default = "default_tick", deserialize_with = "positive")]
     pub tick_interval_s: u64,
+    /// Find members on the local network by mDNS (multicast on the default
+    /// interface), for when their addresses in the charter are out of date.
+    #[serde(default)]
+    pub mdns: bool,
 }
 
 /// How the node reaches peers beyond direct addresses.
@@ -278,6 +282,7 @@ impl Config {
                 relay: relay.unwrap_or_default(),
                 beacon_interval_s: default_beacon(),
                 tick_interval_s: default_tick(),
+                mdns: false,
             },
             constellation: ConstellationSection::default(),
             owner: OwnerSection::default(),

@@ -35,6 +35,8 @@ struct Ready {
     pid: u32,
     mesh: Option<String>,
     root: Option<String>,
+    /// mDNS discovery runs (`[node] mdns = true` and multicast available).
+    mdns: bool,
 }
 
 /// Runs the daemon until a signal stops it.
@@ -85,6 +87,7 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
         key: node.key.clone(),
         listen: node.config.node.listen,
         relay: relay_of(&node.config.node.relay),
+        mdns: node.config.node.mdns,
         agent_exists: Arc::new(move |a| agent_in_constellation(a, clones_of(&home, &config))),
         events: sink,
     };
@@ -113,7 +116,7 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
     daemon_state::write(&node.home, &state)?;
-    let started = format!("pid {} addrs {:?}", state.pid, state.addrs);
+    let started = format!("pid {} addrs {:?} mdns {}", state.pid, state.addrs, mesh.mdns());
     let _ = tx.send(Some(events.event("daemon-started", None, None, Some(started))));
     let ready = Ready {
         name: state.name.clone(),
@@ -122,6 +125,7 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
         pid: state.pid,
         mesh: node.charter.as_ref().map(|c| c.charter.mesh.clone()),
         root: node.charter.as_ref().map(|c| c.charter.root.to_string()),
+        mdns: mesh.mdns(),
     };
     emit(ctx, &ready, || {
         format!(

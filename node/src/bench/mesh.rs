@@ -142,6 +142,7 @@ async fn start_node(base: &std::path::Path, name: &str, acks: mpsc::UnboundedSen
         key: key.clone(),
         listen: "127.0.0.1:0".parse()?,
         relay: Relay::Disabled,
+        mdns: false,
         agent_exists: Arc::new(|_| true),
         events,
     })
