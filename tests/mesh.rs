@@ -35,6 +35,10 @@ fn nodes_join_by_ticket_and_messages_cross_both_ways_in_order() {
     assert_eq!(desk.drain_texts("agent2"), ["from studio"]);
     // The sender learns the envelope was drained (the receipt travels back).
     let id = laptop.ok(&["channel", "send", "agent0@desk", "receipt please", "--wait"]).trim().to_string();
+    // Acked, the copy moved from the outbox to the sender's audit trail.
+    assert!(laptop.files("mesh/outbox").is_empty());
+    assert!(laptop.files("mesh/sent").contains(&format!("{id}.json")));
+    assert_eq!(laptop.json(&["channel", "status", &id])["state"], "acked");
     assert_eq!(desk.drain_texts("agent0"), ["receipt please"]);
     wait_for("the delivery receipt", T, || {
         let s = laptop.json(&["channel", "status", &id]);

@@ -37,6 +37,10 @@ impl MeshPaths {
     pub fn outbox(&self) -> PathBuf {
         self.dir().join("outbox")
     }
+    /// `mesh/sent/`: envelopes the remote acknowledged (the sender's audit trail).
+    pub fn sent(&self) -> PathBuf {
+        self.dir().join("sent")
+    }
     /// `mesh/refused/`: envelopes a remote refused, each with a `.reason`.
     pub fn refused(&self) -> PathBuf {
         self.dir().join("refused")
@@ -64,9 +68,15 @@ impl MeshPaths {
 
     /// Creates the mesh folders.
     pub fn create(&self) -> std::io::Result<()> {
-        for d in
-            [self.dir(), self.tickets(), self.outbox(), self.refused(), self.receipts(), self.delivered()]
-        {
+        for d in [
+            self.dir(),
+            self.tickets(),
+            self.outbox(),
+            self.sent(),
+            self.refused(),
+            self.receipts(),
+            self.delivered(),
+        ] {
             std::fs::create_dir_all(d)?;
         }
         Ok(())

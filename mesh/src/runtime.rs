@@ -914,9 +914,14 @@ impl Shared {
             let path = self.paths.outbox().join(&q.file);
             match &ack.outcome {
                 Outcome::Stored | Outcome::Duplicate => {
-                    // Deleting needs no fsync: a copy that survives a crash is
-                    // sent again and acknowledged as a duplicate.
-                    let _ = std::fs::remove_file(&path);
+                    // Kept in sent/ as the audit trail (as delivered/ is in a
+                    // mailbox), which also keeps unlinks off the hot path: on
+                    // ext4 without a journal every file creation scans the
+                    // inodes freed in the last minute. No fsync: a copy left in
+                    // the outbox by a crash is sent again and acked as a duplicate.
+                    if std::fs::rename(&path, self.paths.sent().join(&q.file)).is_err() {
+                        let _ = std::fs::remove_file(&path);
+                    }
                     let duplicate = ack.outcome == Outcome::Duplicate;
                     self.emit(MeshEvent::Acked { env: q.env.clone(), duplicate });
                 }

@@ -287,6 +287,8 @@ async fn two_members_deliver_an_envelope_through_the_outbox_and_the_sender_forge
         if inb == [file.clone()] && out == 0 { Ok(()) } else { Err(format!("inbox {inb:?}, outbox {out}")) }
     })
     .await;
+    let sent = std::fs::read(MeshPaths::new(ha.path()).sent().join(&file)).unwrap();
+    assert_eq!(Envelope::from_json(&sent).unwrap(), e, "the acked copy is kept in sent/");
     let held = std::fs::read(hb.path().join("channels/agent/agent1/inbox").join(&file)).unwrap();
     assert_eq!(Envelope::from_json(&held).unwrap(), e, "the stored copy is the signed envelope");
     wait_until("alpha's Acked event", SOON, || {

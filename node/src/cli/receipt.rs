@@ -100,6 +100,13 @@ pub fn status(ctx: &Ctx, node: &Node, id: ulid::Ulid) -> Result<ExitCode> {
         let reason =
             std::fs::read_to_string(paths.refused().join(format!("{file}.reason"))).unwrap_or_default();
         out.detail = Some(reason.trim().to_string());
+    } else if let Some(env) = netsky_bus::read_envelope_file(&paths.sent().join(&file))
+        .ok()
+        .and_then(|b| Envelope::from_json(&b).ok())
+    {
+        out.state = "acked".into();
+        out.to = Some(env.to.to_string());
+        out.detail = Some(format!("durable in {}'s inbox; no delivery receipt yet", env.to));
     } else if let Some(h) = out
         .history
         .iter()

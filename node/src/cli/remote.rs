@@ -53,14 +53,16 @@ pub fn send(
     let deadline = Instant::now() + wait;
     let queued = paths.outbox().join(&file);
     let refused = paths.refused().join(&file);
+    let sent = paths.sent().join(&file);
     loop {
         if refused.exists() {
             let reason =
                 std::fs::read_to_string(paths.refused().join(format!("{file}.reason"))).unwrap_or_default();
             bail!("envelope {} was refused: {}", env.id, reason.trim());
         }
-        // Moved to refused/ between the two looks: refused.exists() is checked again.
-        if !queued.exists() && !refused.exists() {
+        // Acked: moved to sent/ (or, failing that, deleted; refused.exists() is
+        // checked again in case it moved to refused/ between the two looks).
+        if sent.exists() || (!queued.exists() && !refused.exists()) {
             out.state = "acked";
             out.detail = Some(format!("durable in {}'s inbox", env.to));
             emit(ctx, &out, || out.id.clone())?;
