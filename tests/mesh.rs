@@ -294,8 +294,8 @@ fn a_promotion_the_target_did_not_confirm_stays_pending_and_a_retry_sends_the_sa
     let studio = m.home("studio");
     let err = studio.fails(&["mesh", "promote", "laptop"], 1);
     assert!(err.contains("did not confirm"), "{err}");
-    let pending: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(studio.join("mesh/handover.json")).unwrap()).unwrap();
+    let pending_bytes = std::fs::read(studio.join("mesh/handover.json")).unwrap();
+    let pending: serde_json::Value = serde_json::from_slice(&pending_bytes).unwrap();
     let epoch = pending["charter"]["epoch"].as_u64().unwrap();
     assert!(studio.join("keys/mesh.key").exists(), "still root until confirmed");
     // Nothing else is issued meanwhile, and no other promotion starts.
@@ -307,6 +307,8 @@ fn a_promotion_the_target_did_not_confirm_stays_pending_and_a_retry_sends_the_sa
     let (studio, laptop) = (m.home("studio"), m.home("laptop"));
     let out = studio.json(&["mesh", "promote", "laptop"]);
     assert_eq!(out["epoch"].as_u64(), Some(epoch), "the same charter, not a second one of a new epoch");
+    let held = std::fs::read(studio.join("mesh/charter.json")).unwrap();
+    assert_eq!(held, pending_bytes, "the very charter recorded before the first try, byte for byte");
     assert!(!studio.join("keys/mesh.key").exists() && !studio.join("mesh/handover.json").exists());
     assert_eq!(laptop.json(&["keys", "show"])["mesh_key"], true);
     laptop.ok(&["mesh", "invite", "tablet"]);

@@ -16,6 +16,7 @@ mod error;
 mod ingest;
 mod membership;
 mod paths;
+mod retention;
 mod runtime;
 mod ticket;
 pub mod wire;

@@ -48,6 +48,8 @@ const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 const QUEUE_RECEIPTS: usize = 4 * MAX_BATCH;
 /// How long a dial may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often `mesh/sent/` is pruned of copies older than a week.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Pushes in flight on one connection at once (each up to `MAX_BATCH` envelopes).
 const PUSH_WINDOW: usize = 2;
 /// Failed join attempts allowed per joining node id per minute; more are refused unread.
@@ -227,6 +229,11 @@ impl Mesh {
         let s = shared.clone();
         tokio::task::spawn_blocking(move || {
             s.reload_charter()?;
+            if let Some(c) = s.charter()
+                && c.charter.root != s.name
+            {
+                s.settle_root(c.charter.epoch, "the charter held at start");
+            }
             s.claim_own_addrs();
             Ok::<(), MeshError>(())
         })
@@ -521,6 +528,8 @@ impl Shared {
 
     /// Routes new outbox envelopes and receipts to their peers' queues.
     async fn dispatch_loop(self: Arc<Self>) {
+        // The audit trail is pruned now and then, never on the hot path.
+        let mut next_prune = Instant::now() + Duration::from_secs(60);
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -539,6 +548,22 @@ impl Shared {
             self.check_own_addrs();
             if let Err(e) = scan {
                 warn!(error = %e, "outbox scan failed");
+            }
+            if Instant::now() >= next_prune {
+                next_prune = Instant::now() + PRUNE_EVERY;
+                let sent = self.paths.sent();
+                let n = tokio::task::spawn_blocking(move || {
+                    crate::retention::prune_older_than(
+                        &sent,
+                        crate::retention::SENT_KEPT,
+                        crate::retention::PRUNE_PER_PASS,
+                    )
+                })
+                .await
+                .unwrap_or(0);
+                if n > 0 {
+                    info!(removed = n, "acked copies older than a week pruned from mesh/sent/");
+                }
             }
         }
     }
@@ -951,22 +976,21 @@ impl Shared {
             Ok((c, Decision::Accept)) => {
                 self.emit(MeshEvent::CharterStored { epoch: c.charter.epoch, from: from.to_string() });
                 if c.charter.root != self.name {
-                    match charter_file::settle_root(&self.paths, &self.name) {
-                        Ok(true) => {
-                            info!(root = %c.charter.root, "the new root holds the mesh key: this node's copy is removed");
-                            let from = format!("{from} (handover confirmed: mesh key given up)");
-                            self.emit(MeshEvent::CharterStored { epoch: c.charter.epoch, from });
-                        }
-                        Ok(false) => {}
-                        Err(e) => warn!(error = %e, "cannot give up the mesh key after a handover"),
-                    }
+                    self.settle_root(c.charter.epoch, from);
                 }
                 if let Err(e) = self.reload_charter() {
                     warn!(error = %e, "charter reload failed");
                 }
                 Frame::Ok { note: String::new() }
             }
-            Ok((_, Decision::Same)) => Frame::Ok { note: String::new() },
+            Ok((c, Decision::Same)) => {
+                // Held already, yet the key may still be here (a promote that
+                // crashed between storing the charter and deleting the key).
+                if c.charter.root != self.name {
+                    self.settle_root(c.charter.epoch, from);
+                }
+                Frame::Ok { note: String::new() }
+            }
             Ok((c, Decision::Stale { held })) => {
                 info!(offered = c.charter.epoch, held, "stale charter ignored");
                 let reason = format!("stale: epoch {} offered, {held} held", c.charter.epoch);
@@ -1157,6 +1181,13 @@ impl Shared {
                 "the handover charter does not name this node root under that key".into(),
             ));
         }
+        // Decided under the lock before the key is kept: a refused charter
+        // (stale, conflicting) must not leave a second holder of the key.
+        let lock = charter_file::lock(&self.paths)?;
+        let decision = new.decide(charter_file::load(&self.paths)?.as_ref())?;
+        if let Decision::Stale { held } = decision {
+            return Err(MeshError::Charter(format!("stale handover: epoch {held} is held")));
+        }
         let path = self.paths.mesh_key();
         match netsky_keys::load_key_file(&path) {
             Ok(k) if k.key.public() == key.public() => {}
@@ -1165,11 +1196,23 @@ impl Shared {
                 netsky_keys::save_key_file(&path, key)?;
             }
         }
-        match charter_file::offer(&self.paths, &new)? {
-            Decision::Accept | Decision::Same => Ok(new.charter.epoch),
-            Decision::Stale { held } => {
-                Err(MeshError::Charter(format!("stale handover: epoch {held} is held")))
+        if decision == Decision::Accept {
+            charter_file::store(&self.paths, &lock, &new)?;
+        }
+        Ok(new.charter.epoch)
+    }
+
+    /// Gives up this node's copy of the mesh key when the charter held names
+    /// another root (a handover whose answer, or whose last step, was lost).
+    fn settle_root(&self, epoch: u64, from: &str) {
+        match charter_file::settle_root(&self.paths, &self.name) {
+            Ok(true) => {
+                info!(epoch, "another node is root under this node's mesh key: this node's copy is removed");
+                let from = format!("{from} (handover confirmed: mesh key given up)");
+                self.emit(MeshEvent::CharterStored { epoch, from });
             }
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "cannot give up the mesh key after a handover"),
         }
     }
 
@@ -1331,9 +1374,12 @@ impl ProtocolHandler for MeshHandler {
                 let req: Frame = match read_frame(&mut recv, MAX_FRAME, FRAME_TIMEOUT, &peer).await {
                     Ok(f) => f,
                     Err(e) => {
-                        warn!(error = %e, "bad frame; stream dropped");
+                        // The connection ends, not only the stream: a push behind an
+                        // unreadable one (two are in flight) must not be stored ahead of it.
+                        warn!(error = %e, "bad frame; connection closed");
                         s.emit(MeshEvent::ProtocolError { peer: peer.clone(), reason: e.to_string() });
-                        continue;
+                        conn.close(2u32.into(), b"unreadable frame");
+                        break;
                     }
                 };
                 let push = matches!(req, Frame::Push { .. });

@@ -371,19 +371,9 @@ async fn a_non_member_reaches_the_join_protocol_and_a_bad_ticket_is_refused() {
 // ---------------------------------------------------------------------------
 // 3. Broken frames.
 
-/// Opens a stream on `conn`, writes `bytes` raw, finishes, and expects no answer.
-async fn send_raw_and_expect_nothing(conn: &Connection, bytes: &[u8], case: &str) {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    // The server may stop the stream before all of it is written; that is its right.
-    let _ = send.write_all(bytes).await;
-    let _ = send.finish();
-    assert_no_answer(&mut recv, case).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broken_frames_drop_only_their_stream_and_the_member_still_pushes_on_the_same_connection() {
+async fn a_broken_frame_ends_its_connection_and_the_push_behind_it_is_not_stored() {
     let f = Fixture::new(&["alpha"]).await;
-    let (_ep, conn) = f.connect("alpha").await;
     let garbage_body = [0xC8u8, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
     let mut malformed = (garbage_body.len() as u32).to_be_bytes().to_vec();
     malformed.extend_from_slice(&garbage_body);
@@ -396,18 +386,30 @@ async fn broken_frames_drop_only_their_stream_and_the_member_still_pushes_on_the
         ("a body that is not postcard", malformed, "malformed frame"),
     ];
     for (i, (case, bytes, want)) in cases.into_iter().enumerate() {
-        send_raw_and_expect_nothing(&conn, &bytes, case).await;
+        let (_ep, conn) = f.connect("alpha").await;
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        // The server may stop the stream before all of it is written; that is its right.
+        let _ = send.write_all(&bytes).await;
+        let _ = send.finish();
+        // A good push already on its way behind the broken one.
+        let behind = vec![f.good("alpha", &format!("behind {case}")).to_json()];
+        let mut behind = send_request(&conn, &Frame::Push { envs: behind }, "server").await.unwrap();
+        assert_no_answer(&mut recv, case).await;
         wait_until(&format!("a ProtocolError for {case}"), SOON, || {
             if f.events.protocol_errors(want) == 1 { Ok(()) } else { Err(format!("{:?}", f.events.all())) }
         })
         .await;
-        // The same connection still carries a good push.
-        let e = f.good("alpha", &format!("after {case}"));
-        let acks = push(&conn, vec![e.to_json()]).await;
+        let answer: Result<Frame, _> = read_frame(&mut behind, MAX_FRAME, SOON, "server").await;
+        assert!(answer.is_err(), "{case}: the push behind was answered: {answer:?}");
+        tokio::time::timeout(SOON, conn.closed()).await.expect("the server closes the connection");
+        // A new connection carries a good push.
+        let (_ep2, conn) = f.connect("alpha").await;
+        let acks = push(&conn, vec![f.good("alpha", &format!("after {case}")).to_json()]).await;
         assert!(stored(&acks), "{case}: {acks:?}");
-        assert_eq!(inbox(f.home(), "agent1").len(), i + 1, "{case}");
+        assert_eq!(inbox(f.home(), "agent1").len(), i + 1, "{case}: only the push after it");
     }
     // A well-formed frame that is not a request is refused in words, not dropped.
+    let (_ep, conn) = f.connect("alpha").await;
     let resp = request(&conn, &Frame::Ok { note: "hi".into() }, SOON, "server").await.unwrap();
     assert!(matches!(resp, Frame::Refused { ref reason } if reason.contains("not a request")), "{resp:?}");
     assert!(conn.close_reason().is_none(), "the connection survived: {:?}", conn.close_reason());
@@ -415,7 +417,7 @@ async fn broken_frames_drop_only_their_stream_and_the_member_still_pushes_on_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_stream_is_dropped_after_the_frame_timeout_and_the_connection_still_works() {
+async fn a_silent_stream_is_dropped_after_the_frame_timeout_with_its_connection() {
     let f = Fixture::new(&["alpha"]).await;
     let (_ep, conn) = f.connect("alpha").await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -436,7 +438,8 @@ async fn a_silent_stream_is_dropped_after_the_frame_timeout_and_the_connection_s
         opened.elapsed()
     );
     assert_no_answer(&mut recv, "a silent stream").await;
-    drop(send);
+    tokio::time::timeout(SOON, conn.closed()).await.expect("the server closes the connection");
+    let (_ep2, conn) = f.connect("alpha").await;
     let acks = push(&conn, vec![f.good("alpha", "after the silence").to_json()]).await;
     assert!(stored(&acks), "{acks:?}");
     f.server.shutdown().await;
@@ -946,4 +949,63 @@ async fn through_a_self_hosted_relay_an_envelope_reaches_a_member_whose_address_
     a.shutdown().await;
     b.shutdown().await;
     relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_that_stored_the_new_charter_but_kept_its_key_gives_it_up_at_start() {
+    // A promote that crashed between storing the new charter and deleting the key.
+    let home = TempDir::new().unwrap();
+    let (mk, ka, kb) = (SecretKey::generate(), SecretKey::generate(), SecretKey::generate());
+    let members = [("alpha", ka.public(), vec![]), ("beta", kb.public(), vec![])];
+    let c1 = charter(&mk, 1, "alpha", &members);
+    let c2 = charter_file::reissue(&c1.charter, &mk, |c| {
+        c.root = name("beta");
+        Ok(())
+    })
+    .unwrap();
+    let paths = MeshPaths::new(home.path());
+    std::fs::create_dir_all(home.path().join("keys")).unwrap();
+    netsky_keys::save_key_file(&paths.mesh_key(), mk.clone()).unwrap();
+    store_charter(home.path(), &c2);
+    let lock = charter_file::lock(&paths).unwrap();
+    charter_file::begin_handover(&paths, &lock, &c2).unwrap();
+    drop(lock);
+    let events = Events::default();
+    let a = start(home.path(), "alpha", &ka, &events).await;
+    assert!(!paths.mesh_key().exists(), "the key stays with the new root alone");
+    assert!(!paths.handover().exists());
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_with_a_conflicting_charter_is_refused_and_leaves_no_key_behind() {
+    let (ha, hb) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (ka, kb, mk) = (SecretKey::generate(), SecretKey::generate(), SecretKey::generate());
+    let (ea, eb) = (Events::default(), Events::default());
+    let a = start(ha.path(), "alpha", &ka, &ea).await;
+    let b = start(hb.path(), "beta", &kb, &eb).await;
+    let members = [("alpha", a.id(), a.addrs()), ("beta", b.id(), b.addrs())];
+    let c1 = charter(&mk, 1, "alpha", &members);
+    // beta holds an epoch 2 that still names alpha root (an address update, say).
+    let c2 = charter_file::reissue(&c1.charter, &mk, |_| Ok(())).unwrap();
+    store_charter(hb.path(), &c2);
+    b.kick();
+    // alpha, not knowing, hands over with a different epoch 2.
+    let other = charter_file::reissue(&c1.charter, &mk, |c| {
+        c.root = name("beta");
+        Ok(())
+    })
+    .unwrap();
+    let target = c1.charter.member(&name("beta")).unwrap().clone();
+    std::fs::create_dir_all(hb.path().join("keys")).unwrap();
+    wait_until("beta to hold epoch 2", SOON, || {
+        if charter_bytes(hb.path()) == c2.to_json() { Ok(()) } else { Err("not yet".into()) }
+    })
+    .await;
+    let err = netsky_mesh::handover(&ka, &target, &mk, &other).await.unwrap_err().to_string();
+    assert!(err.contains("refused the handover"), "{err}");
+    assert!(!MeshPaths::new(hb.path()).mesh_key().exists(), "a refused handover keeps no key");
+    assert_eq!(charter_bytes(hb.path()), c2.to_json());
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -42,6 +42,9 @@ pub struct Event {
     pub env: Option<Envelope>,
 }
 
+/// How much of the logs one catch-up reads at most (the rest comes next time).
+const CATCH_UP_BUDGET: u64 = 64 << 20;
+
 /// The envelope as its own JSON object inside the log line.
 fn envelope_json<S: serde::Serializer>(env: &Option<Envelope>, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::Error;
@@ -113,13 +116,20 @@ impl Recorder {
     }
 
     /// Reads what the event logs gained (from any process) into meta.db.
+    ///
+    /// Another process catching up at the same moment (SQLite busy) is no
+    /// failure: the next call takes what this one did not.
     pub fn catch_up(&self) {
         let logs = self.logs.clone();
-        self.with_store(|store| store.catch_up(&logs).map(|_| ()));
+        self.store_op(true, |store| store.catch_up(&logs, CATCH_UP_BUDGET).map(|_| ()));
     }
 
     /// Runs `f` on meta.db (opened on first use); a failure is logged once and disables the store, as for events.
     pub fn with_store(&self, f: impl FnOnce(&mut Store) -> anyhow::Result<()>) {
+        self.store_op(false, f)
+    }
+
+    fn store_op(&self, busy_is_transient: bool, f: impl FnOnce(&mut Store) -> anyhow::Result<()>) {
         let mut slot = self.store.lock().unwrap_or_else(|p| p.into_inner());
         let Ok(opened) = &mut *slot else { return };
         if opened.is_none() {
@@ -136,6 +146,10 @@ impl Recorder {
         if let Some(store) = opened.as_mut()
             && let Err(e) = f(store)
         {
+            if busy_is_transient && crate::store::is_busy(&e) {
+                tracing::debug!(error = %format!("{e:#}"), "meta.db busy; caught up later");
+                return;
+            }
             *slot = Err(());
             drop(slot);
             self.store_unavailable(&format!("{e:#}"));

@@ -89,7 +89,7 @@ const MIGRATIONS: &[&str] = &[
 const INDEXED_FROM_LOGS: i64 = 3;
 
 /// At most this much of a log is read in one transaction.
-const CATCH_UP_CHUNK: u64 = 8 << 20;
+const CATCH_UP_CHUNK: u64 = 1 << 20;
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -121,12 +121,19 @@ impl Store {
             let tx = conn.transaction()?;
             tx.execute_batch(sql).with_context(|| format!("migration to schema {}", i + 1))?;
             if i + 1 == INDEXED_FROM_LOGS as usize && version > 0 {
-                // An older netsky wrote this database's events directly: the logs
-                // as they stand now are already in it, so the cursors start at their ends.
-                for (file, len) in log_files(&logs_of(path)) {
+                // An older netsky wrote this database's events directly, up to its
+                // newest event; lines logged after that (by this binary's commands,
+                // which only log) are still to be read.
+                let newest: Option<String> = tx.query_row("SELECT max(ts) FROM events", [], |r| r.get(0))?;
+                let logs = logs_of(path);
+                for (file, _) in log_files(&logs) {
+                    let at = match &newest {
+                        Some(ts) => offset_after(&logs.join(&file), ts)?,
+                        None => 0,
+                    };
                     tx.execute(
                         "INSERT OR REPLACE INTO log_cursor (file, offset) VALUES (?1, ?2)",
-                        params![file, len],
+                        params![file, at as i64],
                     )?;
                 }
             }
@@ -137,12 +144,14 @@ impl Store {
     }
 
     /// Reads what the event logs in `logs` gained since the last call into
-    /// `events` and `envelopes`; returns the number of lines taken.
+    /// `events` and `envelopes`, at most `budget` bytes of them; returns the
+    /// lines taken and whether the logs hold more.
     ///
     /// Only whole lines count (a writer may be mid-append); a line that does
     /// not parse is skipped with a warning, never retried forever.
-    pub fn catch_up(&mut self, logs: &Path) -> Result<usize> {
+    pub fn catch_up(&mut self, logs: &Path, budget: u64) -> Result<CaughtUp> {
         let mut taken = 0;
+        let mut read = 0u64;
         // One read of every cursor: the write lock is taken only for logs that grew.
         let cursors: std::collections::HashMap<String, i64> = {
             let mut st = self.conn.prepare("SELECT file, offset FROM log_cursor")?;
@@ -155,6 +164,9 @@ impl Store {
             let path = logs.join(&file);
             // Up to the length seen now: a log that grows meanwhile is for the next call.
             loop {
+                if read >= budget {
+                    return Ok(CaughtUp { lines: taken, behind: true });
+                }
                 let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let at: u64 = tx
                     .query_row("SELECT offset FROM log_cursor WHERE file = ?1", [&file], |r| {
@@ -177,24 +189,81 @@ impl Store {
                 )?;
                 tx.commit()?;
                 taken += n;
+                read += next.saturating_sub(at);
                 if next >= len {
                     break;
                 }
             }
         }
-        Ok(taken)
+        Ok(CaughtUp { lines: taken, behind: false })
     }
 }
 
-/// Brings meta.db up to date with the logs before it is read. A failure
-/// (locked, damaged, newer schema) is a warning: the logs stay the truth.
+/// What one [`Store::catch_up`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaughtUp {
+    /// Log lines read into the database.
+    pub lines: usize,
+    /// The budget ran out before the end of the logs.
+    pub behind: bool,
+}
+
+/// How much of the logs a reader (`query`, `channel status`) reads into
+/// meta.db before it answers; the daemon reads the rest.
+pub const REFRESH_BUDGET: u64 = 64 << 20;
+
+/// Brings meta.db up to date with the logs before it is read (up to
+/// [`REFRESH_BUDGET`]). A failure (locked, damaged, newer schema) is a
+/// warning: the logs stay the truth.
 pub fn refresh(db: &Path) {
     let logs = logs_of(db);
     if !logs.is_dir() {
         return;
     }
-    if let Err(e) = Store::open(db).and_then(|mut s| s.catch_up(&logs)) {
-        tracing::warn!(db = %db.display(), error = %format!("{e:#}"), "meta.db not brought up to date with the logs");
+    match Store::open(db).and_then(|mut s| s.catch_up(&logs, REFRESH_BUDGET)) {
+        Ok(c) if c.behind => tracing::warn!(
+            db = %db.display(),
+            "meta.db is far behind the event logs; this answer misses the newest events (the daemon catches up)"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(db = %db.display(), error = %format!("{e:#}"), "meta.db not brought up to date with the logs")
+        }
+    }
+}
+
+/// Whether `e` is SQLite saying another connection holds the lock (worth a later retry).
+pub fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    })
+}
+
+/// The offset just past the last line of `path` logged at or before `ts`.
+fn offset_after(path: &Path, ts: &str) -> Result<u64> {
+    use std::io::BufRead;
+    #[derive(serde::Deserialize)]
+    struct Ts {
+        ts: String,
+    }
+    let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let (mut at, mut after) = (0u64, 0u64);
+    let mut r = std::io::BufReader::new(f);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line).with_context(|| format!("read {}", path.display()))?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            return Ok(after);
+        }
+        at += n as u64;
+        if serde_json::from_slice::<Ts>(&line).is_ok_and(|l| l.ts.as_str() <= ts) {
+            after = at;
+        }
     }
 }
 
@@ -253,6 +322,17 @@ struct LogLine {
     env: Option<serde_json::Value>,
 }
 
+/// Parses one log line. A line torn by a crash mid-append has the next
+/// writer's whole line glued to it: that line, from its own `{"ts":`, still counts.
+fn parse_line(line: &[u8]) -> Option<LogLine> {
+    if let Ok(e) = serde_json::from_slice::<LogLine>(line) {
+        return Some(e);
+    }
+    const START: &[u8] = b"{\"ts\":";
+    let at = line.windows(START.len()).rposition(|w| w == START).filter(|&i| i > 0)?;
+    serde_json::from_slice::<LogLine>(&line[at..]).ok()
+}
+
 /// Inserts the events (and envelopes, once) of `lines`; returns (taken, unparsable).
 fn insert_lines(tx: &rusqlite::Transaction<'_>, lines: &[u8]) -> Result<(usize, usize)> {
     let (mut n, mut bad) = (0, 0);
@@ -266,7 +346,7 @@ fn insert_lines(tx: &rusqlite::Transaction<'_>, lines: &[u8]) -> Result<(usize, 
                 "INSERT INTO events (ts, node, event, agent, envelope_id, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
         for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(e) = serde_json::from_slice::<LogLine>(line) else {
+            let Some(e) = parse_line(line) else {
                 bad += 1;
                 continue;
             };
@@ -462,35 +542,107 @@ mod tests {
         // A whole line, a line that is no event, and a line still being written.
         std::fs::write(&log, format!("{sent}\nnot json\n{{\"ts\": \"t2\", \"no")).unwrap();
         let mut s = Store::open(&db).unwrap();
-        assert_eq!(s.catch_up(&logs).unwrap(), 1);
-        assert_eq!(s.catch_up(&logs).unwrap(), 0, "nothing twice");
+        assert_eq!(s.catch_up(&logs, u64::MAX).unwrap().lines, 1);
+        assert_eq!(s.catch_up(&logs, u64::MAX).unwrap().lines, 0, "nothing twice");
         assert_eq!(count(&db, "SELECT count(*) FROM envelopes WHERE text = 'hello'"), 1);
         // The writer finishes its line; a second store (another process) takes only that.
         let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         std::io::Write::write_all(&mut f, b"de\": \"work\", \"event\": \"claimed\"}\n").unwrap();
         let mut other = Store::open(&db).unwrap();
-        assert_eq!(other.catch_up(&logs).unwrap(), 1);
-        assert_eq!(s.catch_up(&logs).unwrap(), 0);
+        assert_eq!(other.catch_up(&logs, u64::MAX).unwrap().lines, 1);
+        assert_eq!(s.catch_up(&logs, u64::MAX).unwrap().lines, 0);
         assert_eq!(count(&db, "SELECT count(*) FROM events"), 2);
     }
 
     #[test]
-    fn an_older_database_does_not_take_its_logs_twice() {
+    fn an_older_database_takes_only_the_lines_logged_after_its_newest_event() {
         let d = tempfile::tempdir().unwrap();
         let (db, logs) = (d.path().join("meta.db"), d.path().join("logs"));
         std::fs::create_dir_all(&logs).unwrap();
-        // Schema 2, as an older netsky left it, with its log already recorded.
+        // Schema 2, as an older netsky left it: it recorded the first event itself.
         let c = Connection::open(&db).unwrap();
         c.execute_batch(MIGRATIONS[0]).unwrap();
         c.execute_batch(MIGRATIONS[1]).unwrap();
-        c.pragma_update(None, "user_version", 2).unwrap();
-        drop(c);
-        std::fs::write(
-            logs.join("events-2026-11-24.jsonl"),
-            "{\"ts\":\"t\",\"node\":\"w\",\"event\":\"sent\"}\n",
+        c.execute(
+            "INSERT INTO events (ts, node, event) VALUES ('2026-11-24T10:00:00.000Z', 'w', 'sent')",
+            [],
         )
         .unwrap();
+        c.pragma_update(None, "user_version", 2).unwrap();
+        drop(c);
+        // The new binary's send only logged the second one.
+        let lines = [
+            r#"{"ts":"2026-11-24T10:00:00.000Z","node":"w","event":"sent"}"#,
+            r#"{"ts":"2026-11-24T10:00:01.000Z","node":"w","event":"claimed"}"#,
+        ];
+        std::fs::write(logs.join("events-2026-11-24.jsonl"), lines.join("\n") + "\n").unwrap();
         let mut s = Store::open(&db).unwrap();
-        assert_eq!(s.catch_up(&logs).unwrap(), 0);
+        assert_eq!(s.catch_up(&logs, u64::MAX).unwrap().lines, 1);
+        assert_eq!(count(&db, "SELECT count(*) FROM events WHERE event = 'claimed'"), 1);
+        assert_eq!(count(&db, "SELECT count(*) FROM events"), 2);
+    }
+
+    #[test]
+    fn a_line_torn_by_a_crash_keeps_the_whole_line_glued_to_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (db, logs) = (d.path().join("meta.db"), d.path().join("logs"));
+        std::fs::create_dir_all(&logs).unwrap();
+        let text = concat!(
+            r#"{"ts":"t1","node":"w","event":"se"#,
+            r#"{"ts":"t2","node":"w","event":"claimed"}"#,
+            "\n",
+            r#"{"ts":"t3","node":"w","event":"delivered"}"#,
+            "\n"
+        );
+        std::fs::write(logs.join("events-2026-11-25.jsonl"), text).unwrap();
+        let mut s = Store::open(&db).unwrap();
+        assert_eq!(s.catch_up(&logs, u64::MAX).unwrap().lines, 2);
+        assert_eq!(count(&db, "SELECT count(*) FROM events WHERE event IN ('claimed', 'delivered')"), 2);
+    }
+
+    #[test]
+    fn a_budget_stops_catching_up_early_and_the_next_call_goes_on() {
+        let d = tempfile::tempdir().unwrap();
+        let (db, logs) = (d.path().join("meta.db"), d.path().join("logs"));
+        std::fs::create_dir_all(&logs).unwrap();
+        for day in ["2026-11-24", "2026-11-25"] {
+            let line = format!(r#"{{"ts":"{day}","node":"w","event":"sent"}}"#);
+            std::fs::write(logs.join(format!("events-{day}.jsonl")), line + "\n").unwrap();
+        }
+        let mut s = Store::open(&db).unwrap();
+        let first = s.catch_up(&logs, 1).unwrap();
+        assert_eq!((first.lines, first.behind), (1, true));
+        let rest = s.catch_up(&logs, u64::MAX).unwrap();
+        assert_eq!((rest.lines, rest.behind), (1, false));
+    }
+
+    #[test]
+    fn stores_catching_up_at_once_take_every_line_exactly_once() {
+        let d = tempfile::tempdir().unwrap();
+        let (db, logs) = (d.path().join("meta.db"), d.path().join("logs"));
+        std::fs::create_dir_all(&logs).unwrap();
+        let n = 30_000;
+        let text: String = (0..n)
+            .map(|i| format!(r#"{{"ts":"t{i:06}","node":"w","event":"sent","detail":"line {i}"}}"#) + "\n")
+            .collect();
+        std::fs::write(logs.join("events-2026-11-25.jsonl"), text).unwrap();
+        drop(Store::open(&db).unwrap());
+        std::thread::scope(|sc| {
+            for _ in 0..3 {
+                sc.spawn(|| {
+                    let mut s = Store::open(&db).unwrap();
+                    loop {
+                        match s.catch_up(&logs, u64::MAX) {
+                            Ok(c) if !c.behind && c.lines == 0 => break,
+                            Ok(_) => {}
+                            Err(e) if is_busy(&e) => {}
+                            Err(e) => panic!("{e:#}"),
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(count(&db, "SELECT count(*) FROM events"), n);
+        assert_eq!(count(&db, "SELECT count(DISTINCT detail) FROM events"), n);
     }
 }

@@ -387,11 +387,16 @@ fn remove(ctx: &Ctx, node: &Node, name: NodeName) -> Result<ExitCode> {
 }
 
 fn promote(ctx: &Ctx, node: &Node, name: NodeName) -> Result<ExitCode> {
-    let (c, mk) = root_key(node)?;
+    let (_, mk) = root_key(node)?;
     let paths = node.home.mesh_paths();
     // Held until the end: the daemon must not issue another epoch meanwhile,
     // or the old and the new root would hold different charters of one epoch.
     let lock = charter_file::lock(&paths)?;
+    // Read again under the lock: the daemon may have amended it since this command started.
+    let c = charter_file::load(&paths)?.context("this node holds no charter")?;
+    if c.charter.root != node.config.node.name || c.charter.mesh_key != mk.public() {
+        bail!("only the root ({}) can do this; this node is {}", c.charter.root, node.config.node.name);
+    }
     let signed = match charter_file::pending_handover(&paths)? {
         // A handover whose answer never came: the very same charter again,
         // never a second one of that epoch (the target may hold the first).
