@@ -259,24 +259,50 @@ impl Fixture {
     }
 }
 
+/// Two running nodes, alpha (root) and beta, both holding epoch 1 of one charter.
+struct Pair {
+    ha: TempDir,
+    hb: TempDir,
+    ka: SecretKey,
+    mk: SecretKey,
+    ea: Events,
+    eb: Events,
+    a: Mesh,
+    b: Mesh,
+    c1: SignedCharter,
+}
+
+impl Pair {
+    async fn new() -> Pair {
+        let (ha, hb) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+        let (ka, kb, mk) = (SecretKey::generate(), SecretKey::generate(), SecretKey::generate());
+        let (ea, eb) = (Events::default(), Events::default());
+        let a = start(ha.path(), "alpha", &ka, &ea).await;
+        let b = start(hb.path(), "beta", &kb, &eb).await;
+        // Addresses are known only after binding: now write the charter both hold.
+        let c1 = charter(&mk, 1, "alpha", &[("alpha", a.id(), a.addrs()), ("beta", b.id(), b.addrs())]);
+        store_charter(ha.path(), &c1);
+        store_charter(hb.path(), &c1);
+        a.kick();
+        b.kick();
+        Pair { ha, hb, ka, mk, ea, eb, a, b, c1 }
+    }
+
+    async fn shutdown(self) {
+        self.a.shutdown().await;
+        self.b.shutdown().await;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 1. Delivery through the outbox.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_members_deliver_an_envelope_through_the_outbox_and_the_sender_forgets_it_on_ack() {
-    let (ha, hb) = (TempDir::new().unwrap(), TempDir::new().unwrap());
-    let (ka, kb, mk) = (SecretKey::generate(), SecretKey::generate(), SecretKey::generate());
-    let (ea, eb) = (Events::default(), Events::default());
-    let a = start(ha.path(), "alpha", &ka, &ea).await;
-    let b = start(hb.path(), "beta", &kb, &eb).await;
-    // Addresses are known only after binding: now write the charter both hold.
-    let c = charter(&mk, 1, "alpha", &[("alpha", a.id(), a.addrs()), ("beta", b.id(), b.addrs())]);
-    store_charter(ha.path(), &c);
-    store_charter(hb.path(), &c);
-    a.kick();
-    b.kick();
+    let p = Pair::new().await;
+    let (ha, hb, ka, ea, eb, a) = (&p.ha, &p.hb, &p.ka, &p.ea, &p.eb, &p.a);
 
-    let e = env(&ka, "agent0@alpha", "agent1@beta", "hello over the mesh");
+    let e = env(ka, "agent0@alpha", "agent1@beta", "hello over the mesh");
     let outbox = MeshPaths::new(ha.path()).outbox();
     netsky_bus::write_durable(&outbox, &e.file_name(), &e.to_json()).unwrap();
     a.kick();
@@ -301,8 +327,7 @@ async fn two_members_deliver_an_envelope_through_the_outbox_and_the_sender_forge
             && item.ack.outcome == Outcome::Stored)),
         1
     );
-    a.shutdown().await;
-    b.shutdown().await;
+    p.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -859,25 +884,17 @@ async fn a_pushed_charter_that_is_foreign_older_conflicting_or_tampered_is_not_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handover_whose_answer_was_lost_is_confirmed_again_and_the_old_root_gives_up_its_key() {
-    let (ha, hb) = (TempDir::new().unwrap(), TempDir::new().unwrap());
-    let (ka, kb, mk) = (SecretKey::generate(), SecretKey::generate(), SecretKey::generate());
-    let (ea, eb) = (Events::default(), Events::default());
-    let a = start(ha.path(), "alpha", &ka, &ea).await;
-    let b = start(hb.path(), "beta", &kb, &eb).await;
-    let members = [("alpha", a.id(), a.addrs()), ("beta", b.id(), b.addrs())];
-    let c1 = charter(&mk, 1, "alpha", &members);
-    store_charter(ha.path(), &c1);
-    store_charter(hb.path(), &c1);
+    let p = Pair::new().await;
+    let (ha, hb, ka, mk, ea, c1) = (&p.ha, &p.hb, &p.ka, &p.mk, &p.ea, &p.c1);
     let (pa, pb) = (MeshPaths::new(ha.path()), MeshPaths::new(hb.path()));
-    for h in [&ha, &hb] {
+    for h in [ha, hb] {
         std::fs::create_dir_all(h.path().join("keys")).unwrap();
     }
     netsky_keys::save_key_file(&pa.mesh_key(), mk.clone()).unwrap();
-    a.kick();
-    b.kick();
+    p.a.kick();
     // alpha hands the root role to beta, as `mesh promote beta` does: the
     // charter is recorded as pending before it leaves.
-    let c2 = charter_file::reissue(&c1.charter, &mk, |c| {
+    let c2 = charter_file::reissue(&c1.charter, mk, |c| {
         c.root = name("beta");
         Ok(())
     })
@@ -886,13 +903,13 @@ async fn a_handover_whose_answer_was_lost_is_confirmed_again_and_the_old_root_gi
     charter_file::begin_handover(&pa, &lock, &c2).unwrap();
     drop(lock);
     // Nothing else is issued while it is pending.
-    let err = charter_file::amend(&pa, &mk, |_| Ok(())).unwrap_err().to_string();
+    let err = charter_file::amend(&pa, mk, |_| Ok(())).unwrap_err().to_string();
     assert!(err.contains("being handed to beta"), "{err}");
     let target = c1.charter.member(&name("beta")).unwrap().clone();
-    netsky_mesh::handover(&ka, &target, &mk, &c2).await.unwrap();
+    netsky_mesh::handover(ka, &target, mk, &c2).await.unwrap();
     // alpha never heard that answer, so it sends the very same charter again:
     // beta, root now, confirms it instead of refusing a handover from a non-root.
-    netsky_mesh::handover(&ka, &target, &mk, &c2).await.unwrap();
+    netsky_mesh::handover(ka, &target, mk, &c2).await.unwrap();
     assert_eq!(charter_bytes(hb.path()), c2.to_json());
     assert!(pb.mesh_key().exists(), "beta holds the mesh key");
     // As root, beta pushes its charter to alpha, which then gives up its key.
@@ -907,8 +924,7 @@ async fn a_handover_whose_answer_was_lost_is_confirmed_again_and_the_old_root_gi
             |e| matches!(e, MeshEvent::CharterStored { from, .. } if from.contains("mesh key given up"))
         ) == 1
     );
-    a.shutdown().await;
-    b.shutdown().await;
+    p.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -979,19 +995,14 @@ async fn a_root_that_stored_the_new_charter_but_kept_its_key_gives_it_up_at_star
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handover_with_a_conflicting_charter_is_refused_and_leaves_no_key_behind() {
-    let (ha, hb) = (TempDir::new().unwrap(), TempDir::new().unwrap());
-    let (ka, kb, mk) = (SecretKey::generate(), SecretKey::generate(), SecretKey::generate());
-    let (ea, eb) = (Events::default(), Events::default());
-    let a = start(ha.path(), "alpha", &ka, &ea).await;
-    let b = start(hb.path(), "beta", &kb, &eb).await;
-    let members = [("alpha", a.id(), a.addrs()), ("beta", b.id(), b.addrs())];
-    let c1 = charter(&mk, 1, "alpha", &members);
+    let p = Pair::new().await;
+    let (hb, ka, mk, c1, b) = (&p.hb, &p.ka, &p.mk, &p.c1, &p.b);
     // beta holds an epoch 2 that still names alpha root (an address update, say).
-    let c2 = charter_file::reissue(&c1.charter, &mk, |_| Ok(())).unwrap();
+    let c2 = charter_file::reissue(&c1.charter, mk, |_| Ok(())).unwrap();
     store_charter(hb.path(), &c2);
     b.kick();
     // alpha, not knowing, hands over with a different epoch 2.
-    let other = charter_file::reissue(&c1.charter, &mk, |c| {
+    let other = charter_file::reissue(&c1.charter, mk, |c| {
         c.root = name("beta");
         Ok(())
     })
@@ -1002,10 +1013,9 @@ async fn a_handover_with_a_conflicting_charter_is_refused_and_leaves_no_key_behi
         if charter_bytes(hb.path()) == c2.to_json() { Ok(()) } else { Err("not yet".into()) }
     })
     .await;
-    let err = netsky_mesh::handover(&ka, &target, &mk, &other).await.unwrap_err().to_string();
+    let err = netsky_mesh::handover(ka, &target, mk, &other).await.unwrap_err().to_string();
     assert!(err.contains("refused the handover"), "{err}");
     assert!(!MeshPaths::new(hb.path()).mesh_key().exists(), "a refused handover keeps no key");
     assert_eq!(charter_bytes(hb.path()), c2.to_json());
-    a.shutdown().await;
-    b.shutdown().await;
+    p.shutdown().await;
 }

@@ -514,6 +514,14 @@ mod tests {
         assert!(c.execute("DELETE FROM events", []).is_err());
     }
 
+    /// A temp home: (its guard, meta.db path, logs folder made).
+    fn home() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let (db, logs) = (d.path().join("meta.db"), d.path().join("logs"));
+        std::fs::create_dir_all(&logs).unwrap();
+        (d, db, logs)
+    }
+
     fn count(p: &Path, sql: &str) -> i64 {
         open_read_only(p).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
     }
@@ -521,9 +529,7 @@ mod tests {
     #[test]
     fn catching_up_reads_whole_lines_once_and_keeps_envelopes() {
         use netsky_bus::{Address, AgentName, Kind, NodeName};
-        let d = tempfile::tempdir().unwrap();
-        let (db, logs) = (d.path().join("meta.db"), d.path().join("logs"));
-        std::fs::create_dir_all(&logs).unwrap();
+        let (_d, db, logs) = home();
         let key = netsky_keys::SecretKey::generate();
         let node: NodeName = "work".parse().unwrap();
         let env = Envelope::new(
@@ -556,9 +562,7 @@ mod tests {
 
     #[test]
     fn an_older_database_takes_only_the_lines_logged_after_its_newest_event() {
-        let d = tempfile::tempdir().unwrap();
-        let (db, logs) = (d.path().join("meta.db"), d.path().join("logs"));
-        std::fs::create_dir_all(&logs).unwrap();
+        let (_d, db, logs) = home();
         // Schema 2, as an older netsky left it: it recorded the first event itself.
         let c = Connection::open(&db).unwrap();
         c.execute_batch(MIGRATIONS[0]).unwrap();
@@ -584,9 +588,7 @@ mod tests {
 
     #[test]
     fn a_line_torn_by_a_crash_keeps_the_whole_line_glued_to_it() {
-        let d = tempfile::tempdir().unwrap();
-        let (db, logs) = (d.path().join("meta.db"), d.path().join("logs"));
-        std::fs::create_dir_all(&logs).unwrap();
+        let (_d, db, logs) = home();
         let text = concat!(
             r#"{"ts":"t1","node":"w","event":"se"#,
             r#"{"ts":"t2","node":"w","event":"claimed"}"#,
@@ -602,9 +604,7 @@ mod tests {
 
     #[test]
     fn a_budget_stops_catching_up_early_and_the_next_call_goes_on() {
-        let d = tempfile::tempdir().unwrap();
-        let (db, logs) = (d.path().join("meta.db"), d.path().join("logs"));
-        std::fs::create_dir_all(&logs).unwrap();
+        let (_d, db, logs) = home();
         for day in ["2026-11-24", "2026-11-25"] {
             let line = format!(r#"{{"ts":"{day}","node":"w","event":"sent"}}"#);
             std::fs::write(logs.join(format!("events-{day}.jsonl")), line + "\n").unwrap();
@@ -618,9 +618,7 @@ mod tests {
 
     #[test]
     fn stores_catching_up_at_once_take_every_line_exactly_once() {
-        let d = tempfile::tempdir().unwrap();
-        let (db, logs) = (d.path().join("meta.db"), d.path().join("logs"));
-        std::fs::create_dir_all(&logs).unwrap();
+        let (_d, db, logs) = home();
         let n = 30_000;
         let text: String = (0..n)
             .map(|i| format!(r#"{{"ts":"t{i:06}","node":"w","event":"sent","detail":"line {i}"}}"#) + "\n")
