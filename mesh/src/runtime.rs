@@ -537,7 +537,7 @@ impl Shared {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
             let s = self.clone();
-            let scan = tokio::task::spawn_blocking(move || {
+            let scan = crate::runtime::off_async(move || {
                 if let Err(e) = s.reload_charter() {
                     warn!(error = %e, "charter on disk refused");
                     s.emit(MeshEvent::CharterRefused { from: "disk".into(), reason: e.to_string() });
@@ -886,7 +886,7 @@ impl Shared {
             debug!(n = acks.len(), "acks");
             let s = self.clone();
             let done = batch.clone();
-            tokio::task::spawn_blocking(move || s.settle(&done, &acks))
+            crate::runtime::off_async(move || s.settle(&done, &acks))
                 .await
                 .map_err(|e| MeshError::Protocol { peer: pname.clone(), reason: e.to_string() })?;
             let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -1015,7 +1015,7 @@ impl Shared {
                     };
                 }
                 let s = self.clone();
-                let res = tokio::task::spawn_blocking(move || {
+                let res = crate::runtime::off_async(move || {
                     let _one_at_a_time = s.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
                     let roster = s.roster();
                     ingest::ingest(&s.layout, &s.name, &roster, &*s.agent_exists, remote, envs)
@@ -1542,4 +1542,19 @@ pub async fn join(
     .await;
     ep.close().await;
     res
+}
+
+/// Runs blocking file work (fsyncs, renames) off the async scheduler: on a
+/// multi-thread runtime in place (`block_in_place` hands this worker's other
+/// tasks to another thread, so no thread has to wake up before the work
+/// starts: each such hop cost tens of microseconds on the hot path),
+/// elsewhere on the blocking pool.
+async fn off_async<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, tokio::task::JoinError> {
+    if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+        Ok(tokio::task::block_in_place(f))
+    } else {
+        tokio::task::spawn_blocking(f).await
+    }
 }
