@@ -35,6 +35,10 @@ pub struct MeshArgs {
     /// Where to write (default: a temporary folder in $TMPDIR).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Put the receiving node's home on another filesystem (as on a second
+    /// machine, its fsyncs then share no journal with the sender's).
+    #[arg(long)]
+    receiver_dir: Option<PathBuf>,
     /// Envelopes sent one at a time for the latency figures.
     #[arg(long, default_value_t = 300)]
     latency_n: usize,
@@ -157,19 +161,26 @@ pub fn run(ctx: &Ctx, a: MeshArgs) -> Result<ExitCode> {
     }
     let tmp = super::scratch(a.dir.as_deref(), "mesh")?;
     let base = tmp.path().to_path_buf();
+    let other = a.receiver_dir.as_deref().map(|d| super::scratch(Some(d), "mesh (receiver)")).transpose()?;
+    let receiver_base = other.as_ref().map(|t| t.path().to_path_buf()).unwrap_or_else(|| base.clone());
     let floor = DurableFloor::measure(&base)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let report = rt.block_on(bench(&base, &a, &floor))?;
+    let report = rt.block_on(bench(&base, &receiver_base, &a, &floor))?;
     emit(ctx, &report, || human(&report))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn bench(base: &std::path::Path, a: &MeshArgs, floor: &DurableFloor) -> Result<Report> {
+async fn bench(
+    base: &std::path::Path,
+    receiver_base: &std::path::Path,
+    a: &MeshArgs,
+    floor: &DurableFloor,
+) -> Result<Report> {
     let mut rtt = raw_rtt(1000).await?;
     let (tx, mut acks) = mpsc::unbounded_channel();
     let (tx2, _unused) = mpsc::unbounded_channel();
     let sender = start_node(base, "sender", tx).await?;
-    let receiver = start_node(base, "receiver", tx2).await?;
+    let receiver = start_node(receiver_base, "receiver", tx2).await?;
     // Both are members of one mesh; the receiver is root.
     let mk = SecretKey::generate();
     let member =
