@@ -76,6 +76,8 @@ impl MeshPaths {
             self.refused(),
             self.receipts(),
             self.delivered(),
+            // The daemon's reachability file lives beside the other state.
+            self.root.join("state"),
         ] {
             std::fs::create_dir_all(d)?;
         }
