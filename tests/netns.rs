@@ -239,3 +239,79 @@ fn with_mdns_two_hosts_renumbered_at_once_find_each_other_again() {
     assert_eq!(studio.drain_texts("agent1"), ["before", "after"]);
     assert_eq!(laptop.drain_texts("agent1"), ["back"]);
 }
+
+/// A namespace with loopback only: no route anywhere else.
+struct Island(String);
+
+impl Island {
+    fn new() -> Result<Island, String> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("nskyi{}{n}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        let island = Island(name);
+        ip(&["-n", &island.0, "link", "set", "lo", "up"])?;
+        Ok(island)
+    }
+}
+
+impl Drop for Island {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.0]);
+    }
+}
+
+#[test]
+fn with_the_default_relays_unreachable_two_nodes_still_mesh_on_their_direct_addresses() {
+    // `relay = "default"` on a machine with no internet: iroh's relays and
+    // DNS cannot be reached (the namespace has no route out), and nothing
+    // may wait on them.
+    let island = match Island::new() {
+        Ok(i) => i,
+        Err(e) => return skip(&e),
+    };
+    let run_in = |h: &TestHome| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &island.0, common::exe(), "--home"]).arg(h.path());
+        c
+    };
+    let studio = TestHome::init("studio");
+    let laptop = TestHome::init("laptop");
+    for h in [&studio, &laptop] {
+        let cfg = h.join("config.toml");
+        let text =
+            std::fs::read_to_string(&cfg).unwrap().replace("relay = \"disabled\"", "relay = \"default\"");
+        assert!(text.contains("relay = \"default\""), "{text}");
+        std::fs::write(cfg, text).unwrap();
+    }
+    studio.ok(&["mesh", "init", "--mesh", "home"]);
+    let start = |h: &TestHome| {
+        let child = run_in(h)
+            .args(["--json", "node", "run"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(h.join("daemon.err")).unwrap())
+            .spawn()
+            .unwrap();
+        let st = h.join("state/node.json");
+        wait_for("the daemon to run", T, || {
+            let s = std::fs::read_to_string(&st).unwrap_or_default();
+            if s.contains("\"running\": true") { Ok(()) } else { Err(s) }
+        });
+        Kill(child)
+    };
+    let _a = start(&studio);
+    let ticket = studio.ok(&["mesh", "invite", "laptop"]).trim().to_string();
+    ok({
+        let mut c = run_in(&laptop);
+        c.args(["mesh", "join", &ticket]);
+        c
+    });
+    let _b = start(&laptop);
+    for (from, to) in [(&laptop, "agent1@studio"), (&studio, "agent1@laptop")] {
+        let mut c = run_in(from);
+        c.args(["channel", "send", to, "no internet, still here", "--wait"]);
+        ok(c);
+    }
+    assert_eq!(studio.drain_texts("agent1"), ["no internet, still here"]);
+    assert_eq!(laptop.drain_texts("agent1"), ["no internet, still here"]);
+}

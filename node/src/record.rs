@@ -135,6 +135,10 @@ impl Recorder {
         if opened.is_none() {
             match Store::open(&self.db) {
                 Ok(s) => *opened = Some(s),
+                Err(e) if busy_is_transient && crate::store::is_busy(&e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "meta.db busy; opened later");
+                    return;
+                }
                 Err(e) => {
                     *slot = Err(());
                     drop(slot);

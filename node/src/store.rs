@@ -102,6 +102,21 @@ pub struct Store {
 impl Store {
     /// Opens (creating and migrating) meta.db; waits at most briefly for locks.
     pub fn open(path: &Path) -> Result<Store> {
+        // A new database being set up by another process can refuse a
+        // journal-mode switch outright (no busy wait): try again, briefly.
+        let mut tries = 0;
+        loop {
+            match Self::open_once(path) {
+                Err(e) if is_busy(&e) && tries < 40 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Store> {
         let mut conn = Connection::open(path).with_context(|| format!("open {}", path.display()))?;
         conn.busy_timeout(Duration::from_millis(500))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -117,8 +132,25 @@ impl Store {
                 path.display()
             );
         }
+        if version < SCHEMA_VERSION {
+            Self::migrate(&mut conn, path)?;
+        }
+        Ok(Store { conn })
+    }
+
+    /// Brings the schema forward, under the write lock: two processes (or the
+    /// daemon's two recorders) opening a new database at once must not both
+    /// run a migration; the second waits, then finds nothing left to do.
+    fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            bail!(
+                "{} has schema version {version}, newer than this netsky ({SCHEMA_VERSION})",
+                path.display()
+            );
+        }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.transaction()?;
             tx.execute_batch(sql).with_context(|| format!("migration to schema {}", i + 1))?;
             if i + 1 == INDEXED_FROM_LOGS as usize && version > 0 {
                 // An older netsky wrote this database's events directly, up to its
@@ -137,10 +169,10 @@ impl Store {
                     )?;
                 }
             }
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
         }
-        Ok(Store { conn })
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Reads what the event logs in `logs` gained since the last call into
@@ -642,5 +674,21 @@ mod tests {
         });
         assert_eq!(count(&db, "SELECT count(*) FROM events"), n);
         assert_eq!(count(&db, "SELECT count(DISTINCT detail) FROM events"), n);
+    }
+
+    #[test]
+    fn opening_a_new_database_from_several_threads_at_once_migrates_it_once() {
+        for _ in 0..20 {
+            let (_d, db, _) = home();
+            std::thread::scope(|sc| {
+                let opens: Vec<_> = (0..4).map(|_| sc.spawn(|| Store::open(&db).map(|_| ()))).collect();
+                for o in opens {
+                    o.join().unwrap().expect("every opener gets the database");
+                }
+            });
+            let c = open_read_only(&db).unwrap();
+            let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+            assert_eq!(v, SCHEMA_VERSION);
+        }
     }
 }
