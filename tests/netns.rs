@@ -81,9 +81,7 @@ impl Link {
 
     /// `netsky --home HOME args` inside namespace `ns`.
     fn netsky(&self, ns: &str, h: &TestHome, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, common::exe(), "--home"]).arg(h.path()).args(args);
-        c
+        netsky_in(ns, h, args)
     }
 }
 
@@ -111,11 +109,17 @@ fn set_mdns(h: &TestHome) {
     std::fs::write(cfg, text).unwrap();
 }
 
+/// `netsky --home HOME args` inside namespace `ns`.
+fn netsky_in(ns: &str, h: &TestHome, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, common::exe(), "--home"]).arg(h.path()).args(args);
+    c
+}
+
 /// Starts `netsky node run` for `h` in namespace `ns` and waits until it runs.
-fn run(link: &Link, ns: &str, h: &TestHome) -> Kill {
+fn run(ns: &str, h: &TestHome) -> Kill {
     let err = std::fs::OpenOptions::new().create(true).append(true).open(h.join("daemon.err")).unwrap();
-    let child = link
-        .netsky(ns, h, &["--json", "node", "run"])
+    let child = netsky_in(ns, h, &["--json", "node", "run"])
         .env("RUST_LOG", "netsky_mesh=debug,info")
         .stdout(std::process::Stdio::null())
         .stderr(err)
@@ -163,11 +167,11 @@ fn a_partition_between_two_hosts_heals_and_everything_arrives_once_in_order() {
     set_listen(&studio, &format!("{sa}:0"));
     set_listen(&laptop, &format!("{sb}:0"));
     studio.ok(&["mesh", "init", "--mesh", "home"]);
-    let _a = run(&link, &link.a, &studio);
+    let _a = run(&link.a, &studio);
     let ticket = studio.ok(&["mesh", "invite", "laptop"]).trim().to_string();
     assert!(ticket.starts_with("netsky1"));
     ok(link.netsky(&link.b, &laptop, &["mesh", "join", &ticket]));
-    let _b = run(&link, &link.b, &laptop);
+    let _b = run(&link.b, &laptop);
     wait_for("laptop's address in studio's charter", T, || {
         let c = studio.json(&["mesh", "charter"]);
         if c.to_string().contains(&sb) { Ok(()) } else { Err(c.to_string()) }
@@ -214,10 +218,10 @@ fn with_mdns_two_hosts_renumbered_at_once_find_each_other_again() {
     set_listen(&studio, &format!("{}.1:0", link.subnet));
     set_listen(&laptop, &format!("{}.2:0", link.subnet));
     studio.ok(&["mesh", "init", "--mesh", "home"]);
-    let a = run(&link, &link.a, &studio);
+    let a = run(&link.a, &studio);
     let ticket = studio.ok(&["mesh", "invite", "laptop"]).trim().to_string();
     ok(link.netsky(&link.b, &laptop, &["mesh", "join", &ticket]));
-    let b = run(&link, &link.b, &laptop);
+    let b = run(&link.b, &laptop);
     ok(link.netsky(&link.b, &laptop, &["channel", "send", "agent1@studio", "before", "--wait"]));
     // Both machines get new addresses while their daemons are down: each
     // charter now names only addresses that no longer exist.
@@ -226,8 +230,8 @@ fn with_mdns_two_hosts_renumbered_at_once_find_each_other_again() {
     link.renumber(&link.b, 2, 12);
     set_listen(&studio, &format!("{}.11:0", link.subnet));
     set_listen(&laptop, &format!("{}.12:0", link.subnet));
-    let _a = run(&link, &link.a, &studio);
-    let _b = run(&link, &link.b, &laptop);
+    let _a = run(&link.a, &studio);
+    let _b = run(&link.b, &laptop);
     // mDNS finds them; laptop's hello then puts its new address in the charter.
     let new_b = format!("{}.12:", link.subnet);
     wait_for("laptop's new address in studio's charter", T, || {
@@ -270,11 +274,6 @@ fn with_the_default_relays_unreachable_two_nodes_still_mesh_on_their_direct_addr
         Ok(i) => i,
         Err(e) => return skip(&e),
     };
-    let run_in = |h: &TestHome| {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &island.0, common::exe(), "--home"]).arg(h.path());
-        c
-    };
     let studio = TestHome::init("studio");
     let laptop = TestHome::init("laptop");
     for h in [&studio, &laptop] {
@@ -285,32 +284,12 @@ fn with_the_default_relays_unreachable_two_nodes_still_mesh_on_their_direct_addr
         std::fs::write(cfg, text).unwrap();
     }
     studio.ok(&["mesh", "init", "--mesh", "home"]);
-    let start = |h: &TestHome| {
-        let child = run_in(h)
-            .args(["--json", "node", "run"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(h.join("daemon.err")).unwrap())
-            .spawn()
-            .unwrap();
-        let st = h.join("state/node.json");
-        wait_for("the daemon to run", T, || {
-            let s = std::fs::read_to_string(&st).unwrap_or_default();
-            if s.contains("\"running\": true") { Ok(()) } else { Err(s) }
-        });
-        Kill(child)
-    };
-    let _a = start(&studio);
+    let _a = run(&island.0, &studio);
     let ticket = studio.ok(&["mesh", "invite", "laptop"]).trim().to_string();
-    ok({
-        let mut c = run_in(&laptop);
-        c.args(["mesh", "join", &ticket]);
-        c
-    });
-    let _b = start(&laptop);
+    ok(netsky_in(&island.0, &laptop, &["mesh", "join", &ticket]));
+    let _b = run(&island.0, &laptop);
     for (from, to) in [(&laptop, "agent1@studio"), (&studio, "agent1@laptop")] {
-        let mut c = run_in(from);
-        c.args(["channel", "send", to, "no internet, still here", "--wait"]);
-        ok(c);
+        ok(netsky_in(&island.0, from, &["channel", "send", to, "no internet, still here", "--wait"]));
     }
     assert_eq!(studio.drain_texts("agent1"), ["no internet, still here"]);
     assert_eq!(laptop.drain_texts("agent1"), ["no internet, still here"]);
