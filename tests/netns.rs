@@ -223,6 +223,8 @@ fn with_mdns_two_hosts_renumbered_at_once_find_each_other_again() {
     ok(link.netsky(&link.b, &laptop, &["mesh", "join", &ticket]));
     let b = run(&link.b, &laptop);
     ok(link.netsky(&link.b, &laptop, &["channel", "send", "agent1@studio", "before", "--wait"]));
+    // A ticket issued now names studio's address of now.
+    let desk_ticket = studio.ok(&["mesh", "invite", "desk"]).trim().to_string();
     // Both machines get new addresses while their daemons are down: each
     // charter now names only addresses that no longer exist.
     drop((a, b));
@@ -242,6 +244,12 @@ fn with_mdns_two_hosts_renumbered_at_once_find_each_other_again() {
     ok(link.netsky(&link.a, &studio, &["channel", "send", "agent1@laptop", "back", "--wait"]));
     assert_eq!(studio.drain_texts("agent1"), ["before", "after"]);
     assert_eq!(laptop.drain_texts("agent1"), ["back"]);
+    // The ticket's address is stale too: the joiner finds the root by mDNS.
+    let desk = TestHome::init("desk");
+    set_mdns(&desk);
+    set_listen(&desk, &format!("{}.12:0", link.subnet));
+    ok(link.netsky(&link.b, &desk, &["mesh", "join", &desk_ticket]));
+    assert_eq!(desk.json(&["mesh", "charter"])["charter"]["root"], "studio");
 }
 
 /// A namespace with loopback only: no route anywhere else.

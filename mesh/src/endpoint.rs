@@ -95,10 +95,23 @@ pub(crate) async fn bind(
     Ok((ep, mdns_on))
 }
 
-/// An ephemeral endpoint for one-off dials (joining), with the node key.
-pub(crate) async fn bind_client(key: &SecretKey) -> Result<Endpoint, MeshError> {
+/// An ephemeral endpoint for one-off dials (joining, handing over), with the
+/// node key; with `mdns`, it also looks the peer up on the local network
+/// (without announcing itself), for when the addresses it was given are stale.
+pub(crate) async fn bind_client(key: &SecretKey, mdns: bool) -> Result<Endpoint, MeshError> {
     let listen: SocketAddr = ([0, 0, 0, 0], 0).into();
-    Endpoint::builder(presets::Minimal)
+    let mut builder = Endpoint::builder(presets::Minimal);
+    if mdns {
+        match iroh_mdns_address_lookup::MdnsAddressLookup::builder()
+            .service_name(MDNS_SERVICE)
+            .advertise(false)
+            .build(key.public())
+        {
+            Ok(m) => builder = builder.address_lookup(m),
+            Err(e) => tracing::warn!(error = %e, "mDNS unavailable; dialing the given addresses only"),
+        }
+    }
+    builder
         .secret_key(key.clone())
         .relay_mode(RelayMode::Disabled)
         .portmapper_config(PortmapperConfig::Disabled)

@@ -699,7 +699,13 @@ impl Shared {
                 delay = Duration::ZERO;
                 continue;
             }
-            match self.serve_peer(&name, &peer, &mut conn).await {
+            // A shutdown does not wait for a dial or an ack: what was not acked
+            // stays in the outbox and goes again (acked as a duplicate if it landed).
+            let served = tokio::select! {
+                r = self.serve_peer(&name, &peer, &mut conn) => r,
+                _ = peer.cancel.cancelled() => break,
+            };
+            match served {
                 Ok(()) => {
                     failures = 0;
                     delay = Duration::ZERO;
@@ -1463,12 +1469,13 @@ pub async fn handover(
     target: &CharterMember,
     mesh_key: &SecretKey,
     charter: &SignedCharter,
+    mdns: bool,
 ) -> Result<(), MeshError> {
     let peer = target.name.to_string();
-    if target.addrs.is_empty() {
+    if target.addrs.is_empty() && !mdns {
         return Err(MeshError::Connect { peer, reason: "no known address (is its daemon running?)".into() });
     }
-    let ep = crate::endpoint::bind_client(key).await?;
+    let ep = crate::endpoint::bind_client(key, mdns).await?;
     let addr = direct_addr(target.node_id, &target.addrs);
     let res = async {
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect(addr, ALPN_MESH))
@@ -1503,8 +1510,9 @@ pub async fn join(
     name: &NodeName,
     ticket: &crate::Ticket,
     addrs: Vec<SocketAddr>,
+    mdns: bool,
 ) -> Result<SignedCharter, MeshError> {
-    let ep = crate::endpoint::bind_client(key).await?;
+    let ep = crate::endpoint::bind_client(key, mdns).await?;
     let addr = direct_addr(ticket.body.root, &ticket.body.root_addrs);
     let res = async {
         let conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, ep.connect(addr, ALPN_JOIN))

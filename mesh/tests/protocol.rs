@@ -729,7 +729,10 @@ impl Root {
 }
 
 async fn join_err(key: &SecretKey, as_name: &str, t: &Ticket) -> String {
-    netsky_mesh::join(key, &name(as_name), t, vec![]).await.expect_err("the join is refused").to_string()
+    netsky_mesh::join(key, &name(as_name), t, vec![], false)
+        .await
+        .expect_err("the join is refused")
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -737,7 +740,7 @@ async fn a_valid_ticket_admits_its_joiner_once_and_every_bad_ticket_is_refused()
     let r = Root::new().await;
     let joiner = SecretKey::generate();
     let t = r.invite("laptop", 3600);
-    let c = netsky_mesh::join(&joiner, &name("laptop"), &t, vec![]).await.unwrap();
+    let c = netsky_mesh::join(&joiner, &name("laptop"), &t, vec![], false).await.unwrap();
     let me = c.charter.member(&name("laptop")).expect("the charter names the joiner");
     assert_eq!(me.node_id, joiner.public());
     assert_eq!(c.charter.epoch, 3, "init, the root's addresses, the join");
@@ -746,7 +749,7 @@ async fn a_valid_ticket_admits_its_joiner_once_and_every_bad_ticket_is_refused()
     assert_eq!(r.events.count(|e| matches!(e, MeshEvent::Joined { name, .. } if name == "laptop")), 1);
 
     // The node it admitted asking again (its answer lost) gets the same charter, no new epoch.
-    let again = netsky_mesh::join(&joiner, &name("laptop"), &t, vec![]).await.unwrap();
+    let again = netsky_mesh::join(&joiner, &name("laptop"), &t, vec![], false).await.unwrap();
     assert_eq!(again, c, "an idempotent redeem");
     // The same ticket from any other node is refused.
     let e = join_err(&SecretKey::generate(), "laptop", &t).await;
@@ -779,7 +782,7 @@ async fn a_valid_ticket_admits_its_joiner_once_and_every_bad_ticket_is_refused()
     assert!(r.secret_file(&desk, "json").exists());
     assert_eq!(r.events.count(|e| matches!(e, MeshEvent::JoinRefused { .. })), 5);
     let desk_key = SecretKey::generate();
-    let c = netsky_mesh::join(&desk_key, &name("desk"), &desk, vec![]).await.unwrap();
+    let c = netsky_mesh::join(&desk_key, &name("desk"), &desk, vec![], false).await.unwrap();
     assert_eq!(c.charter.member(&name("desk")).unwrap().node_id, desk_key.public());
     r.mesh.shutdown().await;
 }
@@ -801,7 +804,7 @@ async fn a_joiner_that_failed_five_times_in_a_minute_is_refused_but_others_are_n
     assert!(held.charter.member(&name("laptop")).is_none());
     // Another node is not locked out by the pest's failures.
     let laptop = SecretKey::generate();
-    let c = netsky_mesh::join(&laptop, &name("laptop"), &valid, vec![])
+    let c = netsky_mesh::join(&laptop, &name("laptop"), &valid, vec![], false)
         .await
         .expect("a fresh joiner is admitted");
     assert_eq!(c.charter.member(&name("laptop")).map(|m| m.node_id), Some(laptop.public()));
@@ -906,10 +909,10 @@ async fn a_handover_whose_answer_was_lost_is_confirmed_again_and_the_old_root_gi
     let err = charter_file::amend(&pa, mk, |_| Ok(())).unwrap_err().to_string();
     assert!(err.contains("being handed to beta"), "{err}");
     let target = c1.charter.member(&name("beta")).unwrap().clone();
-    netsky_mesh::handover(ka, &target, mk, &c2).await.unwrap();
+    netsky_mesh::handover(ka, &target, mk, &c2, false).await.unwrap();
     // alpha never heard that answer, so it sends the very same charter again:
     // beta, root now, confirms it instead of refusing a handover from a non-root.
-    netsky_mesh::handover(ka, &target, mk, &c2).await.unwrap();
+    netsky_mesh::handover(ka, &target, mk, &c2, false).await.unwrap();
     assert_eq!(charter_bytes(hb.path()), c2.to_json());
     assert!(pb.mesh_key().exists(), "beta holds the mesh key");
     // As root, beta pushes its charter to alpha, which then gives up its key.
@@ -1013,7 +1016,7 @@ async fn a_handover_with_a_conflicting_charter_is_refused_and_leaves_no_key_behi
         if charter_bytes(hb.path()) == c2.to_json() { Ok(()) } else { Err("not yet".into()) }
     })
     .await;
-    let err = netsky_mesh::handover(ka, &target, mk, &other).await.unwrap_err().to_string();
+    let err = netsky_mesh::handover(ka, &target, mk, &other, false).await.unwrap_err().to_string();
     assert!(err.contains("refused the handover"), "{err}");
     assert!(!MeshPaths::new(hb.path()).mesh_key().exists(), "a refused handover keeps no key");
     assert_eq!(charter_bytes(hb.path()), c2.to_json());
