@@ -537,7 +537,7 @@ impl Shared {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
             let s = self.clone();
-            let scan = crate::runtime::off_async(move || {
+            let scan = off_async(move || {
                 if let Err(e) = s.reload_charter() {
                     warn!(error = %e, "charter on disk refused");
                     s.emit(MeshEvent::CharterRefused { from: "disk".into(), reason: e.to_string() });
@@ -812,7 +812,7 @@ impl Shared {
                 Frame::Charter { json } => {
                     // The root answered our hello; a refusal is already an event here.
                     let (s, from) = (self.clone(), pname.clone());
-                    let _ = tokio::task::spawn_blocking(move || s.accept_charter(&json, &from)).await;
+                    let _ = off_async(move || s.accept_charter(&json, &from)).await;
                 }
                 Frame::Ok { .. } => {}
                 other => warn!(?other, "unexpected answer to hello"),
@@ -892,7 +892,7 @@ impl Shared {
             debug!(n = acks.len(), "acks");
             let s = self.clone();
             let done = batch.clone();
-            crate::runtime::off_async(move || s.settle(&done, &acks))
+            off_async(move || s.settle(&done, &acks))
                 .await
                 .map_err(|e| MeshError::Protocol { peer: pname.clone(), reason: e.to_string() })?;
             let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -1021,7 +1021,7 @@ impl Shared {
                     };
                 }
                 let s = self.clone();
-                let res = crate::runtime::off_async(move || {
+                let res = off_async(move || {
                     let _one_at_a_time = s.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
                     let roster = s.roster();
                     ingest::ingest(&s.layout, &s.name, &roster, &*s.agent_exists, remote, envs)
@@ -1379,6 +1379,8 @@ impl ProtocolHandler for MeshHandler {
                 }
                 let req: Frame = match read_frame(&mut recv, MAX_FRAME, FRAME_TIMEOUT, &peer).await {
                     Ok(f) => f,
+                    // The peer closed the connection (a shutdown) mid-frame: a normal end.
+                    Err(_) if conn.close_reason().is_some() => break,
                     Err(e) => {
                         // The connection ends, not only the stream: a push behind an
                         // unreadable one (two are in flight) must not be stored ahead of it.
@@ -1556,13 +1558,23 @@ pub async fn join(
 /// multi-thread runtime in place (`block_in_place` hands this worker's other
 /// tasks to another thread, so no thread has to wake up before the work
 /// starts: each such hop cost tens of microseconds on the hot path),
-/// elsewhere on the blocking pool.
-async fn off_async<R: Send + 'static>(
-    f: impl FnOnce() -> R + Send + 'static,
-) -> Result<R, tokio::task::JoinError> {
+/// elsewhere on the blocking pool. A panic is an error, as a failed join
+/// would be, so the loop that called it goes on.
+async fn off_async<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, String> {
     if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-        Ok(tokio::task::block_in_place(f))
+        tokio::task::block_in_place(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
+            .map_err(|p| panic_text(p.as_ref()))
     } else {
-        tokio::task::spawn_blocking(f).await
+        tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string())
     }
+}
+
+/// The message of a caught panic.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    format!("panicked: {msg}")
 }

@@ -105,7 +105,7 @@ impl Ticket {
         if now > self.body.expires {
             return Err(MeshError::Ticket(format!(
                 "expired {} s ago; ask the root for a new one (`netsky mesh invite {}`)",
-                now - self.body.expires,
+                now.saturating_sub(self.body.expires),
                 self.body.invitee
             )));
         }

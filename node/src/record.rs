@@ -42,6 +42,9 @@ pub struct Event {
     pub env: Option<Envelope>,
 }
 
+/// How long catching up waits after finding meta.db busy at open.
+const BUSY_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How much of the logs one catch-up reads at most (the rest comes next time).
 const CATCH_UP_BUDGET: u64 = 64 << 20;
 
@@ -64,6 +67,8 @@ pub struct Recorder {
     /// Whether `record` also reads the logs into meta.db (the daemon), or
     /// leaves that to whoever reads the database next (short-lived commands).
     index: bool,
+    /// After a busy open, catching up waits until then before trying again.
+    busy_until: Mutex<Option<std::time::Instant>>,
 }
 
 impl Recorder {
@@ -75,6 +80,7 @@ impl Recorder {
             db: home.db_path(),
             store: Mutex::new(Ok(None)),
             index: false,
+            busy_until: Mutex::new(None),
         }
     }
 
@@ -133,10 +139,21 @@ impl Recorder {
         let mut slot = self.store.lock().unwrap_or_else(|p| p.into_inner());
         let Ok(opened) = &mut *slot else { return };
         if opened.is_none() {
+            let waiting = self
+                .busy_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| std::time::Instant::now() < t);
+            if busy_is_transient && waiting {
+                return;
+            }
             match Store::open(&self.db) {
                 Ok(s) => *opened = Some(s),
                 Err(e) if busy_is_transient && crate::store::is_busy(&e) => {
+                    // Not again for a while: each try may wait its busy timeout.
                     tracing::debug!(error = %format!("{e:#}"), "meta.db busy; opened later");
+                    *self.busy_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(std::time::Instant::now() + BUSY_BACKOFF);
                     return;
                 }
                 Err(e) => {

@@ -103,12 +103,11 @@ impl Store {
     /// Opens (creating and migrating) meta.db; waits at most briefly for locks.
     pub fn open(path: &Path) -> Result<Store> {
         // A new database being set up by another process can refuse a
-        // journal-mode switch outright (no busy wait): try again, briefly.
-        let mut tries = 0;
+        // journal-mode switch outright (no busy wait): try again, for a second at most.
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
         loop {
             match Self::open_once(path) {
-                Err(e) if is_busy(&e) && tries < 40 => {
-                    tries += 1;
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(25));
                 }
                 r => return r,
