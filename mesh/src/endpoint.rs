@@ -60,20 +60,9 @@ pub(crate) async fn bind(
     };
     let mut builder = builder;
     let mut mdns_on = false;
-    if mdns {
-        match iroh_mdns_address_lookup::MdnsAddressLookup::builder()
-            .service_name(MDNS_SERVICE)
-            .build(key.public())
-        {
-            Ok(m) => {
-                builder = builder.address_lookup(m);
-                mdns_on = true;
-            }
-            // A host without multicast still runs, on the charter's addresses alone.
-            Err(e) => {
-                tracing::warn!(error = %e, "mDNS unavailable; peers are found by their charter addresses only")
-            }
-        }
+    if mdns && let Some(m) = mdns_lookup(key, true) {
+        builder = builder.address_lookup(m);
+        mdns_on = true;
     }
     let builder = builder
         .secret_key(key.clone())
@@ -95,21 +84,26 @@ pub(crate) async fn bind(
     Ok((ep, mdns_on))
 }
 
+/// The mDNS lookup for the endpoint of `key` (announcing it when `advertise`);
+/// `None` on a host without multicast, which then runs on the addresses it
+/// was given alone.
+fn mdns_lookup(key: &SecretKey, advertise: bool) -> Option<iroh_mdns_address_lookup::MdnsAddressLookup> {
+    iroh_mdns_address_lookup::MdnsAddressLookup::builder()
+        .service_name(MDNS_SERVICE)
+        .advertise(advertise)
+        .build(key.public())
+        .map_err(|e| tracing::warn!(error = %e, "mDNS unavailable; dialing known addresses only"))
+        .ok()
+}
+
 /// An ephemeral endpoint for one-off dials (joining, handing over), with the
 /// node key; with `mdns`, it also looks the peer up on the local network
 /// (without announcing itself), for when the addresses it was given are stale.
 pub(crate) async fn bind_client(key: &SecretKey, mdns: bool) -> Result<Endpoint, MeshError> {
     let listen: SocketAddr = ([0, 0, 0, 0], 0).into();
     let mut builder = Endpoint::builder(presets::Minimal);
-    if mdns {
-        match iroh_mdns_address_lookup::MdnsAddressLookup::builder()
-            .service_name(MDNS_SERVICE)
-            .advertise(false)
-            .build(key.public())
-        {
-            Ok(m) => builder = builder.address_lookup(m),
-            Err(e) => tracing::warn!(error = %e, "mDNS unavailable; dialing the given addresses only"),
-        }
+    if mdns && let Some(m) = mdns_lookup(key, false) {
+        builder = builder.address_lookup(m);
     }
     builder
         .secret_key(key.clone())

@@ -125,12 +125,7 @@ impl Store {
         // checkpoint (every 1000 WAL pages) keeps the WAL bounded instead.
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            bail!(
-                "{} has schema version {version}, newer than this netsky ({SCHEMA_VERSION})",
-                path.display()
-            );
-        }
+        not_newer(path, version)?;
         if version < SCHEMA_VERSION {
             Self::migrate(&mut conn, path)?;
         }
@@ -143,12 +138,7 @@ impl Store {
     fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            bail!(
-                "{} has schema version {version}, newer than this netsky ({SCHEMA_VERSION})",
-                path.display()
-            );
-        }
+        not_newer(path, version)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.execute_batch(sql).with_context(|| format!("migration to schema {}", i + 1))?;
             if i + 1 == INDEXED_FROM_LOGS as usize && version > 0 {
@@ -228,6 +218,14 @@ impl Store {
         }
         Ok(CaughtUp { lines: taken, behind: false })
     }
+}
+
+/// Refuses a database whose schema is newer than this binary: it is left alone.
+fn not_newer(path: &Path, version: i64) -> Result<()> {
+    if version > SCHEMA_VERSION {
+        bail!("{} has schema version {version}, newer than this netsky ({SCHEMA_VERSION})", path.display());
+    }
+    Ok(())
 }
 
 /// What one [`Store::catch_up`] did.

@@ -40,6 +40,18 @@ struct Target {
     met: bool,
 }
 
+impl Target {
+    /// A target that `ms` be at most `budget_ms`.
+    fn at_most_ms(name: &'static str, ms: f64, budget_ms: f64) -> Target {
+        Target {
+            name,
+            figure: format!("{ms:.2} ms"),
+            target: format!("<= {budget_ms:.2} ms"),
+            met: ms <= budget_ms,
+        }
+    }
+}
+
 /// The targets as report lines.
 fn targets_text(targets: &[Target]) -> String {
     let mut s = String::from("targets\n");
