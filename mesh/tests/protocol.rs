@@ -145,7 +145,11 @@ fn env(key: &SecretKey, from: &str, to: &str, text: &str) -> Envelope {
 
 /// Envelope files in one lifecycle folder of an agent's mailbox.
 fn mailbox_files(home: &Path, agent: &str, folder: &str) -> Vec<String> {
-    let dir = home.join("channels/agent").join(agent).join(folder);
+    envelope_files(&home.join("channels/agent").join(agent).join(folder))
+}
+
+/// The envelope files in `dir` (not temp files or spares), sorted.
+fn envelope_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
@@ -309,7 +313,7 @@ async fn two_members_deliver_an_envelope_through_the_outbox_and_the_sender_forge
 
     let file = e.file_name();
     wait_until("the envelope in beta's inbox and gone from alpha's outbox", SOON, || {
-        let (inb, out) = (inbox(hb.path(), "agent1"), std::fs::read_dir(&outbox).unwrap().count());
+        let (inb, out) = (inbox(hb.path(), "agent1"), envelope_files(&outbox).len());
         if inb == [file.clone()] && out == 0 { Ok(()) } else { Err(format!("inbox {inb:?}, outbox {out}")) }
     })
     .await;
@@ -418,14 +422,17 @@ async fn a_broken_frame_ends_its_connection_and_the_push_behind_it_is_not_stored
         let _ = send.finish();
         // A good push already on its way behind the broken one.
         let behind = vec![f.good("alpha", &format!("behind {case}")).to_json()];
-        let mut behind = send_request(&conn, &Frame::Push { envs: behind }, "server").await.unwrap();
+        // Opening it may already fail: the server is free to close the connection first.
+        let behind = send_request(&conn, &Frame::Push { envs: behind }, "server").await;
         assert_no_answer(&mut recv, case).await;
         wait_until(&format!("a ProtocolError for {case}"), SOON, || {
             if f.events.protocol_errors(want) == 1 { Ok(()) } else { Err(format!("{:?}", f.events.all())) }
         })
         .await;
-        let answer: Result<Frame, _> = read_frame(&mut behind, MAX_FRAME, SOON, "server").await;
-        assert!(answer.is_err(), "{case}: the push behind was answered: {answer:?}");
+        if let Ok(mut behind) = behind {
+            let answer: Result<Frame, _> = read_frame(&mut behind, MAX_FRAME, SOON, "server").await;
+            assert!(answer.is_err(), "{case}: the push behind was answered: {answer:?}");
+        }
         tokio::time::timeout(SOON, conn.closed()).await.expect("the server closes the connection");
         // A new connection carries a good push.
         let (_ep2, conn) = f.connect("alpha").await;
@@ -575,12 +582,15 @@ async fn a_push_over_the_batch_limit_is_refused_whole_and_ends_the_connection() 
     let mut first = send_request(&conn, &Frame::Push { envs }, "server").await.unwrap();
     // A second push already on its way behind the refused one.
     let next = vec![f.good("alpha", "behind the refused push").to_json()];
-    let mut behind = send_request(&conn, &Frame::Push { envs: next }, "server").await.unwrap();
+    // (Opening it may already fail: the server is free to close the connection first.)
+    let behind = send_request(&conn, &Frame::Push { envs: next }, "server").await;
     let resp: Frame = read_frame(&mut first, MAX_FRAME, SOON, "server").await.unwrap();
     assert!(matches!(resp, Frame::Refused { ref reason } if reason.contains("at most 128")), "{resp:?}");
     // The connection ends: nothing behind a failed push is stored ahead of it.
-    let answer: Result<Frame, _> = read_frame(&mut behind, MAX_FRAME, SOON, "server").await;
-    assert!(answer.is_err(), "{answer:?}");
+    if let Ok(mut behind) = behind {
+        let answer: Result<Frame, _> = read_frame(&mut behind, MAX_FRAME, SOON, "server").await;
+        assert!(answer.is_err(), "{answer:?}");
+    }
     tokio::time::timeout(SOON, conn.closed()).await.expect("the server closes the connection");
     assert!(inbox(f.home(), "agent1").is_empty());
     // Exactly the limit is fine, on a new connection.
@@ -922,11 +932,14 @@ async fn a_handover_whose_answer_was_lost_is_confirmed_again_and_the_old_root_gi
         if done { Ok(()) } else { Err(format!("{:?}", ea.all())) }
     })
     .await;
-    assert!(
-        ea.count(
-            |e| matches!(e, MeshEvent::CharterStored { from, .. } if from.contains("mesh key given up"))
-        ) == 1
-    );
+    // The event follows the removal: wait for it too, then check it came once.
+    wait_until("the key-given-up event", SOON, || {
+        let n = ea.count(
+            |e| matches!(e, MeshEvent::CharterStored { from, .. } if from.contains("mesh key given up")),
+        );
+        if n == 1 { Ok(()) } else { Err(format!("{n}: {:?}", ea.all())) }
+    })
+    .await;
     p.shutdown().await;
 }
 
@@ -957,7 +970,7 @@ async fn through_a_self_hosted_relay_an_envelope_reaches_a_member_whose_address_
     a.kick();
     let file = e.file_name();
     wait_until("the envelope in beta's inbox, acknowledged", Duration::from_secs(30), || {
-        let (inb, out) = (inbox(hb.path(), "agent1"), std::fs::read_dir(&outbox).unwrap().count());
+        let (inb, out) = (inbox(hb.path(), "agent1"), envelope_files(&outbox).len());
         if inb == [file.clone()] && out == 0 {
             Ok(())
         } else {
