@@ -323,6 +323,13 @@ fn mail_arriving_between_ticks_is_pasted_at_once() {
     );
     assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());
     assert_eq!(w.ticks(), 1, "delivered by a tick, not by the watcher");
+    // The wake also left spares in the inbox, for the next send to write into.
+    let spares = w.home.join("channels/agent/agentinfinity/inbox/.spares");
+    wait_for(
+        "spares in the inbox",
+        || std::fs::read_dir(&spares).map(|rd| rd.count()).ok().filter(|&n| n == 16).map(|_| ()),
+        || format!("{:?}", std::fs::read_dir(&spares).map(|rd| rd.count())),
+    );
 }
 
 #[test]

@@ -9,6 +9,10 @@
 //! A failure at any step (a full disk above all) removes the temp file and
 //! reports the error: nothing half-written is ever left under a real name.
 //!
+//! A single write takes one of the folder's spare files as its temp file
+//! when there is one (see [`crate::spares`]): no inode to allocate on the
+//! hot path.
+//!
 //! Batches write every temp file first, then start the writeback of all of
 //! them at once (`sync_file_range` on Linux) before fsyncing each: the first
 //! fsync's journal commit then carries the whole batch and the rest find
@@ -56,10 +60,20 @@ pub fn fsync_dir(dir: &Path) -> Result<(), BusError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(BusError::io("fsync dir", dir))
 }
 
+/// A spare of `dir` taken as `tmp` (see [`crate::spares`]), else a new file.
+fn write_temp_spare(dir: &Path, tmp: &Path, bytes: &[u8]) -> Result<File, BusError> {
+    let Some(mut f) = crate::spares::claim(dir, tmp) else { return write_temp(tmp, bytes) };
+    if let Err(e) = f.write_all(bytes) {
+        let _ = std::fs::remove_file(tmp);
+        return Err(BusError::Io { op: "write", path: tmp.to_path_buf(), source: e });
+    }
+    Ok(f)
+}
+
 /// Writes `bytes` to `dir/name` atomically and durably; returns the final path.
 pub fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, BusError> {
     let tmp = temp_path(dir, name);
-    let f = write_temp(&tmp, bytes)?;
+    let f = write_temp_spare(dir, &tmp, bytes)?;
     if let Err(e) = f.sync_all() {
         let _ = std::fs::remove_file(&tmp);
         return Err(BusError::Io { op: "fsync", path: tmp, source: e });
@@ -162,6 +176,17 @@ mod tests {
             assert_eq!(&std::fs::read(d.path().join(n)).unwrap(), b);
         }
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 10);
+    }
+
+    #[test]
+    fn a_durable_write_takes_a_spare_when_there_is_one() {
+        let d = tempfile::tempdir().unwrap();
+        crate::spares::top_up(d.path(), 2).unwrap();
+        write_durable(d.path(), "a.json", b"hello").unwrap();
+        assert_eq!(crate::spares::count(d.path()), 1);
+        assert_eq!(std::fs::read(d.path().join("a.json")).unwrap(), b"hello");
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "only a.json and .spares: {names:?}");
     }
 
     #[test]

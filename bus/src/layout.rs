@@ -31,6 +31,11 @@ impl Layout {
         self.agents_dir().join(agent.to_string())
     }
 
+    /// `channels/agent/<agent>/inbox/`.
+    pub fn inbox_dir(&self, agent: AgentName) -> PathBuf {
+        self.mailbox_dir(agent).join("inbox")
+    }
+
     /// `mesh/outbox/`: signed envelopes waiting for a remote ack.
     pub fn outbox_dir(&self) -> PathBuf {
         self.root.join("mesh").join("outbox")

@@ -19,6 +19,7 @@ mod layout;
 mod mailbox;
 mod name;
 mod roster;
+pub mod spares;
 
 pub use durable::{fsync_dir, write_durable, write_durable_batch};
 pub use envelope::{ENVELOPE_DOMAIN, Envelope, Kind, MAX_ENVELOPE_BYTES, format_ts, parse_ts};

@@ -91,7 +91,7 @@ impl Mailbox {
         let mb = Mailbox {
             agent,
             node: node.clone(),
-            inbox: dir.join("inbox"),
+            inbox: layout.inbox_dir(agent),
             claimed: dir.join("claimed"),
             delivered: dir.join("delivered"),
             poison: dir.join("poison"),
@@ -295,12 +295,14 @@ impl Mailbox {
             for e in rd.flatten() {
                 let n = e.file_name();
                 let Some(n) = n.to_str() else { continue };
-                let old = e
-                    .metadata()
-                    .ok()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .is_some_and(|age| age > STALE_TEMP);
+                // By the last change of any kind: a spare taken as a temp file
+                // keeps its old mtime, but the rename that took it set ctime.
+                let old = e.metadata().ok().is_some_and(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    let changed =
+                        SystemTime::UNIX_EPOCH + Duration::from_secs(m.ctime().max(m.mtime()).max(0) as u64);
+                    SystemTime::now().duration_since(changed).is_ok_and(|age| age > STALE_TEMP)
+                });
                 if n.starts_with('.') && n.ends_with(".tmp") && old {
                     let _ = std::fs::remove_file(e.path());
                 }

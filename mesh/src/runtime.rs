@@ -50,6 +50,10 @@ const QUEUE_RECEIPTS: usize = 4 * MAX_BATCH;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `mesh/sent/` is pruned of copies older than a week.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How often spares are topped up when nothing used one.
+const SPARES_RECHECK: Duration = Duration::from_secs(30);
+/// How long after a spare was used the top-up waits.
+const SPARES_SETTLE: Duration = Duration::from_millis(5);
 /// Pushes in flight on one connection at once (each up to `MAX_BATCH` envelopes).
 const PUSH_WINDOW: usize = 2;
 /// Failed join attempts allowed per joining node id per minute; more are refused unread.
@@ -173,6 +177,10 @@ struct Shared {
     /// Serialises writes of `state/peers.json`: the sequence number written last.
     peers_file: Mutex<u64>,
     peer_state_seq: std::sync::atomic::AtomicU64,
+    /// Inboxes pushes were stored into: their spares are topped up.
+    spare_dirs: Mutex<HashSet<PathBuf>>,
+    /// A spare may have been taken: top up soon.
+    spares_due: Notify,
 }
 
 /// A running mesh node.
@@ -225,6 +233,8 @@ impl Mesh {
             ingest_lock: Mutex::new(()),
             peers_file: Mutex::new(0),
             peer_state_seq: std::sync::atomic::AtomicU64::new(0),
+            spare_dirs: Mutex::new(HashSet::new()),
+            spares_due: Notify::new(),
         });
         let s = shared.clone();
         tokio::task::spawn_blocking(move || {
@@ -247,6 +257,9 @@ impl Mesh {
         let s = shared.clone();
         let span = info_span!("dispatch", node = %shared.name);
         shared.spawn(async move { s.dispatch_loop().await }.instrument(span));
+        let s = shared.clone();
+        let span = info_span!("spares", node = %shared.name);
+        shared.spawn(async move { s.spares_loop().await }.instrument(span));
         shared.dispatch.notify_one();
         Ok(Mesh { shared, router, _watcher: watcher })
     }
@@ -568,6 +581,40 @@ impl Shared {
         }
     }
 
+    /// Keeps spare files in the outbox and in the inboxes pushes land in, so
+    /// the durable writes of the hot path allocate no inode (see
+    /// `netsky_bus::spares`). Topped up a moment after use, never on the path.
+    async fn spares_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = self.spares_due.notified() => {}
+                _ = tokio::time::sleep(SPARES_RECHECK) => {}
+            }
+            // Let the write that used the spare finish its round trip first.
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(SPARES_SETTLE) => {}
+            }
+            let mut dirs = vec![self.paths.outbox()];
+            dirs.extend(self.spare_dirs.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+            let made = tokio::task::spawn_blocking(move || {
+                dirs.iter()
+                    .map(|d| match netsky_bus::spares::top_up(d, netsky_bus::spares::SPARES_PER_DIR) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            debug!(error = %e, "spares not topped up");
+                            0
+                        }
+                    })
+                    .sum::<usize>()
+            })
+            .await
+            .unwrap_or(0);
+            debug!(made, "spares topped up");
+        }
+    }
+
     /// Reads files not yet queued, oldest first, and queues them by target node.
     fn scan(self: &Arc<Self>) {
         let charter = self.charter();
@@ -654,6 +701,9 @@ impl Shared {
                 debug!(%node, "queued");
                 woken.insert(node);
             }
+        }
+        if !woken.is_empty() {
+            self.spares_due.notify_one();
         }
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         for n in woken {
@@ -1030,6 +1080,15 @@ impl Shared {
                 match res {
                     Ok(Ok(items)) => {
                         let acks = items.iter().map(|i| i.ack.clone()).collect();
+                        {
+                            let mut dirs = self.spare_dirs.lock().unwrap_or_else(|p| p.into_inner());
+                            for a in items.iter().filter(|i| i.ack.outcome == Outcome::Stored) {
+                                if let Some(agent) = a.agent {
+                                    dirs.insert(self.layout.inbox_dir(agent));
+                                }
+                            }
+                        }
+                        self.spares_due.notify_one();
                         for i in items {
                             self.emit(MeshEvent::Received { peer: peer.to_string(), item: i });
                         }

@@ -147,6 +147,29 @@ fn watch_inboxes(node: &Node, tx: SyncSender<Wake>) -> Result<notify::Recommende
     Ok(w)
 }
 
+/// Mailboxes whose inboxes get spares (a bound on the work of one round).
+const SPARE_MAILBOXES: usize = 64;
+
+/// Keeps spare files in every mailbox's inbox, so a local `channel send`
+/// allocates no inode on its path (see `netsky_bus::spares`).
+fn top_up_spares(node: &Node) {
+    let layout = node.home.layout();
+    let agents = match layout.agents() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list mailboxes for spares");
+            return;
+        }
+    };
+    for agent in agents.into_iter().take(SPARE_MAILBOXES) {
+        if let Err(e) =
+            netsky_bus::spares::top_up(&layout.inbox_dir(agent), netsky_bus::spares::SPARES_PER_DIR)
+        {
+            tracing::debug!(error = %e, %agent, "spares not topped up");
+        }
+    }
+}
+
 fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
     let interval = Duration::from_secs(node.config.node.tick_interval_s);
     let _watcher = match watch_inboxes(&node, tx) {
@@ -175,6 +198,8 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                     let rec = &node.recorder;
                     rec.record(&[rec.event("deliver-error", None, None, Some(format!("{e:#}")))]);
                 }
+                // The send that woke us may have taken a spare: replace it now, off its path.
+                top_up_spares(&node);
                 if stop {
                     break;
                 }
@@ -194,6 +219,7 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                         tracing::warn!(error = %format!("{e:#}"), "tick failed");
                     }
                 }
+                top_up_spares(&node);
                 if let Err(e) = constellation::stamp_tick(&node, ticks) {
                     tracing::warn!(error = %format!("{e:#}"), "cannot write state/tick.json");
                 }
