@@ -19,6 +19,11 @@ use std::time::{Duration, SystemTime};
 use crate::guard::{Refusal, RefusalKind};
 use crate::{AgentName, BusError, Envelope, Guard, Layout, NodeName, durable, format_ts};
 
+/// Threads that check a big claim at most (signature checks are CPU-bound).
+const CHECK_THREADS: usize = 4;
+/// Files a check thread takes at least (a thread costs about one check).
+const CHECKS_PER_THREAD: usize = 16;
+
 /// Stale temp files older than this are the remains of a crashed writer.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
@@ -195,64 +200,106 @@ impl Mailbox {
         entries.extend(inbox.into_iter().map(|n| (n, false)));
         // Adopted first, then the inbox, each oldest first (ULIDs sort by time).
         entries.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        for (name, adopted) in entries {
-            if claimed.len() >= max {
-                break;
-            }
-            let from_dir = if adopted { &self.claimed } else { &self.inbox };
-            if !is_envelope_name(&name) {
-                let r =
-                    Refusal::new(RefusalKind::BadFileName, format!("file name {name:?} is not <ULID>.json"));
-                self.poison(from_dir, &name, &r)?;
-                poisoned.push(Poisoned { file: name, refusal: r });
-                continue;
-            }
-            if !adopted && self.claimed.join(&name).symlink_metadata().is_ok() {
-                // A second copy of an envelope already claimed (two writers raced):
-                // claiming it would deliver that envelope twice.
-                let r = Refusal::new(RefusalKind::Duplicate, format!("{name} is already claimed"));
-                self.poison(from_dir, &name, &r)?;
-                poisoned.push(Poisoned { file: name, refusal: r });
-                continue;
-            }
-            if !adopted {
-                let dst = self.claimed.join(&name);
-                match std::fs::rename(from_dir.join(&name), &dst) {
-                    Ok(()) => {}
-                    // Gone between listing and renaming: someone else's business.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(BusError::Io { op: "claim", path: dst, source: e }),
-                }
-            }
-            let path = self.claimed.join(&name);
-            let verdict = guard.check_file(&path).and_then(|env| {
-                if self.delivered.join(&name).symlink_metadata().is_ok() {
-                    return Err(Refusal::new(
-                        RefusalKind::Duplicate,
-                        format!("id {} was already delivered", env.id),
-                    ));
-                }
-                let ok = env.to.agent_name() == Some(self.agent) && env.to.node() == Some(&self.node);
-                if !ok {
-                    return Err(Refusal::new(
-                        RefusalKind::WrongRecipient,
-                        format!(
-                            "addressed to {}, found in the mailbox of {}@{}",
-                            env.to, self.agent, self.node
-                        ),
-                    ));
-                }
-                Ok(env)
-            });
-            match verdict {
-                Ok(env) => claimed.push(Claimed { env, adopted }),
-                Err(r) => {
-                    self.poison(&self.claimed, &name, &r)?;
+        let mut rest = entries.into_iter();
+        let mut more = true;
+        while more && claimed.len() < max {
+            // Move up to the room left into claimed/ (cheap, in order), then
+            // check them all at once; refusals leave room for the next round.
+            let room = max - claimed.len();
+            let mut moved: Vec<(String, bool)> = Vec::with_capacity(room.min(1024));
+            while moved.len() < room {
+                let Some((name, adopted)) = rest.next() else {
+                    more = false;
+                    break;
+                };
+                let from_dir = if adopted { &self.claimed } else { &self.inbox };
+                if !is_envelope_name(&name) {
+                    let r = Refusal::new(
+                        RefusalKind::BadFileName,
+                        format!("file name {name:?} is not <ULID>.json"),
+                    );
+                    self.poison(from_dir, &name, &r)?;
                     poisoned.push(Poisoned { file: name, refusal: r });
+                    continue;
+                }
+                if !adopted && self.claimed.join(&name).symlink_metadata().is_ok() {
+                    // A second copy of an envelope already claimed (two writers raced):
+                    // claiming it would deliver that envelope twice.
+                    let r = Refusal::new(RefusalKind::Duplicate, format!("{name} is already claimed"));
+                    self.poison(from_dir, &name, &r)?;
+                    poisoned.push(Poisoned { file: name, refusal: r });
+                    continue;
+                }
+                if !adopted {
+                    let dst = self.claimed.join(&name);
+                    match std::fs::rename(from_dir.join(&name), &dst) {
+                        Ok(()) => {}
+                        // Gone between listing and renaming: someone else's business.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(BusError::Io { op: "claim", path: dst, source: e }),
+                    }
+                }
+                moved.push((name, adopted));
+            }
+            let verdicts = self.check_all(guard, &moved);
+            for ((name, adopted), verdict) in moved.into_iter().zip(verdicts) {
+                match verdict {
+                    Ok(env) => claimed.push(Claimed { env, adopted }),
+                    Err(r) => {
+                        self.poison(&self.claimed, &name, &r)?;
+                        poisoned.push(Poisoned { file: name, refusal: r });
+                    }
                 }
             }
         }
         Ok((claimed, poisoned))
+    }
+
+    /// The guard's verdict on each file just moved into `claimed/`, in order.
+    ///
+    /// Signature checks dominate a big claim, so they run on several threads.
+    fn check_all(&self, guard: &Guard<'_>, moved: &[(String, bool)]) -> Vec<Result<Envelope, Refusal>> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(CHECK_THREADS);
+        if threads < 2 || moved.len() < CHECKS_PER_THREAD * 2 {
+            return moved.iter().map(|(name, _)| self.check_claimed(guard, name)).collect();
+        }
+        let per = moved.len().div_ceil(threads).max(CHECKS_PER_THREAD);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = moved
+                .chunks(per)
+                .map(|chunk| {
+                    s.spawn(move || {
+                        chunk.iter().map(|(n, _)| self.check_claimed(guard, n)).collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .zip(moved.chunks(per))
+                .flat_map(|(w, chunk)| {
+                    w.join().unwrap_or_else(|_| {
+                        let r = Refusal::new(RefusalKind::Unreadable, "the check of this file panicked");
+                        chunk.iter().map(|_| Err(r.clone())).collect()
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// The guard's verdict on `claimed/<name>`, plus dedupe and recipient.
+    fn check_claimed(&self, guard: &Guard<'_>, name: &str) -> Result<Envelope, Refusal> {
+        let env = guard.check_file(&self.claimed.join(name))?;
+        if self.delivered.join(name).symlink_metadata().is_ok() {
+            return Err(Refusal::new(RefusalKind::Duplicate, format!("id {} was already delivered", env.id)));
+        }
+        let ok = env.to.agent_name() == Some(self.agent) && env.to.node() == Some(&self.node);
+        if !ok {
+            return Err(Refusal::new(
+                RefusalKind::WrongRecipient,
+                format!("addressed to {}, found in the mailbox of {}@{}", env.to, self.agent, self.node),
+            ));
+        }
+        Ok(env)
     }
 
     /// Marks claimed envelopes delivered: renames them and fsyncs once.
@@ -394,6 +441,38 @@ mod tests {
         let texts: Vec<_> = c.iter().map(|c| c.env.text.as_str()).collect();
         assert_eq!(texts, ["m0", "m1", "m2", "m3", "m4"]);
         assert_eq!(mb.counts().unwrap(), Counts { inbox: 0, claimed: 0, delivered: 5, poison: 0 });
+    }
+
+    #[test]
+    fn a_big_claim_checked_on_several_threads_keeps_order_and_fills_past_refusals() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let envs: Vec<_> = (0..120).map(|i| env(&w, "agent1@work", &format!("m{i:03}"))).collect();
+        assert!(mb.put_batch(&envs).unwrap().iter().all(|o| *o == PutOutcome::Stored));
+        // Every tenth is tampered with on disk: the guard must refuse exactly those.
+        for e in envs.iter().step_by(10) {
+            let p = mb.inbox_dir().join(e.file_name());
+            let text = std::fs::read_to_string(&p).unwrap().replace(&e.text, "forged");
+            std::fs::write(&p, text).unwrap();
+        }
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        let (c, p) = mb.claim(&lock, &Guard::new(&w.roster), 50).unwrap();
+        // 50 claimed although the first 50 in line held 5 refusals: the claim goes on past them.
+        let want: Vec<String> = envs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 10 != 0)
+            .take(50)
+            .map(|(_, e)| e.text.clone())
+            .collect();
+        assert_eq!(c.iter().map(|c| c.env.text.clone()).collect::<Vec<_>>(), want);
+        assert_eq!(p.len(), 6, "{p:?}");
+        assert!(p.iter().all(|p| p.refusal.kind == RefusalKind::BadSignature), "{p:?}");
+        mb.deliver(&lock, &c).unwrap();
+        let (rest, p2) = mb.claim(&lock, &Guard::new(&w.roster), usize::MAX).unwrap();
+        assert_eq!(rest.len(), 58);
+        assert_eq!(p2.len(), 6);
+        assert_eq!(mb.counts().unwrap(), Counts { inbox: 0, claimed: 58, delivered: 50, poison: 12 });
     }
 
     #[test]

@@ -51,6 +51,9 @@ struct BusFigures {
     durable_batched_per_s: f64,
     batch: usize,
     batched_vs_floor: f64,
+    /// Writer and deliverer at once, each batching (as a node runs them).
+    durable_pipelined_per_s: f64,
+    pipelined_vs_floor: f64,
 }
 
 #[derive(Serialize)]
@@ -128,6 +131,52 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
     let unbatched = lifecycle(&base.join("unbatched"), 200.min(n), 1)?;
     let batched = lifecycle(&base.join("batched"), n, batch)?;
 
+    // As a node runs it: the writer (a send, a mesh ingest) and the deliverer
+    // (the daemon) are two actors working at once, woken by each other's files.
+    let pipelined = {
+        let layout = Layout::new(base.join("pipelined"));
+        let mb = Mailbox::open(&layout, &node, netsky_bus::AgentName::Numbered(1))?;
+        let envs: Vec<Envelope> = (0..n).map(make).collect::<Result<_, _>>()?;
+        let lock = mb.lock(Duration::from_secs(1))?;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = Instant::now();
+        std::thread::scope(|s| -> Result<()> {
+            let writer = s.spawn(|| -> Result<()> {
+                for chunk in envs.chunks(batch) {
+                    mb.put_batch(chunk)?;
+                    // The file watcher's wake, in process.
+                    let _ = tx.send(());
+                }
+                drop(tx);
+                Ok(())
+            });
+            let mut done = 0;
+            while done < n {
+                let (claimed, poisoned) = mb.claim(&lock, &Guard::new(&roster), batch)?;
+                if !poisoned.is_empty() {
+                    bail!("benchmark envelopes were refused: {:?}", poisoned[0].refusal);
+                }
+                if claimed.is_empty() {
+                    if rx.recv().is_err() && done < n {
+                        // The writer is gone: whatever it left is claimed next round, or it failed.
+                        if writer.is_finished() && mb.counts()?.inbox == 0 {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                mb.deliver(&lock, &claimed)?;
+                done += claimed.len();
+            }
+            writer.join().map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
+            if done != n {
+                bail!("{done} of {n} envelopes delivered");
+            }
+            Ok(())
+        })?;
+        n as f64 / t.elapsed().as_secs_f64()
+    };
+
     // One `netsky channel send` process, end to end, and a bare process start.
     let exe = std::env::current_exe()?;
     let home = base.join("home");
@@ -168,6 +217,7 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
     // A send process makes one write after an idle moment: the lone-write floor is its reference.
     let send_budget = 2.0 * floor.fsync_lone_ms + floor.process_start_ms;
     let ratio = batched / floor.fsync_writes_per_s;
+    let pratio = pipelined / floor.fsync_writes_per_s;
     let sign_verify_per_s = 1e6 / (floor.sign_us + floor.verify_us);
     let report = Report {
         targets: vec![
@@ -177,10 +227,10 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
                 send_budget,
             ),
             Target {
-                name: "in-process durable throughput at least 10x one-fsync-per-envelope",
-                figure: format!("{batched:.0}/s ({ratio:.1}x)"),
+                name: "in-process durable throughput at least 10x one-fsync-per-envelope (writer and deliverer at once)",
+                figure: format!("{pipelined:.0}/s ({pratio:.1}x)"),
                 target: format!(">= {:.0}/s (10x)", 10.0 * floor.fsync_writes_per_s),
-                met: ratio >= 10.0,
+                met: pratio >= 10.0,
             },
         ],
         floor,
@@ -190,6 +240,8 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
             durable_batched_per_s: batched,
             batch,
             batched_vs_floor: ratio,
+            durable_pipelined_per_s: pipelined,
+            pipelined_vs_floor: pratio,
         },
         send_process_ms: send_p50,
         send_process_p90_ms: send_p90,
@@ -222,6 +274,10 @@ fn human(r: &Report) -> String {
     s.push_str(&format!(
         "  send+claim+deliver, batch {:<5}  {:.0} envelopes/s ({:.1}x the floor rate)\n",
         r.bus.batch, r.bus.durable_batched_per_s, r.bus.batched_vs_floor
+    ));
+    s.push_str(&format!(
+        "  the same, writer and deliverer at once  {:.0} envelopes/s ({:.1}x the floor rate)\n",
+        r.bus.durable_pipelined_per_s, r.bus.pipelined_vs_floor
     ));
     s.push_str(&format!(
         "  one `channel send` process       p50 {:.2} ms  p90 {:.2} ms\n",
