@@ -366,7 +366,15 @@ fn next_id(now: OffsetDateTime) -> Result<Ulid, BusError> {
         Some(prev) if prev.timestamp_ms() == ms => {
             prev.increment().unwrap_or_else(|| Ulid::from_parts(ms, 0))
         }
-        _ => Ulid::from_datetime(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms)),
+        _ => {
+            // Straight from the OS: `Ulid::new` would start a ChaCha generator,
+            // whose CPU-feature probe alone costs a short-lived `channel send`
+            // about 50 us in a VM (every CPUID traps to the hypervisor).
+            let mut r = [0u8; 16];
+            getrandom::fill(&mut r[6..])
+                .map_err(|e| BusError::BadEnvelope(format!("no randomness from the OS for an id: {e}")))?;
+            Ulid::from_parts(ms, u128::from_be_bytes(r))
+        }
     };
     *last = Some(id);
     Ok(id)
