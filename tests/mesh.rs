@@ -38,7 +38,8 @@ fn nodes_join_by_ticket_and_messages_cross_both_ways_in_order() {
     for (h, dir) in [(laptop, "mesh/outbox"), (studio, "channels/agent/agent3/inbox")] {
         wait_for("spares topped up", T, || {
             let n = std::fs::read_dir(h.join(&format!("{dir}/.spares"))).map(|rd| rd.count()).unwrap_or(0);
-            if n == 16 { Ok(()) } else { Err(format!("{n} spares in {dir}")) }
+            // Refilled to 16 at the first use, then again whenever 8 or fewer are left.
+            if (9..=16).contains(&n) { Ok(()) } else { Err(format!("{n} spares in {dir}")) }
         });
     }
     // The sender learns the envelope was drained (the receipt travels back).

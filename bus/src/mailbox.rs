@@ -103,7 +103,10 @@ impl Mailbox {
             dir,
         };
         for d in [&mb.inbox, &mb.claimed, &mb.delivered, &mb.poison] {
-            std::fs::create_dir_all(d).map_err(BusError::io("create", d))?;
+            // One stat in the usual case (every send opens a mailbox), a mkdir only when missing.
+            if !d.is_dir() {
+                std::fs::create_dir_all(d).map_err(BusError::io("create", d))?;
+            }
         }
         Ok(mb)
     }

@@ -583,7 +583,7 @@ impl Shared {
 
     /// Keeps spare files in the outbox and in the inboxes pushes land in, so
     /// the durable writes of the hot path allocate no inode (see
-    /// `netsky_bus::spares`). Topped up a moment after use, never on the path.
+    /// `netsky_bus::spares`). Refilled a moment after use, never on the path.
     async fn spares_loop(self: Arc<Self>) {
         loop {
             tokio::select! {
@@ -600,7 +600,7 @@ impl Shared {
             dirs.extend(self.spare_dirs.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
             let made = tokio::task::spawn_blocking(move || {
                 dirs.iter()
-                    .map(|d| match netsky_bus::spares::top_up(d, netsky_bus::spares::SPARES_PER_DIR) {
+                    .map(|d| match netsky_bus::spares::refill(d) {
                         Ok(n) => n,
                         Err(e) => {
                             debug!(error = %e, "spares not topped up");
@@ -1379,12 +1379,22 @@ fn still_settling(path: &std::path::Path) -> bool {
 /// every file it finds, and waking on that would spin.
 fn lands(ev: &notify::Event) -> bool {
     use notify::EventKind;
-    use notify::event::ModifyKind;
-    matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_)))
-        && ev
-            .paths
-            .iter()
-            .any(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.')))
+    use notify::event::{ModifyKind, RenameMode};
+    let named =
+        |p: &std::path::Path| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.'));
+    match ev.kind {
+        // inotify reports one rename as From, To and Both: To alone is the
+        // arrival. Waking on each would scan twice per send, and once more
+        // for every acked file leaving for sent/, on the cores the push needs.
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+            ev.paths.iter().any(|p| named(p))
+        }
+        // Backends that cannot tell arrival from departure (FSEvents): an arrival is still there.
+        EventKind::Modify(ModifyKind::Name(RenameMode::Any | RenameMode::Other)) => {
+            ev.paths.iter().any(|p| named(p) && p.exists())
+        }
+        _ => false,
+    }
 }
 
 enum Item {
@@ -1636,4 +1646,36 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic".into());
     format!("panicked: {msg}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lands;
+    use notify::event::{CreateKind, ModifyKind, RenameMode};
+    use notify::{Event, EventKind};
+
+    fn ev(kind: EventKind, paths: &[&str]) -> Event {
+        paths.iter().fold(Event::new(kind), |e, p| e.add_path(p.into()))
+    }
+
+    #[test]
+    fn only_an_arrival_of_a_named_file_wakes_the_dispatcher() {
+        let name = |m| EventKind::Modify(ModifyKind::Name(m));
+        // A send: temp file renamed into place, as inotify reports it.
+        assert!(!lands(&ev(name(RenameMode::From), &["/o/.a.json.1.0.tmp"])));
+        assert!(lands(&ev(name(RenameMode::To), &["/o/a.json"])));
+        assert!(!lands(&ev(name(RenameMode::Both), &["/o/.a.json.1.0.tmp", "/o/a.json"])));
+        // An acked file leaving for sent/ is no new work.
+        assert!(!lands(&ev(name(RenameMode::From), &["/o/a.json"])));
+        // A temp file or a spare arriving is not an envelope yet.
+        assert!(!lands(&ev(EventKind::Create(CreateKind::File), &["/o/.a.json.1.0.tmp"])));
+        assert!(!lands(&ev(name(RenameMode::To), &["/o/.b.json.1.1.tmp"])));
+        assert!(lands(&ev(EventKind::Create(CreateKind::File), &["/o/a.json"])));
+        // A backend that cannot tell the direction: only what is still there counts.
+        assert!(!lands(&ev(name(RenameMode::Any), &["/nonexistent/a.json"])));
+        let d = tempfile::tempdir().unwrap();
+        let here = d.path().join("a.json");
+        std::fs::write(&here, b"x").unwrap();
+        assert!(lands(&ev(name(RenameMode::Any), &[here.to_str().unwrap()])));
+    }
 }

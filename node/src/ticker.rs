@@ -162,9 +162,7 @@ fn top_up_spares(node: &Node) {
         }
     };
     for agent in agents.into_iter().take(SPARE_MAILBOXES) {
-        if let Err(e) =
-            netsky_bus::spares::top_up(&layout.inbox_dir(agent), netsky_bus::spares::SPARES_PER_DIR)
-        {
+        if let Err(e) = netsky_bus::spares::refill(&layout.inbox_dir(agent)) {
             tracing::debug!(error = %e, %agent, "spares not topped up");
         }
     }
