@@ -48,17 +48,7 @@ pub(crate) async fn bind(
             e.to_string()
         }));
     }
-    let builder = match relay {
-        Relay::Default => Endpoint::builder(presets::N0),
-        Relay::Disabled => Endpoint::builder(presets::Minimal)
-            .relay_mode(RelayMode::Disabled)
-            .net_report_config(NetReportConfig::minimal()),
-        Relay::Url(u) => {
-            let url: RelayUrl = u.parse().map_err(|e| err(format!("relay URL {u:?}: {e}")))?;
-            Endpoint::builder(presets::Minimal).relay_mode(RelayMode::Custom(url.into()))
-        }
-    };
-    let mut builder = builder;
+    let mut builder = builder_for(relay).map_err(err)?;
     let mut mdns_on = false;
     if mdns && let Some(m) = mdns_lookup(key, true) {
         builder = builder.address_lookup(m);
@@ -96,18 +86,33 @@ fn mdns_lookup(key: &SecretKey, advertise: bool) -> Option<iroh_mdns_address_loo
         .ok()
 }
 
+/// An endpoint builder for a relay mode.
+fn builder_for(relay: &Relay) -> Result<iroh::endpoint::Builder, String> {
+    Ok(match relay {
+        Relay::Default => Endpoint::builder(presets::N0),
+        Relay::Disabled => Endpoint::builder(presets::Minimal)
+            .relay_mode(RelayMode::Disabled)
+            .net_report_config(NetReportConfig::minimal()),
+        Relay::Url(u) => {
+            let url: RelayUrl = u.parse().map_err(|e| format!("relay URL {u:?}: {e}"))?;
+            Endpoint::builder(presets::Minimal).relay_mode(RelayMode::Custom(url.into()))
+        }
+    })
+}
+
 /// An ephemeral endpoint for one-off dials (joining, handing over), with the
-/// node key; with `mdns`, it also looks the peer up on the local network
+/// node key and the node's relay mode, so it reaches the peer the way the
+/// daemon would; with `mdns`, it also looks the peer up on the local network
 /// (without announcing itself), for when the addresses it was given are stale.
-pub(crate) async fn bind_client(key: &SecretKey, mdns: bool) -> Result<Endpoint, MeshError> {
+pub(crate) async fn bind_client(key: &SecretKey, relay: &Relay, mdns: bool) -> Result<Endpoint, MeshError> {
     let listen: SocketAddr = ([0, 0, 0, 0], 0).into();
-    let mut builder = Endpoint::builder(presets::Minimal);
+    let err = |reason: String| MeshError::Bind { addr: listen.to_string(), reason };
+    let mut builder = builder_for(relay).map_err(err)?;
     if mdns && let Some(m) = mdns_lookup(key, false) {
         builder = builder.address_lookup(m);
     }
     builder
         .secret_key(key.clone())
-        .relay_mode(RelayMode::Disabled)
         .portmapper_config(PortmapperConfig::Disabled)
         .net_report_config(NetReportConfig::minimal())
         .clear_ip_transports()
@@ -121,6 +126,28 @@ pub(crate) async fn bind_client(key: &SecretKey, mdns: bool) -> Result<Endpoint,
 /// The address of node `id` at its direct socket addresses.
 pub(crate) fn direct_addr(id: netsky_keys::NodeId, addrs: &[SocketAddr]) -> iroh::EndpointAddr {
     addrs.iter().fold(iroh::EndpointAddr::new(id), |a, s| a.with_ip_addr(*s))
+}
+
+/// Where to dial node `id` in this relay mode: its direct addresses, plus
+/// the self-hosted relay, which serves the whole mesh. `None` when nothing
+/// could find it: no address, no relay, no mDNS.
+pub(crate) fn dial_addr(
+    id: netsky_keys::NodeId,
+    addrs: &[SocketAddr],
+    relay: &Relay,
+    mdns: bool,
+) -> Option<iroh::EndpointAddr> {
+    let addr = direct_addr(id, addrs);
+    match relay {
+        Relay::Disabled if addrs.is_empty() && !mdns => None,
+        Relay::Disabled => Some(addr),
+        Relay::Url(u) => Some(match u.parse::<RelayUrl>() {
+            Ok(url) => addr.with_relay_url(url),
+            Err(_) => addr,
+        }),
+        // iroh's address lookup finds the peer's relay by its id.
+        Relay::Default => Some(addr),
+    }
 }
 
 /// The endpoint's dialable direct addresses (never the unspecified address).

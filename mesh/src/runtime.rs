@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::charter::{CharterMember, Decision, SignedCharter};
-use crate::endpoint::{Relay, dialable_addrs, direct_addr};
+use crate::endpoint::{Relay, dial_addr, dialable_addrs};
 use crate::membership::Allowlist;
 use crate::wire::{
     ALPN_JOIN, ALPN_MESH, FRAME_TIMEOUT, Frame, JoinRequest, JoinResponse, MAX_BATCH, MAX_FRAME, Outcome,
@@ -813,25 +813,12 @@ impl Shared {
             self.charter().and_then(|c| c.charter.member(name).cloned()).ok_or_else(|| {
                 MeshError::Connect { peer: name.to_string(), reason: "no longer a member".into() }
             })?;
-        let mut addr = direct_addr(member.node_id, &member.addrs);
-        match &self.relay {
-            // Direct addresses are all there is (mDNS may yet find it).
-            Relay::Disabled if member.addrs.is_empty() && !self.mdns => {
-                return Err(MeshError::Connect {
-                    peer: name.to_string(),
-                    reason: "no known address yet (its daemon has not reported one)".into(),
-                });
+        let addr = dial_addr(member.node_id, &member.addrs, &self.relay, self.mdns).ok_or_else(|| {
+            MeshError::Connect {
+                peer: name.to_string(),
+                reason: "no known address yet (its daemon has not reported one)".into(),
             }
-            Relay::Disabled => {}
-            // A self-hosted relay serves the whole mesh: the peer is reachable through it too.
-            Relay::Url(u) => {
-                if let Ok(url) = u.parse::<iroh::RelayUrl>() {
-                    addr = addr.with_relay_url(url);
-                }
-            }
-            // iroh's address lookup finds the peer's relay by its id.
-            Relay::Default => {}
-        }
+        })?;
         let c = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(addr, ALPN_MESH))
             .await
             .map_err(|_| MeshError::Connect {
@@ -1540,14 +1527,14 @@ pub async fn handover(
     target: &CharterMember,
     mesh_key: &SecretKey,
     charter: &SignedCharter,
+    relay: &Relay,
     mdns: bool,
 ) -> Result<(), MeshError> {
     let peer = target.name.to_string();
-    if target.addrs.is_empty() && !mdns {
+    let Some(addr) = dial_addr(target.node_id, &target.addrs, relay, mdns) else {
         return Err(MeshError::Connect { peer, reason: "no known address (is its daemon running?)".into() });
-    }
-    let ep = crate::endpoint::bind_client(key, mdns).await?;
-    let addr = direct_addr(target.node_id, &target.addrs);
+    };
+    let ep = crate::endpoint::bind_client(key, relay, mdns).await?;
     let res = async {
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect(addr, ALPN_MESH))
             .await
@@ -1581,10 +1568,17 @@ pub async fn join(
     name: &NodeName,
     ticket: &crate::Ticket,
     addrs: Vec<SocketAddr>,
+    relay: &Relay,
     mdns: bool,
 ) -> Result<SignedCharter, MeshError> {
-    let ep = crate::endpoint::bind_client(key, mdns).await?;
-    let addr = direct_addr(ticket.body.root, &ticket.body.root_addrs);
+    let Some(addr) = dial_addr(ticket.body.root, &ticket.body.root_addrs, relay, mdns) else {
+        return Err(MeshError::Connect {
+            peer: "root".into(),
+            reason: "the ticket holds no address for the root, and this node has no relay or mDNS to find it"
+                .into(),
+        });
+    };
+    let ep = crate::endpoint::bind_client(key, relay, mdns).await?;
     let res = async {
         let conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, ep.connect(addr, ALPN_JOIN))
             .await

@@ -682,12 +682,17 @@ async fn a_flood_from_one_member_does_not_starve_another() {
 struct Root {
     mesh: Mesh,
     home: TempDir,
+    key: SecretKey,
     mk: SecretKey,
     events: Events,
 }
 
 impl Root {
     async fn new() -> Root {
+        Root::with(Relay::Disabled).await
+    }
+
+    async fn with(relay: Relay) -> Root {
         let home = TempDir::new().unwrap();
         let paths = MeshPaths::new(home.path());
         std::fs::create_dir_all(home.path().join("keys")).unwrap();
@@ -696,10 +701,10 @@ impl Root {
         // Epoch 1 without addresses; the root records its own when it starts.
         store_charter(home.path(), &charter(&mk, 1, "root", &[("root", key.public(), vec![])]));
         let events = Events::default();
-        let mesh = start(home.path(), "root", &key, &events).await;
+        let mesh = start_with(home.path(), "root", &key, &events, relay).await;
         let held = charter_file::load(&paths).unwrap().unwrap();
         assert_eq!(held.charter.root_member().unwrap().addrs, mesh.addrs(), "the root claimed its addresses");
-        Root { mesh, home, mk, events }
+        Root { mesh, home, key, mk, events }
     }
 
     fn body(&self, invitee: &str, ttl_s: i64) -> TicketBody {
@@ -739,7 +744,7 @@ impl Root {
 }
 
 async fn join_err(key: &SecretKey, as_name: &str, t: &Ticket) -> String {
-    netsky_mesh::join(key, &name(as_name), t, vec![], false)
+    netsky_mesh::join(key, &name(as_name), t, vec![], &Relay::Disabled, false)
         .await
         .expect_err("the join is refused")
         .to_string()
@@ -750,7 +755,7 @@ async fn a_valid_ticket_admits_its_joiner_once_and_every_bad_ticket_is_refused()
     let r = Root::new().await;
     let joiner = SecretKey::generate();
     let t = r.invite("laptop", 3600);
-    let c = netsky_mesh::join(&joiner, &name("laptop"), &t, vec![], false).await.unwrap();
+    let c = netsky_mesh::join(&joiner, &name("laptop"), &t, vec![], &Relay::Disabled, false).await.unwrap();
     let me = c.charter.member(&name("laptop")).expect("the charter names the joiner");
     assert_eq!(me.node_id, joiner.public());
     assert_eq!(c.charter.epoch, 3, "init, the root's addresses, the join");
@@ -759,7 +764,8 @@ async fn a_valid_ticket_admits_its_joiner_once_and_every_bad_ticket_is_refused()
     assert_eq!(r.events.count(|e| matches!(e, MeshEvent::Joined { name, .. } if name == "laptop")), 1);
 
     // The node it admitted asking again (its answer lost) gets the same charter, no new epoch.
-    let again = netsky_mesh::join(&joiner, &name("laptop"), &t, vec![], false).await.unwrap();
+    let again =
+        netsky_mesh::join(&joiner, &name("laptop"), &t, vec![], &Relay::Disabled, false).await.unwrap();
     assert_eq!(again, c, "an idempotent redeem");
     // The same ticket from any other node is refused.
     let e = join_err(&SecretKey::generate(), "laptop", &t).await;
@@ -792,7 +798,8 @@ async fn a_valid_ticket_admits_its_joiner_once_and_every_bad_ticket_is_refused()
     assert!(r.secret_file(&desk, "json").exists());
     assert_eq!(r.events.count(|e| matches!(e, MeshEvent::JoinRefused { .. })), 5);
     let desk_key = SecretKey::generate();
-    let c = netsky_mesh::join(&desk_key, &name("desk"), &desk, vec![], false).await.unwrap();
+    let c =
+        netsky_mesh::join(&desk_key, &name("desk"), &desk, vec![], &Relay::Disabled, false).await.unwrap();
     assert_eq!(c.charter.member(&name("desk")).unwrap().node_id, desk_key.public());
     r.mesh.shutdown().await;
 }
@@ -814,7 +821,7 @@ async fn a_joiner_that_failed_five_times_in_a_minute_is_refused_but_others_are_n
     assert!(held.charter.member(&name("laptop")).is_none());
     // Another node is not locked out by the pest's failures.
     let laptop = SecretKey::generate();
-    let c = netsky_mesh::join(&laptop, &name("laptop"), &valid, vec![], false)
+    let c = netsky_mesh::join(&laptop, &name("laptop"), &valid, vec![], &Relay::Disabled, false)
         .await
         .expect("a fresh joiner is admitted");
     assert_eq!(c.charter.member(&name("laptop")).map(|m| m.node_id), Some(laptop.public()));
@@ -919,10 +926,10 @@ async fn a_handover_whose_answer_was_lost_is_confirmed_again_and_the_old_root_gi
     let err = charter_file::amend(&pa, mk, |_| Ok(())).unwrap_err().to_string();
     assert!(err.contains("being handed to beta"), "{err}");
     let target = c1.charter.member(&name("beta")).unwrap().clone();
-    netsky_mesh::handover(ka, &target, mk, &c2, false).await.unwrap();
+    netsky_mesh::handover(ka, &target, mk, &c2, &Relay::Disabled, false).await.unwrap();
     // alpha never heard that answer, so it sends the very same charter again:
     // beta, root now, confirms it instead of refusing a handover from a non-root.
-    netsky_mesh::handover(ka, &target, mk, &c2, false).await.unwrap();
+    netsky_mesh::handover(ka, &target, mk, &c2, &Relay::Disabled, false).await.unwrap();
     assert_eq!(charter_bytes(hb.path()), c2.to_json());
     assert!(pb.mesh_key().exists(), "beta holds the mesh key");
     // As root, beta pushes its charter to alpha, which then gives up its key.
@@ -984,6 +991,58 @@ async fn through_a_self_hosted_relay_an_envelope_reaches_a_member_whose_address_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_self_hosted_relay_a_node_joins_and_takes_over_the_root_with_no_address_known() {
+    let mut cfg = iroh_relay::server::ServerConfig::default();
+    cfg.relay = Some(iroh_relay::server::RelayConfig::new(([127, 0, 0, 1], 0)));
+    let server = iroh_relay::server::Server::spawn(cfg).await.unwrap();
+    let relay = Relay::Url(format!("http://{}", server.http_addr().unwrap()));
+    let r = Root::with(relay.clone()).await;
+    // A ticket with no address for the root (a root behind NAT, say): only the relay leads there.
+    let mut body = r.body("laptop", 3600);
+    body.root_addrs.clear();
+    r.file_secret(&body);
+    let t = body.sign(&r.mk);
+    let joiner = SecretKey::generate();
+    let e = netsky_mesh::join(&joiner, &name("laptop"), &t, vec![], &Relay::Disabled, false)
+        .await
+        .expect_err("no address and no relay: nothing to dial")
+        .to_string();
+    assert!(e.contains("no address for the root"), "{e}");
+    let c = netsky_mesh::join(&joiner, &name("laptop"), &t, vec![], &relay, false).await.unwrap();
+    assert_eq!(c.charter.member(&name("laptop")).unwrap().node_id, joiner.public());
+
+    // The root hands its role to the new member, which reported no address either.
+    let home = TempDir::new().unwrap();
+    std::fs::create_dir_all(home.path().join("keys")).unwrap();
+    store_charter(home.path(), &c);
+    let laptop = start_with(home.path(), "laptop", &joiner, &Events::default(), relay.clone()).await;
+    // As `mesh promote laptop` does: under the charter lock, from the charter
+    // held now (laptop's hello may have added its addresses), recorded as pending.
+    let root_paths = MeshPaths::new(r.home.path());
+    let lock = charter_file::lock(&root_paths).unwrap();
+    let held = charter_file::load(&root_paths).unwrap().unwrap();
+    let c2 = charter_file::reissue(&held.charter, &r.mk, |ch| {
+        ch.root = name("laptop");
+        Ok(())
+    })
+    .unwrap();
+    charter_file::begin_handover(&root_paths, &lock, &c2).unwrap();
+    drop(lock);
+    let mut target = c2.charter.member(&name("laptop")).unwrap().clone();
+    target.addrs.clear();
+    netsky_mesh::handover(&r.key, &target, &r.mk, &c2, &relay, false).await.unwrap();
+    let paths = MeshPaths::new(home.path());
+    // (As root it may already have re-issued the charter with its own addresses.)
+    let held = charter_file::load(&paths).unwrap().unwrap();
+    assert_eq!(held.charter.root, name("laptop"), "laptop holds a charter naming it root");
+    assert!(held.charter.epoch >= c2.charter.epoch && held.charter.mesh_key == r.mk.public());
+    assert!(paths.mesh_key().exists(), "and the mesh key");
+    laptop.shutdown().await;
+    r.mesh.shutdown().await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_that_stored_the_new_charter_but_kept_its_key_gives_it_up_at_start() {
     // A promote that crashed between storing the new charter and deleting the key.
     let home = TempDir::new().unwrap();
@@ -1029,7 +1088,10 @@ async fn a_handover_with_a_conflicting_charter_is_refused_and_leaves_no_key_behi
         if charter_bytes(hb.path()) == c2.to_json() { Ok(()) } else { Err("not yet".into()) }
     })
     .await;
-    let err = netsky_mesh::handover(ka, &target, mk, &other, false).await.unwrap_err().to_string();
+    let err = netsky_mesh::handover(ka, &target, mk, &other, &Relay::Disabled, false)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("refused the handover"), "{err}");
     assert!(!MeshPaths::new(hb.path()).mesh_key().exists(), "a refused handover keeps no key");
     assert_eq!(charter_bytes(hb.path()), c2.to_json());

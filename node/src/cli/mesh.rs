@@ -13,6 +13,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::{Ctx, emit};
+use crate::daemon::relay_of;
 use crate::daemon_state;
 use crate::home::Node;
 
@@ -226,7 +227,14 @@ fn join(ctx: &Ctx, node: &Node, text: &str) -> Result<ExitCode> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let addrs = own_addrs(node);
-    let c = rt.block_on(netsky_mesh::join(&node.key, name, &ticket, addrs, node.config.node.mdns))?;
+    let c = rt.block_on(netsky_mesh::join(
+        &node.key,
+        name,
+        &ticket,
+        addrs,
+        &relay_of(&node.config.node.relay),
+        node.config.node.mdns,
+    ))?;
     let paths = node.home.mesh_paths();
     paths.create()?;
     let d = charter_file::offer(&paths, &c)?;
@@ -428,14 +436,21 @@ fn promote(ctx: &Ctx, node: &Node, name: NodeName) -> Result<ExitCode> {
         .or_else(|| signed.charter.member(&name).cloned())
         .with_context(|| format!("{name} is not a member of mesh {}", c.charter.mesh))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(netsky_mesh::handover(&node.key, &target, &mk, &signed, node.config.node.mdns))
-        .with_context(|| {
-            format!(
-                "{name} did not confirm taking the root role (epoch {}); this node stays root and issues \
+    rt.block_on(netsky_mesh::handover(
+        &node.key,
+        &target,
+        &mk,
+        &signed,
+        &relay_of(&node.config.node.relay),
+        node.config.node.mdns,
+    ))
+    .with_context(|| {
+        format!(
+            "{name} did not confirm taking the root role (epoch {}); this node stays root and issues \
              nothing else until `netsky mesh promote {name}` is run again and confirmed",
-                signed.charter.epoch
-            )
-        })?;
+            signed.charter.epoch
+        )
+    })?;
     // One holder of the mesh key: the new root has it now.
     charter_file::finish_handover(&paths, &lock, &signed)?;
     drop(lock);
