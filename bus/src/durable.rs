@@ -1,7 +1,7 @@
 //! The one way netsky writes a file that must survive a crash.
 //!
 //! 1. write a temp file in the target directory (same filesystem, so the
-//!    rename below is atomic), named `.<name>.<pid>.tmp` so scanners skip it;
+//!    rename below is atomic), named `.<name>.<pid>.<n>.tmp` so scanners skip it;
 //! 2. fsync it, so its bytes are on disk before its name is;
 //! 3. rename it over the final name, so readers see all of it or nothing;
 //! 4. fsync the directory, so the rename itself survives a power cut.
@@ -135,31 +135,27 @@ const FILES_PER_SYNC_THREAD: usize = 4;
 
 fn sync_files(dir: &Path, temps: &[(PathBuf, File)]) -> Result<(), BusError> {
     start_writeback(dir, temps);
+    let sync_chunk = |chunk: &[(PathBuf, File)]| -> Result<(), BusError> {
+        chunk.iter().try_for_each(|(p, f)| f.sync_all().map_err(BusError::io("fsync", p)))
+    };
     let threads = (temps.len() / FILES_PER_SYNC_THREAD).clamp(1, SYNC_THREADS);
     if threads == 1 {
-        return temps.iter().try_for_each(|(p, f)| f.sync_all().map_err(BusError::io("fsync", p)));
+        return sync_chunk(temps);
     }
     let per = temps.len().div_ceil(threads);
     std::thread::scope(|s| {
         let workers: Vec<_> = temps
             .chunks(per)
-            .map(|chunk| {
-                s.spawn(move || {
-                    chunk.iter().try_for_each(|(p, f)| f.sync_all().map_err(BusError::io("fsync", p)))
-                })
-            })
+            .map(|chunk| std::thread::Builder::new().spawn_scoped(s, move || sync_chunk(chunk)).ok())
             .collect();
-        // Every worker is joined before any error is returned.
-        let results: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
-        results.into_iter().try_for_each(|r| {
-            r.unwrap_or_else(|_| {
-                Err(BusError::Io {
-                    op: "fsync",
-                    path: dir.to_path_buf(),
-                    source: std::io::Error::other("fsync thread panicked"),
-                })
-            })
-        })
+        // Every worker is joined before any error is returned; a chunk whose
+        // thread could not start, or panicked, is fsynced here instead.
+        let results: Vec<_> = workers
+            .into_iter()
+            .zip(temps.chunks(per))
+            .map(|(w, chunk)| w.and_then(|w| w.join().ok()).unwrap_or_else(|| sync_chunk(chunk)))
+            .collect();
+        results.into_iter().collect::<Result<(), BusError>>()
     })
 }
 

@@ -371,8 +371,7 @@ fn next_id(now: OffsetDateTime) -> Result<Ulid, BusError> {
             // whose CPU-feature probe alone costs a short-lived `channel send`
             // about 50 us in a VM (every CPUID traps to the hypervisor).
             let mut r = [0u8; 16];
-            getrandom::fill(&mut r[6..])
-                .map_err(|e| BusError::BadEnvelope(format!("no randomness from the OS for an id: {e}")))?;
+            getrandom::fill(&mut r[6..]).map_err(|e| BusError::NoRandomness(e.to_string()))?;
             Ulid::from_parts(ms, u128::from_be_bytes(r))
         }
     };

@@ -28,6 +28,9 @@ pub enum BusError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The OS gave no randomness (for an envelope id).
+    #[error("no randomness from the OS: {0}")]
+    NoRandomness(String),
     /// The mailbox is held by another process for longer than we wait.
     #[error("mailbox {path} is busy: another process holds its lock (a running daemon or drain)")]
     Busy {

@@ -24,6 +24,12 @@ const CHECK_THREADS: usize = 4;
 /// Files a check thread takes at least (a thread costs about one check).
 const CHECKS_PER_THREAD: usize = 16;
 
+/// The CPUs this process may use, read once (it reads cgroup files).
+fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Stale temp files older than this are the remains of a crashed writer.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
@@ -203,16 +209,17 @@ impl Mailbox {
         entries.extend(inbox.into_iter().map(|n| (n, false)));
         // Adopted first, then the inbox, each oldest first (ULIDs sort by time).
         entries.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut rest = entries.into_iter();
-        let mut more = true;
-        while more && claimed.len() < max {
+        let mut rest = entries.into_iter().peekable();
+        while rest.peek().is_some() && claimed.len() < max {
             // Move up to the room left into claimed/ (cheap, in order), then
             // check them all at once; refusals leave room for the next round.
+            // Adopted entries get rounds of their own: an inbox copy of an id
+            // is judged only once the claimed copy's fate is known.
             let room = max - claimed.len();
+            let round_adopted = rest.peek().is_some_and(|e| e.1);
             let mut moved: Vec<(String, bool)> = Vec::with_capacity(room.min(1024));
             while moved.len() < room {
-                let Some((name, adopted)) = rest.next() else {
-                    more = false;
+                let Some((name, adopted)) = rest.next_if(|e| e.1 == round_adopted) else {
                     break;
                 };
                 let from_dir = if adopted { &self.claimed } else { &self.inbox };
@@ -262,29 +269,37 @@ impl Mailbox {
     ///
     /// Signature checks dominate a big claim, so they run on several threads.
     fn check_all(&self, guard: &Guard<'_>, moved: &[(String, bool)]) -> Vec<Result<Envelope, Refusal>> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(CHECK_THREADS);
+        let check_chunk = |chunk: &[(String, bool)]| -> Vec<Result<Envelope, Refusal>> {
+            chunk.iter().map(|(n, _)| self.check_claimed(guard, n)).collect()
+        };
+        // One at a time, each under its own catch: a check that panics costs
+        // only its own file (poisoned, with the reason), never its neighbours.
+        let one_by_one = |chunk: &[(String, bool)]| -> Vec<Result<Envelope, Refusal>> {
+            chunk
+                .iter()
+                .map(|(n, _)| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.check_claimed(guard, n)))
+                        .unwrap_or_else(|_| {
+                            Err(Refusal::new(RefusalKind::Unreadable, "the check of this file panicked"))
+                        })
+                })
+                .collect()
+        };
+        let threads = cpus().min(CHECK_THREADS);
         if threads < 2 || moved.len() < CHECKS_PER_THREAD * 2 {
-            return moved.iter().map(|(name, _)| self.check_claimed(guard, name)).collect();
+            return one_by_one(moved);
         }
         let per = moved.len().div_ceil(threads).max(CHECKS_PER_THREAD);
         std::thread::scope(|s| {
             let workers: Vec<_> = moved
                 .chunks(per)
-                .map(|chunk| {
-                    s.spawn(move || {
-                        chunk.iter().map(|(n, _)| self.check_claimed(guard, n)).collect::<Vec<_>>()
-                    })
-                })
+                .map(|chunk| std::thread::Builder::new().spawn_scoped(s, move || check_chunk(chunk)).ok())
                 .collect();
             workers
                 .into_iter()
                 .zip(moved.chunks(per))
-                .flat_map(|(w, chunk)| {
-                    w.join().unwrap_or_else(|_| {
-                        let r = Refusal::new(RefusalKind::Unreadable, "the check of this file panicked");
-                        chunk.iter().map(|_| Err(r.clone())).collect()
-                    })
-                })
+                // A thread that could not start or that panicked: its files again, here.
+                .flat_map(|(w, chunk)| w.and_then(|w| w.join().ok()).unwrap_or_else(|| one_by_one(chunk)))
                 .collect()
         })
     }
@@ -476,6 +491,22 @@ mod tests {
         assert_eq!(rest.len(), 58);
         assert_eq!(p2.len(), 6);
         assert_eq!(mb.counts().unwrap(), Counts { inbox: 0, claimed: 58, delivered: 50, poison: 12 });
+    }
+
+    #[test]
+    fn a_bad_claimed_leftover_does_not_cost_the_good_inbox_copy_of_its_id() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let e = env(&w, "agent1@work", "the real one");
+        mb.put(&e).unwrap();
+        let good = std::fs::read_to_string(mb.inbox.join(e.file_name())).unwrap();
+        std::fs::write(mb.claimed.join(e.file_name()), good.replace(&e.text, "forged")).unwrap();
+        let (c, p) = drain(&mb, &w);
+        // The leftover is judged first, and refused; only then the inbox copy.
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].refusal.kind, RefusalKind::BadSignature);
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].env.text.as_str(), c[0].adopted), ("the real one", false));
     }
 
     #[test]

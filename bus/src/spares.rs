@@ -41,27 +41,35 @@ pub fn spares_dir(dir: &Path) -> PathBuf {
     dir.join(SPARES_DIR)
 }
 
+/// The spares folder of `dir` if it is a real folder: a symlink there
+/// (or anything else) is never followed out of the home.
+fn real_spares_dir(dir: &Path) -> Option<PathBuf> {
+    let sd = spares_dir(dir);
+    std::fs::symlink_metadata(&sd).ok().filter(|m| m.file_type().is_dir()).map(|_| sd)
+}
+
 /// Takes a spare of `dir` as the temp file `tmp` (in `dir`), open for writing.
 ///
 /// `None` when there is none to take; the caller then creates `tmp` itself.
 pub(crate) fn claim(dir: &Path, tmp: &Path) -> Option<File> {
-    let rd = std::fs::read_dir(spares_dir(dir)).ok()?;
+    use std::os::unix::fs::MetadataExt;
+    let rd = std::fs::read_dir(real_spares_dir(dir)?).ok()?;
     for e in rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file())).take(CLAIM_TRIES) {
         if std::fs::rename(e.path(), tmp).is_err() {
             // Taken by another writer between the listing and now.
             continue;
         }
-        let opened = OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(tmp)
-            .ok()
-            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
-        match opened {
-            Some(f) => return Some(f),
-            None => {
-                // Not a plain file after all: out of the way, and on to the next.
+        // Only an empty file of its own: never truncate an inode with another
+        // name (after a crash, fsck can leave a spare's old name beside the
+        // envelope it became), nor write through whatever replaced the spare.
+        let f =
+            OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(tmp).ok();
+        match f {
+            Some(f) if f.metadata().is_ok_and(|m| m.is_file() && m.nlink() == 1 && m.len() == 0) => {
+                return Some(f);
+            }
+            // Out of the way (unlinking this name leaves any other name alone), and on to the next.
+            _ => {
                 let _ = std::fs::remove_file(tmp);
             }
         }
@@ -71,27 +79,31 @@ pub(crate) fn claim(dir: &Path, tmp: &Path) -> Option<File> {
 
 /// Makes spares in `dir` until it holds `want`; returns how many were made.
 ///
+/// Spares have fixed names (`0`, `1`, ...): refills running at once (the
+/// ticker's and the mesh's) fill the same slots, never more than `want`.
 /// Creates `<dir>/.spares/` (0700) if needed; `dir` itself must exist.
 pub fn top_up(dir: &Path, want: usize) -> Result<usize, BusError> {
-    let sd = spares_dir(dir);
-    let have = match std::fs::read_dir(&sd) {
-        Ok(rd) => rd.take(want).count(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let sd = match real_spares_dir(dir) {
+        Some(sd) => sd,
+        None => {
+            let sd = spares_dir(dir);
             if !dir.is_dir() {
+                let e = std::io::Error::from(std::io::ErrorKind::NotFound);
                 return Err(BusError::Io { op: "top up spares in", path: dir.to_path_buf(), source: e });
             }
             match std::fs::DirBuilder::new().mode(0o700).create(&sd) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Ok(()) => sd,
+                // A refill at the same moment made it.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && real_spares_dir(dir).is_some() => {
+                    sd
+                }
                 Err(e) => return Err(BusError::Io { op: "create", path: sd, source: e }),
             }
-            0
         }
-        Err(e) => return Err(BusError::Io { op: "list", path: sd, source: e }),
     };
     let mut made = 0;
-    for _ in have..want {
-        let p = sd.join(ulid::Ulid::new().to_string());
+    for i in 0..want {
+        let p = sd.join(i.to_string());
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -100,7 +112,6 @@ pub fn top_up(dir: &Path, want: usize) -> Result<usize, BusError> {
             .open(&p)
         {
             Ok(_) => made += 1,
-            // The same ULID twice within a millisecond: harmless, the next pass fills the gap.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(BusError::Io { op: "create spare", path: p, source: e }),
         }
@@ -119,7 +130,10 @@ pub fn refill(dir: &Path) -> Result<usize, BusError> {
 
 /// How many spares `dir` holds now (up to 1024).
 pub fn count(dir: &Path) -> usize {
-    std::fs::read_dir(spares_dir(dir)).map(|rd| rd.take(1024).count()).unwrap_or(0)
+    real_spares_dir(dir)
+        .and_then(|sd| std::fs::read_dir(sd).ok())
+        .map(|rd| rd.take(1024).count())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -177,6 +191,45 @@ mod tests {
         assert!(claim(d.path(), &d.path().join(".a.tmp")).is_none());
         assert!(!d.path().join(".a.tmp").exists());
         assert!(sd.join("a-dir").is_dir() && sd.join("a-link").symlink_metadata().is_ok());
+    }
+
+    #[test]
+    fn a_symlinked_spares_folder_is_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("precious"), b"keep me").unwrap();
+        std::os::unix::fs::symlink(outside.path(), spares_dir(d.path())).unwrap();
+        assert!(claim(d.path(), &d.path().join(".a.tmp")).is_none());
+        assert!(top_up(d.path(), 4).is_err());
+        assert_eq!(count(d.path()), 0);
+        assert_eq!(std::fs::read(outside.path().join("precious")).unwrap(), b"keep me");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_spare_that_is_another_file_too_is_dropped_untouched() {
+        // After a crash, fsck can leave a spare's old name on the inode that became an envelope.
+        let d = tempfile::tempdir().unwrap();
+        let sd = spares_dir(d.path());
+        std::fs::create_dir(&sd).unwrap();
+        std::fs::write(d.path().join("env.json"), b"an envelope").unwrap();
+        std::fs::hard_link(d.path().join("env.json"), sd.join("0")).unwrap();
+        std::fs::write(sd.join("1"), b"not empty").unwrap();
+        assert!(claim(d.path(), &d.path().join(".a.tmp")).is_none());
+        assert_eq!(std::fs::read(d.path().join("env.json")).unwrap(), b"an envelope");
+        assert!(!d.path().join(".a.tmp").exists());
+        assert_eq!(count(d.path()), 0, "both taken out of the pool");
+    }
+
+    #[test]
+    fn refills_at_once_never_overfill() {
+        let d = tempfile::tempdir().unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| top_up(d.path(), SPARES_PER_DIR).unwrap());
+            }
+        });
+        assert_eq!(count(d.path()), SPARES_PER_DIR);
     }
 
     #[test]

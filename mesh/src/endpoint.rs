@@ -48,7 +48,7 @@ pub(crate) async fn bind(
             e.to_string()
         }));
     }
-    let mut builder = builder_for(relay).map_err(err)?;
+    let mut builder = builder_for(relay, true).map_err(err)?;
     let mut mdns_on = false;
     if mdns && let Some(m) = mdns_lookup(key, true) {
         builder = builder.address_lookup(m);
@@ -86,10 +86,17 @@ fn mdns_lookup(key: &SecretKey, advertise: bool) -> Option<iroh_mdns_address_loo
         .ok()
 }
 
-/// An endpoint builder for a relay mode.
-fn builder_for(relay: &Relay) -> Result<iroh::endpoint::Builder, String> {
+/// An endpoint builder for a relay mode; `publish`: announce this endpoint's
+/// address under the node id (the daemon's job alone: a one-off endpoint
+/// with the same key would replace the daemon's record with its own).
+fn builder_for(relay: &Relay, publish: bool) -> Result<iroh::endpoint::Builder, String> {
+    use iroh::address_lookup::{DnsAddressLookup, PkarrResolver};
     Ok(match relay {
-        Relay::Default => Endpoint::builder(presets::N0),
+        Relay::Default if publish => Endpoint::builder(presets::N0),
+        Relay::Default => Endpoint::builder(presets::Minimal)
+            .address_lookup(PkarrResolver::n0_dns())
+            .address_lookup(DnsAddressLookup::n0_dns())
+            .relay_mode(RelayMode::Default),
         Relay::Disabled => Endpoint::builder(presets::Minimal)
             .relay_mode(RelayMode::Disabled)
             .net_report_config(NetReportConfig::minimal()),
@@ -102,12 +109,14 @@ fn builder_for(relay: &Relay) -> Result<iroh::endpoint::Builder, String> {
 
 /// An ephemeral endpoint for one-off dials (joining, handing over), with the
 /// node key and the node's relay mode, so it reaches the peer the way the
-/// daemon would; with `mdns`, it also looks the peer up on the local network
-/// (without announcing itself), for when the addresses it was given are stale.
+/// daemon would (it looks peers up but announces nothing; on a relay, its
+/// connection stands in for the daemon's for the moments it lives); with
+/// `mdns`, it also looks the peer up on the local network, for when the
+/// addresses it was given are stale.
 pub(crate) async fn bind_client(key: &SecretKey, relay: &Relay, mdns: bool) -> Result<Endpoint, MeshError> {
     let listen: SocketAddr = ([0, 0, 0, 0], 0).into();
     let err = |reason: String| MeshError::Bind { addr: listen.to_string(), reason };
-    let mut builder = builder_for(relay).map_err(err)?;
+    let mut builder = builder_for(relay, false).map_err(err)?;
     if mdns && let Some(m) = mdns_lookup(key, false) {
         builder = builder.address_lookup(m);
     }
@@ -160,4 +169,30 @@ pub fn dialable_addrs(ep: &Endpoint) -> Vec<SocketAddr> {
     v.dedup();
     v.truncate(16);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_dialled_where_this_relay_mode_can_find_it() {
+        let id = SecretKey::generate().public();
+        let at: Vec<SocketAddr> = vec!["127.0.0.1:7000".parse().unwrap()];
+        // Nothing could find it: no address, no relay, no mDNS.
+        assert!(dial_addr(id, &[], &Relay::Disabled, false).is_none());
+        assert!(dial_addr(id, &[], &Relay::Disabled, true).is_some(), "mDNS may find it");
+        let direct = dial_addr(id, &at, &Relay::Disabled, false).unwrap();
+        assert_eq!(direct.ip_addrs().copied().collect::<Vec<_>>(), at);
+        assert_eq!(direct.relay_urls().count(), 0);
+        // A self-hosted relay serves the whole mesh: it is part of every address.
+        let relayed = dial_addr(id, &[], &Relay::Url("http://127.0.0.1:3340".into()), false).unwrap();
+        assert_eq!(
+            relayed.relay_urls().map(|u| u.to_string()).collect::<Vec<_>>(),
+            ["http://127.0.0.1:3340/"]
+        );
+        // iroh's own relays are looked up by id.
+        let looked_up = dial_addr(id, &[], &Relay::Default, false).unwrap();
+        assert_eq!(looked_up.relay_urls().count(), 0);
+    }
 }

@@ -52,6 +52,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How often spares are topped up when nothing used one.
 const SPARES_RECHECK: Duration = Duration::from_secs(30);
+/// Inboxes the mesh keeps spares in at most (agents are many, a node's few are busy).
+const SPARE_INBOXES: usize = 64;
 /// How long after a spare was used the top-up waits.
 const SPARES_SETTLE: Duration = Duration::from_millis(5);
 /// Pushes in flight on one connection at once (each up to `MAX_BATCH` envelopes).
@@ -1069,8 +1071,16 @@ impl Shared {
                         let acks = items.iter().map(|i| i.ack.clone()).collect();
                         {
                             let mut dirs = self.spare_dirs.lock().unwrap_or_else(|p| p.into_inner());
-                            for a in items.iter().filter(|i| i.ack.outcome == Outcome::Stored) {
-                                if let Some(agent) = a.agent {
+                            // A mailbox that took one envelope took it into a spare
+                            // (a batch creates its files); a bound on the folders kept.
+                            let mut stored: HashMap<AgentName, usize> = HashMap::new();
+                            for i in items.iter().filter(|i| i.ack.outcome == Outcome::Stored) {
+                                if let Some(agent) = i.agent {
+                                    *stored.entry(agent).or_default() += 1;
+                                }
+                            }
+                            for (agent, _) in stored.into_iter().filter(|(_, n)| *n == 1) {
+                                if dirs.len() < SPARE_INBOXES {
                                     dirs.insert(self.layout.inbox_dir(agent));
                                 }
                             }

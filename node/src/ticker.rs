@@ -150,20 +150,14 @@ fn watch_inboxes(node: &Node, tx: SyncSender<Wake>) -> Result<notify::Recommende
 /// Mailboxes whose inboxes get spares (a bound on the work of one round).
 const SPARE_MAILBOXES: usize = 64;
 
-/// Keeps spare files in every mailbox's inbox, so a local `channel send`
-/// allocates no inode on its path (see `netsky_bus::spares`).
-fn top_up_spares(node: &Node) {
+/// Keeps spare files in the inboxes of `agents`, so a local `channel send`
+/// allocates no inode on its path (see `netsky_bus::spares`). Every tick
+/// covers the first `SPARE_MAILBOXES` mailboxes; a wake, those it delivered to.
+fn refill_spares(node: &Node, agents: impl Iterator<Item = netsky_bus::AgentName>) {
     let layout = node.home.layout();
-    let agents = match layout.agents() {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot list mailboxes for spares");
-            return;
-        }
-    };
-    for agent in agents.into_iter().take(SPARE_MAILBOXES) {
+    for agent in agents {
         if let Err(e) = netsky_bus::spares::refill(&layout.inbox_dir(agent)) {
-            tracing::debug!(error = %e, %agent, "spares not topped up");
+            tracing::debug!(error = %e, %agent, "spares not refilled");
         }
     }
 }
@@ -192,12 +186,14 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                 while let Ok(w) = rx.try_recv() {
                     stop |= w == Wake::Shutdown;
                 }
-                if let Err(e) = constellation::deliver_now(&node) {
-                    let rec = &node.recorder;
-                    rec.record(&[rec.event("deliver-error", None, None, Some(format!("{e:#}")))]);
+                match constellation::deliver_now(&node) {
+                    // The sends that woke us may have taken spares: refill those inboxes now, off their path.
+                    Ok(d) => refill_spares(&node, d.mail_for.into_iter()),
+                    Err(e) => {
+                        let rec = &node.recorder;
+                        rec.record(&[rec.event("deliver-error", None, None, Some(format!("{e:#}")))]);
+                    }
                 }
-                // The send that woke us may have taken a spare: replace it now, off its path.
-                top_up_spares(&node);
                 if stop {
                     break;
                 }
@@ -217,7 +213,10 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                         tracing::warn!(error = %format!("{e:#}"), "tick failed");
                     }
                 }
-                top_up_spares(&node);
+                match node.home.layout().agents() {
+                    Ok(all) => refill_spares(&node, all.into_iter().take(SPARE_MAILBOXES)),
+                    Err(e) => tracing::debug!(error = %e, "cannot list mailboxes for spares"),
+                }
                 if let Err(e) = constellation::stamp_tick(&node, ticks) {
                     tracing::warn!(error = %format!("{e:#}"), "cannot write state/tick.json");
                 }

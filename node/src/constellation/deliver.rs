@@ -35,6 +35,8 @@ pub struct Delivered {
     pub poisoned: usize,
     /// Pastes that failed (left claimed, retried next round).
     pub failed: usize,
+    /// Agents whose inbox held mail this round (a send may have taken a spare there).
+    pub mail_for: BTreeSet<AgentName>,
 }
 
 /// Delivers waiting envelopes to every agent in `live` (agents with a live pane).
@@ -43,6 +45,9 @@ pub fn deliver(node: &Node, tmux: &Tmux, live: &BTreeSet<AgentName>) -> Delivere
     for &agent in live {
         match deliver_one(node, tmux, agent) {
             Ok(d) => {
+                if d.delivered + d.poisoned + d.failed > 0 {
+                    total.mail_for.insert(agent);
+                }
                 total.delivered += d.delivered;
                 total.poisoned += d.poisoned;
                 total.failed += d.failed;
