@@ -88,6 +88,35 @@ pub fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Bu
     Ok(dst)
 }
 
+/// Removes the temp files (`.*.tmp`) in `dir` last changed more than `age`
+/// ago: the remains of writers that crashed, never acknowledged. Returns how
+/// many went. Names are checked before anything is stat'ed (a big inbox
+/// costs a listing, not a stat per envelope); links are never followed.
+pub fn sweep_stale_temps(dir: &Path, age: std::time::Duration) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    use std::time::{Duration, SystemTime};
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if !name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp")) {
+            continue;
+        }
+        // By the last change of any kind: a spare taken as a temp file keeps
+        // its old mtime, but the rename that took it set ctime.
+        let stale = e.metadata().ok().filter(|m| m.is_file()).is_some_and(|m| {
+            let changed =
+                SystemTime::UNIX_EPOCH + Duration::from_secs(m.ctime().max(m.mtime()).max(0) as u64);
+            now.duration_since(changed).is_ok_and(|a| a > age)
+        });
+        if stale && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Writes many files into `dir` atomically, durable when it returns `Ok`.
 pub fn write_durable_batch(dir: &Path, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
     if items.len() == 1 {
@@ -207,6 +236,25 @@ mod tests {
         assert_eq!(std::fs::read(d.path().join("a.json")).unwrap(), b"hello");
         let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "only a.json and .spares: {names:?}");
+    }
+
+    #[test]
+    fn only_old_temp_files_are_swept() {
+        let d = tempfile::tempdir().unwrap();
+        for n in [".a.json.1.0.tmp", "b.json", ".lock"] {
+            std::fs::write(d.path().join(n), b"x").unwrap();
+        }
+        // Fresh: nothing goes.
+        assert_eq!(sweep_stale_temps(d.path(), std::time::Duration::from_secs(3600)), 0);
+        // Older than zero seconds (after a tick of the clock): only the temp file.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(sweep_stale_temps(d.path(), std::time::Duration::ZERO), 1);
+        let mut left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".lock", "b.json"]);
     }
 
     #[test]

@@ -21,7 +21,7 @@ mod name;
 mod roster;
 pub mod spares;
 
-pub use durable::{fsync_dir, write_durable, write_durable_batch};
+pub use durable::{fsync_dir, sweep_stale_temps, write_durable, write_durable_batch};
 pub use envelope::{ENVELOPE_DOMAIN, Envelope, Kind, MAX_ENVELOPE_BYTES, format_ts, parse_ts};
 pub use error::BusError;
 pub use filelock::{FileLock, is_locked, lock_file};

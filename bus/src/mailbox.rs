@@ -14,7 +14,7 @@
 //! delivered; an id found there again is refused as a duplicate.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::guard::{Refusal, RefusalKind};
 use crate::{AgentName, BusError, Envelope, Guard, Layout, NodeName, durable, format_ts};
@@ -356,23 +356,7 @@ impl Mailbox {
 
     /// Removes temp files a crashed writer left long ago; they were never acknowledged.
     fn sweep_temps(&self) {
-        if let Ok(rd) = std::fs::read_dir(&self.inbox) {
-            for e in rd.flatten() {
-                let n = e.file_name();
-                let Some(n) = n.to_str() else { continue };
-                // By the last change of any kind: a spare taken as a temp file
-                // keeps its old mtime, but the rename that took it set ctime.
-                let old = e.metadata().ok().is_some_and(|m| {
-                    use std::os::unix::fs::MetadataExt;
-                    let changed =
-                        SystemTime::UNIX_EPOCH + Duration::from_secs(m.ctime().max(m.mtime()).max(0) as u64);
-                    SystemTime::now().duration_since(changed).is_ok_and(|age| age > STALE_TEMP)
-                });
-                if n.starts_with('.') && n.ends_with(".tmp") && old {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
+        durable::sweep_stale_temps(&self.inbox, STALE_TEMP);
     }
 
     /// Entries in each lifecycle folder (temp files and reason files excluded).

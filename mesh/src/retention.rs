@@ -1,4 +1,4 @@
-//! How long the sender's audit trail (`mesh/sent/`) is kept.
+//! How long the sender's audit trail (`mesh/sent/`) and crash leftovers are kept.
 //!
 //! Acked copies are evidence, not state: nothing reads them to deliver. They
 //! are pruned after a week, a bounded number per pass, so one pass never
@@ -9,6 +9,9 @@ use std::time::{Duration, SystemTime};
 
 /// Acked envelopes are kept this long in `mesh/sent/`.
 pub const SENT_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Temp files untouched this long belong to writers that crashed.
+pub const STALE_TEMP: Duration = Duration::from_secs(3600);
 
 /// At most this many files are removed per pass.
 pub const PRUNE_PER_PASS: usize = 1000;

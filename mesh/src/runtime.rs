@@ -579,6 +579,19 @@ impl Shared {
                 if n > 0 {
                     info!(removed = n, "acked copies older than a week pruned from mesh/sent/");
                 }
+                // Temp files of writers that crashed (a `channel send` killed mid-write).
+                let p = self.paths.clone();
+                let swept = tokio::task::spawn_blocking(move || {
+                    [p.outbox(), p.receipts(), p.refused(), p.delivered(), p.tickets(), p.dir()]
+                        .iter()
+                        .map(|d| netsky_bus::sweep_stale_temps(d, crate::retention::STALE_TEMP))
+                        .sum::<usize>()
+                })
+                .await
+                .unwrap_or(0);
+                if swept > 0 {
+                    info!(removed = swept, "stale temp files of crashed writers removed");
+                }
             }
         }
     }
