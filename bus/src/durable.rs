@@ -95,6 +95,10 @@ pub fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Bu
 pub fn sweep_stale_temps(dir: &Path, age: std::time::Duration) -> usize {
     use std::os::unix::fs::MetadataExt;
     use std::time::{Duration, SystemTime};
+    // A symlinked folder is not ours to sweep: never follow it out of the home.
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_dir()) {
+        return 0;
+    }
     let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
     let now = SystemTime::now();
     let mut removed = 0;
@@ -255,6 +259,14 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".lock", "b.json"]);
+        // A symlink to a folder is never swept through.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join(".c.tmp"), b"x").unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(other.path(), &link).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(sweep_stale_temps(&link, std::time::Duration::ZERO), 0);
+        assert!(other.path().join(".c.tmp").exists());
     }
 
     #[test]

@@ -262,6 +262,9 @@ impl Mailbox {
                 }
             }
         }
+        // By id: per sender that is send order, even when a refused leftover
+        // in claimed/ let the inbox copy of its id come in a later round.
+        claimed.sort_by_key(|c| c.env.id);
         Ok((claimed, poisoned))
     }
 
@@ -356,7 +359,9 @@ impl Mailbox {
 
     /// Removes temp files a crashed writer left long ago; they were never acknowledged.
     fn sweep_temps(&self) {
+        // poison/ gets `.reason` files through temp files too.
         durable::sweep_stale_temps(&self.inbox, STALE_TEMP);
+        durable::sweep_stale_temps(&self.poison, STALE_TEMP);
     }
 
     /// Entries in each lifecycle folder (temp files and reason files excluded).
@@ -482,15 +487,20 @@ mod tests {
         let w = world();
         let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
         let e = env(&w, "agent1@work", "the real one");
+        let later = env(&w, "agent1@work", "sent after it");
         mb.put(&e).unwrap();
+        mb.put(&later).unwrap();
+        // A crashed claimer left `later` claimed, and a broken copy of `e` beside it.
+        std::fs::rename(mb.inbox.join(later.file_name()), mb.claimed.join(later.file_name())).unwrap();
         let good = std::fs::read_to_string(mb.inbox.join(e.file_name())).unwrap();
         std::fs::write(mb.claimed.join(e.file_name()), good.replace(&e.text, "forged")).unwrap();
         let (c, p) = drain(&mb, &w);
         // The leftover is judged first, and refused; only then the inbox copy.
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].refusal.kind, RefusalKind::BadSignature);
-        assert_eq!(c.len(), 1);
-        assert_eq!((c[0].env.text.as_str(), c[0].adopted), ("the real one", false));
+        // Still in send order, although `e` came in a later round than `later`.
+        let got: Vec<_> = c.iter().map(|c| (c.env.text.as_str(), c.adopted)).collect();
+        assert_eq!(got, [("the real one", false), ("sent after it", true)]);
     }
 
     #[test]

@@ -96,7 +96,7 @@ fn builder_for(relay: &Relay, publish: bool) -> Result<iroh::endpoint::Builder, 
         Relay::Default => Endpoint::builder(presets::Minimal)
             .address_lookup(PkarrResolver::n0_dns())
             .address_lookup(DnsAddressLookup::n0_dns())
-            .relay_mode(RelayMode::Default),
+            .relay_mode(iroh::endpoint::default_relay_mode()),
         Relay::Disabled => Endpoint::builder(presets::Minimal)
             .relay_mode(RelayMode::Disabled)
             .net_report_config(NetReportConfig::minimal()),

@@ -582,7 +582,8 @@ impl Shared {
                 // Temp files of writers that crashed (a `channel send` killed mid-write).
                 let p = self.paths.clone();
                 let swept = tokio::task::spawn_blocking(move || {
-                    [p.outbox(), p.receipts(), p.refused(), p.delivered(), p.tickets(), p.dir()]
+                    let state = p.home().join("state");
+                    [p.outbox(), p.receipts(), p.refused(), p.delivered(), p.tickets(), p.dir(), state]
                         .iter()
                         .map(|d| netsky_bus::sweep_stale_temps(d, crate::retention::STALE_TEMP))
                         .sum::<usize>()
@@ -611,8 +612,10 @@ impl Shared {
                 _ = self.cancel.cancelled() => return,
                 _ = tokio::time::sleep(SPARES_SETTLE) => {}
             }
+            // The inboxes that took a spare since the last pass (taken: a deleted
+            // agent's, or one long idle, drops out; new busy ones get in).
             let mut dirs = vec![self.paths.outbox()];
-            dirs.extend(self.spare_dirs.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+            dirs.extend(std::mem::take(&mut *self.spare_dirs.lock().unwrap_or_else(|p| p.into_inner())));
             let made = tokio::task::spawn_blocking(move || {
                 dirs.iter()
                     .map(|d| match netsky_bus::spares::refill(d) {
