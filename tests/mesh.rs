@@ -36,7 +36,7 @@ fn nodes_join_by_ticket_and_messages_cross_both_ways_in_order() {
     // The daemons keep spare files where sends land, so those writes allocate
     // no inode: the sender's outbox and the inbox pushes were stored in.
     for (h, dir) in [(laptop, "mesh/outbox"), (studio, "channels/agent/agent3/inbox")] {
-        wait_for("spares topped up", T, || {
+        wait_for("spares refilled", T, || {
             let n = std::fs::read_dir(h.join(&format!("{dir}/.spares"))).map(|rd| rd.count()).unwrap_or(0);
             // Refilled to 16 at the first use, then again whenever 8 or fewer are left.
             if (9..=16).contains(&n) { Ok(()) } else { Err(format!("{n} spares in {dir}")) }

@@ -50,7 +50,7 @@ const QUEUE_RECEIPTS: usize = 4 * MAX_BATCH;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `mesh/sent/` is pruned of copies older than a week.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
-/// How often spares are topped up when nothing used one.
+/// How often spares are refilled when nothing used one.
 const SPARES_RECHECK: Duration = Duration::from_secs(30);
 /// Inboxes the mesh keeps spares in at most (agents are many, a node's few are busy).
 const SPARE_INBOXES: usize = 64;
@@ -179,7 +179,7 @@ struct Shared {
     /// Serialises writes of `state/peers.json`: the sequence number written last.
     peers_file: Mutex<u64>,
     peer_state_seq: std::sync::atomic::AtomicU64,
-    /// Inboxes pushes were stored into: their spares are topped up.
+    /// Inboxes that took a spare since the last refill pass.
     spare_dirs: Mutex<HashSet<PathBuf>>,
     /// A spare may have been taken: top up soon.
     spares_due: Notify,
@@ -621,7 +621,7 @@ impl Shared {
                     .map(|d| match netsky_bus::spares::refill(d) {
                         Ok(n) => n,
                         Err(e) => {
-                            debug!(error = %e, "spares not topped up");
+                            debug!(error = %e, "spares not refilled");
                             0
                         }
                     })
@@ -629,7 +629,7 @@ impl Shared {
             })
             .await
             .unwrap_or(0);
-            debug!(made, "spares topped up");
+            debug!(made, "spares refilled");
         }
     }
 
