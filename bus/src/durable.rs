@@ -175,21 +175,11 @@ fn sync_files(dir: &Path, temps: &[(PathBuf, File)]) -> Result<(), BusError> {
     if threads == 1 {
         return sync_chunk(temps);
     }
-    let per = temps.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let workers: Vec<_> = temps
-            .chunks(per)
-            .map(|chunk| std::thread::Builder::new().spawn_scoped(s, move || sync_chunk(chunk)).ok())
-            .collect();
-        // Every worker is joined before any error is returned; a chunk whose
-        // thread could not start, or panicked, is fsynced here instead.
-        let results: Vec<_> = workers
-            .into_iter()
-            .zip(temps.chunks(per))
-            .map(|(w, chunk)| w.and_then(|w| w.join().ok()).unwrap_or_else(|| sync_chunk(chunk)))
-            .collect();
-        results.into_iter().collect::<Result<(), BusError>>()
-    })
+    // Every thread is joined before any error is returned; a chunk whose
+    // thread could not start, or panicked, is fsynced here instead.
+    crate::parallel::on_threads(temps, temps.len().div_ceil(threads), sync_chunk, sync_chunk)
+        .into_iter()
+        .collect::<Result<(), BusError>>()
 }
 
 /// Starts the writeback of every file of a batch at once, so the fsyncs

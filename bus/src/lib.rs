@@ -18,6 +18,7 @@ mod guard;
 mod layout;
 mod mailbox;
 mod name;
+mod parallel;
 mod roster;
 pub mod spares;
 

@@ -293,18 +293,8 @@ impl Mailbox {
             return one_by_one(moved);
         }
         let per = moved.len().div_ceil(threads).max(CHECKS_PER_THREAD);
-        std::thread::scope(|s| {
-            let workers: Vec<_> = moved
-                .chunks(per)
-                .map(|chunk| std::thread::Builder::new().spawn_scoped(s, move || check_chunk(chunk)).ok())
-                .collect();
-            workers
-                .into_iter()
-                .zip(moved.chunks(per))
-                // A thread that could not start or that panicked: its files again, here.
-                .flat_map(|(w, chunk)| w.and_then(|w| w.join().ok()).unwrap_or_else(|| one_by_one(chunk)))
-                .collect()
-        })
+        // A thread that could not start or that panicked: its files again, here, one by one.
+        crate::parallel::on_threads(moved, per, check_chunk, one_by_one).into_iter().flatten().collect()
     }
 
     /// The guard's verdict on `claimed/<name>`, plus dedupe and recipient.

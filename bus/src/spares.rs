@@ -128,6 +128,19 @@ pub fn refill(dir: &Path) -> Result<usize, BusError> {
     top_up(dir, SPARES_PER_DIR)
 }
 
+/// [`refill`] for each of `dirs`; a folder that cannot be refilled is logged
+/// and skipped (its writers create files as before). Returns how many were made.
+pub fn refill_each(dirs: impl IntoIterator<Item = PathBuf>) -> usize {
+    dirs.into_iter()
+        .map(|d| {
+            refill(&d).unwrap_or_else(|e| {
+                tracing::debug!(dir = %d.display(), error = %e, "spares not refilled");
+                0
+            })
+        })
+        .sum()
+}
+
 /// How many spares `dir` holds now (up to 1024).
 pub fn count(dir: &Path) -> usize {
     real_spares_dir(dir)

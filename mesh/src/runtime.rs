@@ -616,19 +616,8 @@ impl Shared {
             // agent's, or one long idle, drops out; new busy ones get in).
             let mut dirs = vec![self.paths.outbox()];
             dirs.extend(std::mem::take(&mut *self.spare_dirs.lock().unwrap_or_else(|p| p.into_inner())));
-            let made = tokio::task::spawn_blocking(move || {
-                dirs.iter()
-                    .map(|d| match netsky_bus::spares::refill(d) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            debug!(error = %e, "spares not refilled");
-                            0
-                        }
-                    })
-                    .sum::<usize>()
-            })
-            .await
-            .unwrap_or(0);
+            let made =
+                tokio::task::spawn_blocking(move || netsky_bus::spares::refill_each(dirs)).await.unwrap_or(0);
             debug!(made, "spares refilled");
         }
     }

@@ -155,11 +155,7 @@ const SPARE_MAILBOXES: usize = 64;
 /// covers the first `SPARE_MAILBOXES` mailboxes; a wake, those it delivered to.
 fn refill_spares(node: &Node, agents: impl Iterator<Item = netsky_bus::AgentName>) {
     let layout = node.home.layout();
-    for agent in agents {
-        if let Err(e) = netsky_bus::spares::refill(&layout.inbox_dir(agent)) {
-            tracing::debug!(error = %e, %agent, "spares not refilled");
-        }
-    }
+    netsky_bus::spares::refill_each(agents.map(|a| layout.inbox_dir(a)));
 }
 
 fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
