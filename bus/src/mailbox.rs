@@ -344,14 +344,15 @@ impl Mailbox {
             refusal.reason
         );
         durable::write_durable(&self.poison, &format!("{target}.reason"), line.as_bytes())?;
+        // Reason files are written through temp files too; a crash mid-poison
+        // leaves one, swept here (rare), not on every claim.
+        durable::sweep_stale_temps(&self.poison, STALE_TEMP);
         Ok(())
     }
 
     /// Removes temp files a crashed writer left long ago; they were never acknowledged.
     fn sweep_temps(&self) {
-        // poison/ gets `.reason` files through temp files too.
         durable::sweep_stale_temps(&self.inbox, STALE_TEMP);
-        durable::sweep_stale_temps(&self.poison, STALE_TEMP);
     }
 
     /// Entries in each lifecycle folder (temp files and reason files excluded).
