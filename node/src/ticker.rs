@@ -11,7 +11,8 @@
 //! bounded, so a tick is too. [`Wake::Shutdown`] (or [`Ticker::stop`]) is
 //! honoured after the current tick or round finishes, never in the middle.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -114,29 +115,57 @@ impl Drop for Ticker {
     }
 }
 
-/// Whether a watcher event means an envelope may have landed in an inbox.
-fn lands_in_inbox(ev: &notify::Event) -> bool {
+/// The agents whose inbox a watcher event says an envelope landed in.
+fn landed_in_inboxes(ev: &notify::Event) -> impl Iterator<Item = netsky_bus::AgentName> + '_ {
     use notify::EventKind;
-    if !matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))) {
-        return false;
-    }
-    ev.paths.iter().any(|p| {
-        let in_inbox = p.parent().and_then(Path::file_name).is_some_and(|n| n == "inbox");
+    let relevant =
+        matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(notify::event::ModifyKind::Name(_)));
+    ev.paths.iter().filter(move |_| relevant).filter_map(|p| {
+        let inbox = p.parent().filter(|d| d.file_name().is_some_and(|n| n == "inbox"))?;
         let hidden = p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
         // Renames out of the inbox (claims) name a path that is gone by now.
-        in_inbox && !hidden && p.exists()
+        if hidden || !p.exists() {
+            return None;
+        }
+        inbox.parent()?.file_name()?.to_str()?.parse().ok()
     })
 }
 
-fn watch_inboxes(node: &Node, tx: SyncSender<Wake>) -> Result<notify::RecommendedWatcher> {
+/// Inboxes that took mail since the ticker last looked: a send there may
+/// have taken a spare, whether or not the agent has a pane to deliver to.
+#[derive(Debug, Default)]
+struct Landed(std::sync::Mutex<BTreeSet<netsky_bus::AgentName>>);
+
+impl Landed {
+    fn note(&self, agent: netsky_bus::AgentName) {
+        let mut set = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded: a flood of new mailboxes waits for the tick's own pass.
+        if set.len() < SPARE_MAILBOXES {
+            set.insert(agent);
+        }
+    }
+
+    fn take(&self) -> BTreeSet<netsky_bus::AgentName> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+fn watch_inboxes(
+    node: &Node,
+    tx: SyncSender<Wake>,
+    landed: Arc<Landed>,
+) -> Result<notify::RecommendedWatcher> {
     use notify::Watcher;
     let dir = node.home.layout().agents_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res
-            && lands_in_inbox(&ev)
-            && let Err(TrySendError::Disconnected(_)) = tx.try_send(Wake::Inbox)
-        {
+        let Ok(ev) = res else { return };
+        let mut any = false;
+        for agent in landed_in_inboxes(&ev) {
+            landed.note(agent);
+            any = true;
+        }
+        if any && let Err(TrySendError::Disconnected(_)) = tx.try_send(Wake::Inbox) {
             tracing::debug!("ticker gone; inbox wake dropped");
         }
     })
@@ -160,7 +189,8 @@ fn refill_spares(node: &Node, agents: impl Iterator<Item = netsky_bus::AgentName
 
 fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
     let interval = Duration::from_secs(node.config.node.tick_interval_s);
-    let _watcher = match watch_inboxes(&node, tx) {
+    let landed = Arc::new(Landed::default());
+    let _watcher = match watch_inboxes(&node, tx, landed.clone()) {
         Ok(w) => Some(w),
         Err(e) => {
             // Without the watcher, mail still flows on every tick, only later.
@@ -182,14 +212,16 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                 while let Ok(w) = rx.try_recv() {
                     stop |= w == Wake::Shutdown;
                 }
+                let mut refill = landed.take();
                 match constellation::deliver_now(&node) {
-                    // The sends that woke us may have taken spares: refill those inboxes now, off their path.
-                    Ok(d) => refill_spares(&node, d.mail_for.into_iter()),
+                    Ok(d) => refill.extend(d.mail_for),
                     Err(e) => {
                         let rec = &node.recorder;
                         rec.record(&[rec.event("deliver-error", None, None, Some(format!("{e:#}")))]);
                     }
                 }
+                // The sends that woke us may have taken spares: refill those inboxes now, off their path.
+                refill_spares(&node, refill.into_iter());
                 if stop {
                     break;
                 }
@@ -265,6 +297,47 @@ mod tests {
         let n = ticks(&home);
         std::thread::sleep(Duration::from_millis(1500));
         assert_eq!(ticks(&home), n, "no tick after stop");
+    }
+
+    #[test]
+    fn a_landing_names_its_agent_and_only_real_envelopes_in_inboxes_count() {
+        use notify::event::{CreateKind, EventKind, ModifyKind, RemoveKind, RenameMode};
+        let d = tempfile::tempdir().unwrap();
+        let agents = d.path().join("channels/agent");
+        for a in ["agent3", "agentinfinity", "nobody"] {
+            std::fs::create_dir_all(agents.join(a).join("inbox")).unwrap();
+            std::fs::create_dir_all(agents.join(a).join("claimed")).unwrap();
+        }
+        let touch = |rel: &str| {
+            let p = agents.join(rel);
+            std::fs::write(&p, b"{}").unwrap();
+            p
+        };
+        let ev =
+            |kind, paths: Vec<std::path::PathBuf>| notify::Event { kind, paths, attrs: Default::default() };
+        let landed = |e: &notify::Event| landed_in_inboxes(e).map(|a| a.to_string()).collect::<Vec<_>>();
+        let rename = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        let a3 = touch("agent3/inbox/01A.json");
+        let inf = touch("agentinfinity/inbox/01B.json");
+        assert_eq!(landed(&ev(rename, vec![a3.clone(), inf])), ["agent3", "agentinfinity"]);
+        assert_eq!(landed(&ev(EventKind::Create(CreateKind::File), vec![a3.clone()])), ["agent3"]);
+        // Temp files, claims (gone from the inbox), other folders, odd names, removals: none.
+        let tmp = touch("agent3/inbox/.01C.json.1.0.tmp");
+        let claimed = touch("agent3/claimed/01D.json");
+        let odd = touch("nobody/inbox/01E.json");
+        let gone = agents.join("agent3/inbox/01F.json");
+        assert!(landed(&ev(rename, vec![tmp, claimed, odd, gone])).is_empty());
+        assert!(landed(&ev(EventKind::Remove(RemoveKind::File), vec![a3])).is_empty());
+    }
+
+    #[test]
+    fn landed_inboxes_are_bounded_and_taken_once() {
+        let l = Landed::default();
+        for n in 0..(SPARE_MAILBOXES as u16 + 10) {
+            l.note(netsky_bus::AgentName::Numbered(n));
+        }
+        assert_eq!(l.take().len(), SPARE_MAILBOXES);
+        assert!(l.take().is_empty());
     }
 
     #[test]
