@@ -6,16 +6,15 @@
 //! the mesh every way; a stranger's forgery is refused, receipts come back,
 //! and `mesh status` shows the result.
 
-use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::cli::Ctx;
-use crate::proc::run_bounded;
+use crate::proc::{Daemon, run_bounded};
 
 /// Arguments of `netsky demo`.
 #[derive(Debug, Args)]
@@ -30,29 +29,8 @@ struct Narrator {
     base: PathBuf,
 }
 
-/// Daemons started by the demo; stopped with SIGTERM (then SIGKILL) on drop.
-struct Daemons(Vec<(String, Child)>);
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for (name, c) in &mut self.0 {
-            // SAFETY: kill(2) has no memory preconditions.
-            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if let Ok(None) = c.try_wait() {
-                eprintln!("netsky demo: {name}'s daemon did not stop; killing it");
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
+/// Daemons started by the demo, stopped in order when dropped.
+type Daemons = Vec<Daemon>;
 
 impl Narrator {
     fn home(&self, node: &str) -> PathBuf {
@@ -98,29 +76,10 @@ impl Narrator {
     /// Starts `node`'s daemon and waits for its ready line.
     fn start(&self, node: &str, daemons: &mut Daemons) -> Result<()> {
         println!("[{node}] $ netsky node run &");
-        let log = std::fs::File::create(self.home(node).join("daemon.log"))?;
-        let mut child = Command::new(&self.exe)
-            .arg("--home")
-            .arg(self.home(node))
-            .args(["node", "run"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .context("cannot start a daemon")?;
-        let out = child.stdout.take().context("daemon stdout")?;
-        daemons.0.push((node.to_string(), child));
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(out).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        if line.is_empty() {
-            bail!("{node}'s daemon did not start; see {}", self.home(node).join("daemon.log").display());
-        }
-        println!("    {}", line.trim());
+        let home = self.home(node);
+        let (d, line) = Daemon::start(&self.exe, &home, node, &home.join("daemon.log"))?;
+        daemons.push(d);
+        println!("    {line}");
         Ok(())
     }
 
@@ -149,7 +108,7 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<ExitCode> {
     let tmp =
         tempfile::Builder::new().prefix("netsky-demo-").tempdir().context("cannot make temporary homes")?;
     let n = Narrator { exe: std::env::current_exe()?, base: tmp.path().to_path_buf() };
-    let mut daemons = Daemons(Vec::new());
+    let mut daemons = Daemons::new();
     let result = story(&n, &mut daemons);
     println!("\n# stopping the daemons (SIGTERM)");
     drop(daemons);

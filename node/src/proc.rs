@@ -1,8 +1,9 @@
 //! Bounded subprocesses: every child netsky starts has a deadline and an
 //! output cap, so a hung or chatty child can stall or bloat nothing.
 
-use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, Read};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -27,12 +28,30 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {what}"))?;
-    let mut out_pipe = child.stdout.take().context("child stdout")?;
-    let mut err_pipe = child.stderr.take().context("child stderr")?;
-    // Readers on their own threads so a chatty child never blocks on a full pipe.
-    let out_t = std::thread::spawn(move || read_capped(&mut out_pipe));
-    let err_t = std::thread::spawn(move || read_capped(&mut err_pipe));
+    let out_pipe = child.stdout.take().context("child stdout")?;
+    let err_pipe = child.stderr.take().context("child stderr")?;
+    // Readers on their own threads so a chatty child never blocks on a full
+    // pipe; each says when its pipe closed, which is when the child exits
+    // (unless it hands the pipe on), so the wait below does not poll.
+    let (eof_tx, eof_rx) = std::sync::mpsc::channel::<()>();
+    let reader = |mut pipe: Box<dyn Read + Send>, eof: std::sync::mpsc::Sender<()>| {
+        std::thread::spawn(move || {
+            let b = read_capped(&mut pipe);
+            let _ = eof.send(());
+            b
+        })
+    };
+    let out_t = reader(Box::new(out_pipe), eof_tx.clone());
+    let err_t = reader(Box::new(err_pipe), eof_tx);
     let deadline = Instant::now() + timeout;
+    for _ in 0..2 {
+        if eof_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
+            break;
+        }
+    }
+    // Both pipes closed (the usual case: the exit is moments away), or the
+    // deadline passed, or a grandchild holds a pipe: poll the exit, briefly.
+    let mut nap = Duration::from_micros(20);
     let status = loop {
         if let Some(s) = child.try_wait()? {
             break s;
@@ -42,9 +61,110 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
             let _ = child.wait();
             bail!("{what} did not finish within {timeout:?} and was killed");
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(1));
     };
     let stdout = out_t.join().unwrap_or_default();
     let stderr = err_t.join().unwrap_or_default();
     Ok(Output { status, stdout, stderr })
+}
+
+/// A `netsky node run` child; stopped with SIGTERM (then SIGKILL) on drop.
+pub struct Daemon {
+    name: String,
+    child: Child,
+}
+
+impl Daemon {
+    /// Starts `exe --home home node run` (stderr into `log`) and waits, at
+    /// most 20 s, for its ready line, which it returns.
+    pub fn start(exe: &Path, home: &Path, name: &str, log: &Path) -> Result<(Daemon, String)> {
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut child = Command::new(exe)
+            .arg("--home")
+            .arg(home)
+            .args(["node", "run"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .context("cannot start a daemon")?;
+        let out = child.stdout.take().context("daemon stdout")?;
+        // Owned from here: a daemon that never gets ready is stopped on return.
+        let daemon = Daemon { name: name.to_string(), child };
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Ends when the daemon exits or prints its line, whichever is first.
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        if line.is_empty() {
+            bail!("{name}'s daemon did not start; see {}", log.display());
+        }
+        Ok((daemon, line.trim().to_string()))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) has no memory preconditions.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("netsky: {}'s daemon did not stop; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_and_status_come_back() {
+        let o = run_bounded(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!((o.status.code(), &o.stdout[..], &o.stderr[..]), (Some(3), &b"out\n"[..], &b"err\n"[..]));
+    }
+
+    #[test]
+    fn a_child_past_its_deadline_is_killed() {
+        let start = Instant::now();
+        let e = run_bounded(Command::new("sleep").arg("30"), Duration::from_millis(200)).unwrap_err();
+        assert!(format!("{e:#}").contains("did not finish"), "{e:#}");
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn a_child_that_closes_its_pipes_early_is_still_waited_for() {
+        let o = run_bounded(
+            Command::new("sh").args(["-c", "exec >&- 2>&-; sleep 0.2; exit 4"]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(o.status.code(), Some(4));
+    }
+
+    #[test]
+    fn output_past_the_cap_is_dropped_without_blocking_the_child() {
+        let o = run_bounded(
+            Command::new("sh").args(["-c", "head -c 3000000 /dev/zero"]),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        assert!(o.status.success());
+        assert_eq!(o.stdout.len() as u64, MAX_OUTPUT);
+    }
 }
