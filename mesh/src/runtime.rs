@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -163,6 +163,9 @@ struct Shared {
     charter_stamp: Mutex<Option<(SystemTime, u64, u64)>>,
     peers: Mutex<HashMap<NodeName, Arc<Peer>>>,
     known: Mutex<HashSet<String>>,
+    /// One scan at a time (the watcher's thread and the dispatcher both scan):
+    /// two at once could both queue a file neither had seen.
+    scanning: Mutex<()>,
     dispatch: Notify,
     peer_states: Mutex<HashMap<String, PeerState>>,
     /// Per joiner id: when its minute started and its failures in it. Per id,
@@ -225,6 +228,7 @@ impl Mesh {
             charter_stamp: Mutex::new(None),
             peers: Mutex::new(HashMap::new()),
             known: Mutex::new(HashSet::new()),
+            scanning: Mutex::new(()),
             dispatch: Notify::new(),
             peer_states: Mutex::new(HashMap::new()),
             join_failures: Mutex::new(HashMap::new()),
@@ -332,12 +336,19 @@ impl Shared {
     fn watch(self: &Arc<Self>) -> Option<notify::RecommendedWatcher> {
         use notify::Watcher;
         let weak = Arc::downgrade(self);
+        // A charter change seen by a scan starts or stops peer tasks: the runtime's.
+        let rt = tokio::runtime::Handle::current();
         let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let _rt = rt.enter();
+            // Scanned here, on the watcher's own thread: a send is queued and
+            // its peer woken without two more thread hops on the way.
             if let Ok(ev) = res
                 && lands(&ev)
                 && let Some(s) = weak.upgrade()
+                && !s.cancel.is_cancelled()
+                && s.is_news(&ev)
             {
-                s.dispatch.notify_one();
+                s.rescan();
             }
         })
         .map_err(|e| warn!(error = %e, "no file watcher; the outbox is polled"))
@@ -552,14 +563,7 @@ impl Shared {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
             let s = self.clone();
-            let scan = off_async(move || {
-                if let Err(e) = s.reload_charter() {
-                    warn!(error = %e, "charter on disk refused");
-                    s.emit(MeshEvent::CharterRefused { from: "disk".into(), reason: e.to_string() });
-                }
-                s.scan();
-            })
-            .await;
+            let scan = off_async(move || s.rescan()).await;
             self.check_own_addrs();
             if let Err(e) = scan {
                 warn!(error = %e, "outbox scan failed");
@@ -620,6 +624,35 @@ impl Shared {
                 tokio::task::spawn_blocking(move || netsky_bus::spares::refill_each(dirs)).await.unwrap_or(0);
             debug!(made, "spares refilled");
         }
+    }
+
+    /// Whether a landing names something no scan has queued yet. A batch
+    /// written into the outbox lands file by file; the first landing's scan
+    /// queues what is there by then, and the rest need none.
+    fn is_news(&self, ev: &notify::Event) -> bool {
+        // A full queue is read again by the dispatcher once it has room; a
+        // scan per landing until then would list a long outbox for nothing.
+        let capped = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|p| p.queue.lock().unwrap_or_else(|p| p.into_inner()).capped);
+        if capped {
+            return false;
+        }
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        unqueued(ev, &known, &self.paths.outbox(), &self.paths.receipts())
+    }
+
+    /// Follows the charter on disk, then queues what the outbox and receipts hold.
+    fn rescan(self: &Arc<Self>) {
+        let _one = self.scanning.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = self.reload_charter() {
+            warn!(error = %e, "charter on disk refused");
+            self.emit(MeshEvent::CharterRefused { from: "disk".into(), reason: e.to_string() });
+        }
+        self.scan();
     }
 
     /// Reads files not yet queued, oldest first, and queues them by target node.
@@ -1399,6 +1432,24 @@ fn lands(ev: &notify::Event) -> bool {
     }
 }
 
+/// Whether `ev` names a file in the outbox or receipts that exists and is
+/// not queued (`known`), or anything else in mesh/ (the charter).
+fn unqueued(ev: &notify::Event, known: &HashSet<String>, outbox: &Path, receipts: &Path) -> bool {
+    ev.paths.iter().any(|p| {
+        let (Some(dir), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
+            return false;
+        };
+        let key = if dir == outbox {
+            format!("o/{name}")
+        } else if dir == receipts {
+            format!("r/{name}")
+        } else {
+            return true;
+        };
+        !known.contains(&key) && p.exists()
+    })
+}
+
 enum Item {
     Env(Envelope),
     Receipt(Receipt),
@@ -1659,12 +1710,34 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::lands;
+    use super::{lands, unqueued};
     use notify::event::{CreateKind, ModifyKind, RenameMode};
     use notify::{Event, EventKind};
+    use std::collections::HashSet;
 
     fn ev(kind: EventKind, paths: &[&str]) -> Event {
         paths.iter().fold(Event::new(kind), |e, p| e.add_path(p.into()))
+    }
+
+    #[test]
+    fn a_landing_already_queued_or_gone_needs_no_scan() {
+        let d = tempfile::tempdir().unwrap();
+        let (outbox, receipts) = (d.path().join("outbox"), d.path().join("receipts"));
+        std::fs::create_dir_all(&outbox).unwrap();
+        std::fs::create_dir_all(&receipts).unwrap();
+        for f in [outbox.join("01A.json"), outbox.join("01B.json"), receipts.join("01C.json")] {
+            std::fs::write(f, b"{}").unwrap();
+        }
+        let to = |p: std::path::PathBuf| {
+            ev(EventKind::Modify(ModifyKind::Name(RenameMode::To)), &[p.to_str().unwrap()])
+        };
+        let known: HashSet<String> = ["o/01A.json".to_string()].into();
+        let news = |p| unqueued(&to(p), &known, &outbox, &receipts);
+        assert!(!news(outbox.join("01A.json")), "queued already");
+        assert!(news(outbox.join("01B.json")));
+        assert!(news(receipts.join("01C.json")));
+        assert!(!news(outbox.join("01D.json")), "acked and gone");
+        assert!(news(d.path().join("charter.json")), "the charter is always a reason to look");
     }
 
     #[test]
