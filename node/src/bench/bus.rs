@@ -54,6 +54,10 @@ struct BusFigures {
     /// Writer and deliverer at once, each batching (as a node runs them).
     durable_pipelined_per_s: f64,
     pipelined_vs_floor: f64,
+    /// CPU (user + system, all threads) per envelope in the pipelined run.
+    pipelined_cpu_us: f64,
+    /// The most that CPU cost allows on this machine's cores, per second.
+    cpu_ceiling_per_s: f64,
 }
 
 #[derive(Serialize)]
@@ -143,6 +147,7 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
         let envs: Vec<Envelope> = (0..n).map(make).collect::<Result<_, _>>()?;
         let lock = mb.lock(Duration::from_secs(1))?;
         let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let cpu0 = process_cpu();
         let t = Instant::now();
         std::thread::scope(|s| -> Result<()> {
             let writer = s.spawn(|| -> Result<()> {
@@ -178,8 +183,10 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
             }
             Ok(())
         })?;
-        n as f64 / t.elapsed().as_secs_f64()
+        (n as f64 / t.elapsed().as_secs_f64(), (process_cpu() - cpu0).as_secs_f64() * 1e6 / n as f64)
     };
+    let (pipelined, cpu_us) = pipelined;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     // One `netsky channel send` process, end to end, and a bare process start.
     let exe = std::env::current_exe()?;
@@ -265,6 +272,8 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
             batched_vs_floor: ratio,
             durable_pipelined_per_s: pipelined,
             pipelined_vs_floor: pratio,
+            pipelined_cpu_us: cpu_us,
+            cpu_ceiling_per_s: cores as f64 * 1e6 / cpu_us,
         },
         send_process_ms: send_p50,
         send_process_p90_ms: send_p90,
@@ -272,6 +281,17 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
     };
     emit(ctx, &report, || human(&report))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// CPU time this process has used so far, user and system, all threads.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 fn human(r: &Report) -> String {
@@ -302,6 +322,13 @@ fn human(r: &Report) -> String {
     s.push_str(&format!(
         "  the same, writer and deliverer at once  {:.0} envelopes/s ({:.1}x the floor rate)\n",
         r.bus.durable_pipelined_per_s, r.bus.pipelined_vs_floor
+    ));
+    s.push_str(&format!(
+        "    CPU per envelope {:.0} us (user + system): {} cores allow at most {:.0}/s ({:.1}x the floor rate)\n",
+        r.bus.pipelined_cpu_us,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        r.bus.cpu_ceiling_per_s,
+        r.bus.cpu_ceiling_per_s / r.floor.fsync_writes_per_s
     ));
     s.push_str(&format!(
         "  one `channel send` process       p50 {:.2} ms  p90 {:.2} ms\n  the same, node daemon running    p50 {:.2} ms (spares; its work on each landing shares the cores)\n",
