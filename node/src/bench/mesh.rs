@@ -56,6 +56,10 @@ struct Report {
     durable_write_lone_p50_ms: f64,
     /// Of the latency: the sender's own durable write into its outbox.
     outbox_write_p50_ms: f64,
+    /// Of the latency: from durable in the outbox to the ack (one write, one
+    /// round trip and the software between), per envelope.
+    after_outbox_p50_ms: f64,
+    after_outbox_p99_ms: f64,
     raw_rtt_p50_ms: f64,
     raw_rtt_p99_ms: f64,
     latency_p50_ms: f64,
@@ -224,15 +228,19 @@ async fn bench(
     // Latency, one at a time.
     let mut lat = Vec::with_capacity(a.latency_n);
     let mut wlat = Vec::with_capacity(a.latency_n);
+    let mut after = Vec::with_capacity(a.latency_n);
     for i in 0..a.latency_n {
         let e = make(i)?;
         let bytes = e.to_json();
         let t = Instant::now();
         netsky_bus::write_durable(&outbox, &e.file_name(), &bytes)?;
-        wlat.push(ms(t.elapsed()));
+        let written = ms(t.elapsed());
+        wlat.push(written);
         // No kick: a `channel send` process cannot kick either; the file watcher wakes the node.
         wait_ack(&mut acks).await?;
-        lat.push(ms(t.elapsed()));
+        let acked = ms(t.elapsed());
+        lat.push(acked);
+        after.push(acked - written);
     }
     // Throughput, pipelined.
     let envs: Vec<Envelope> = (0..a.n).map(make).collect::<Result<_, _>>()?;
@@ -270,6 +278,8 @@ async fn bench(
         durable_write_p50_ms: floor.p50_ms,
         durable_write_lone_p50_ms: floor.lone_p50_ms,
         outbox_write_p50_ms: write_p50,
+        after_outbox_p50_ms: pct(&mut after, 0.5),
+        after_outbox_p99_ms: pct(&mut after, 0.99),
         raw_rtt_p50_ms: rtt_p50,
         raw_rtt_p99_ms: rtt_p99,
         latency_p50_ms: lat_p50,
@@ -308,6 +318,12 @@ fn human(r: &Report) -> String {
         r.latency_p50_ms, r.latency_p99_ms
     ));
     s.push_str(&format!("    of which the outbox write       p50 {:.3} ms\n", r.outbox_write_p50_ms));
+    s.push_str(&format!(
+        "    from durable in the outbox to the ack  p50 {:.3} ms  p99 {:.3} ms (one lone write + one round trip: {:.3} ms)\n",
+        r.after_outbox_p50_ms,
+        r.after_outbox_p99_ms,
+        r.durable_write_lone_p50_ms + r.raw_rtt_p50_ms
+    ));
     s.push_str(&format!(
         "  pipelined throughput              {:.0} envelopes/s ({} envelopes)\n",
         r.throughput_per_s, r.throughput_n
