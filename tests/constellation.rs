@@ -342,6 +342,58 @@ fn mail_arriving_between_ticks_is_pasted_at_once() {
 }
 
 #[test]
+fn a_stream_of_landings_shares_delivery_rounds() {
+    // Ticks a minute apart: every pane query in the burst below is a wake's round.
+    let mut w = World::with_tick(&["cat"], "", 60);
+    // A tmux that notes each call on its way to the real one.
+    let bin = w.home.join("counting-bin");
+    let log = w.home.join("tmux-calls.log");
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = Command::new("sh").args(["-c", "command -v tmux"]).output().unwrap();
+    let real = String::from_utf8(real.stdout).unwrap().trim().to_string();
+    assert!(!real.is_empty(), "tmux is not installed");
+    let wrapper = bin.join("tmux");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\necho \"$*\" >> '{}'\nexec '{real}' \"$@\"\n", log.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut path = vec![bin.clone()];
+    path.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    w.path_env = Some(std::env::join_paths(path).unwrap());
+    let pane_queries = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" list-panes "))
+            .count()
+    };
+    w.start_daemon();
+    wait_for("the first tick", || (w.ticks() >= 1).then_some(()), || format!("{:?}", w.ticks()));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = pane_queries();
+
+    let sends = 60;
+    let start = Instant::now();
+    for i in 0..sends {
+        w.ok(&["channel", "send", "agent1", &format!("m{i}")]);
+    }
+    let settle = Duration::from_millis(300);
+    std::thread::sleep(settle);
+    let window = start.elapsed();
+    let rounds = pane_queries() - before;
+    // Rounds start at least 50 ms apart, however fast the landings come.
+    let most = window.as_millis() as usize / 50 + 2;
+    assert!(rounds >= 1, "no delivery round ran: {:?}", std::fs::read_to_string(&log));
+    assert!(rounds <= most, "{rounds} pane queries for {sends} sends in {window:?} (at most {most})");
+    // Nothing is lost on the way: agent1 has no pane, so all of it waits in the inbox.
+    let ls = w.json(&["channel", "ls", "agent1"]);
+    assert_eq!(ls["inbox"].as_u64(), Some(sends as u64), "{ls}");
+}
+
+#[test]
 fn a_killed_agent_is_restarted_and_after_down_nothing_is_revived() {
     let mut w = World::new(&["cat"], "");
     w.start_daemon();

@@ -4,7 +4,8 @@
 //! runs [`constellation::tick`] every `tick_interval_s` (at once on start).
 //! A file watcher on `channels/agent/*/inbox/` (the `notify` crate, owned by
 //! the thread) sends [`Wake::Inbox`] when an envelope lands, and the thread
-//! then runs a delivery round at once instead of waiting for the next tick.
+//! then runs a delivery round at once instead of waiting for the next tick
+//! (rounds at most every [`MIN_ROUND_GAP`], so a stream shares them).
 //! [`Waker`] lets anyone else (the daemon after a mesh delivery) do the same.
 //!
 //! The thread does all its work synchronously; every tmux call in it is
@@ -176,6 +177,10 @@ fn watch_inboxes(
     Ok(w)
 }
 
+/// The least time from the end of one wake's delivery round to the start of
+/// the next. The first landing after a quiet moment is delivered at once.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(50);
+
 /// Mailboxes whose inboxes get spares (a bound on the work of one round).
 const SPARE_MAILBOXES: usize = 64;
 
@@ -202,13 +207,27 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
     rec.record(&[rec.event("ticker-started", None, None, Some(format!("every {interval:?}")))]);
     let mut ticks: u64 = 0;
     let mut next = Instant::now();
+    let mut last_round: Option<Instant> = None;
     loop {
         let wait = next.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Ok(Wake::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(Wake::Inbox) => {
-                // Coalesce a burst of wakes into one round, but never swallow a shutdown.
+                // Rounds start at least MIN_ROUND_GAP apart: each asks tmux which
+                // panes live, so a stream of landings shares rounds instead of
+                // starting a tmux client per envelope. A shutdown ends the wait.
                 let mut stop = false;
+                let until = last_round.map(|t| t + MIN_ROUND_GAP);
+                while let Some(left) = until.and_then(|u| u.checked_duration_since(Instant::now())) {
+                    match rx.recv_timeout(left) {
+                        Ok(Wake::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                            stop = true;
+                            break;
+                        }
+                        Ok(Wake::Inbox) | Err(RecvTimeoutError::Timeout) => {}
+                    }
+                }
+                // Coalesce a burst of wakes into one round, but never swallow a shutdown.
                 while let Ok(w) = rx.try_recv() {
                     stop |= w == Wake::Shutdown;
                 }
@@ -222,6 +241,7 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                 }
                 // The sends that woke us may have taken spares: refill those inboxes now, off their path.
                 refill_spares(&node, refill.into_iter());
+                last_round = Some(Instant::now());
                 if stop {
                     break;
                 }
