@@ -93,28 +93,41 @@ pub fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Bu
 /// many went. Names are checked before anything is stat'ed (a big inbox
 /// costs a listing, not a stat per envelope); links are never followed.
 pub fn sweep_stale_temps(dir: &Path, age: std::time::Duration) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let names: Vec<std::ffi::OsString> = rd.flatten().map(|e| e.file_name()).collect();
+    sweep_stale_named(dir, names.iter().filter_map(|n| n.to_str()), age)
+}
+
+/// Whether `name` is one of [`write_durable`]'s temp names.
+pub(crate) fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// [`sweep_stale_temps`] over names already listed from `dir` (others are skipped).
+pub(crate) fn sweep_stale_named<'a>(
+    dir: &Path,
+    names: impl Iterator<Item = &'a str>,
+    age: std::time::Duration,
+) -> usize {
     use std::os::unix::fs::MetadataExt;
     use std::time::{Duration, SystemTime};
+    let mut temps = names.filter(|n| is_temp_name(n)).peekable();
     // A symlinked folder is not ours to sweep: never follow it out of the home.
-    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_dir()) {
+    if temps.peek().is_none() || !std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_dir()) {
         return 0;
     }
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
     let now = SystemTime::now();
     let mut removed = 0;
-    for e in rd.flatten() {
-        let name = e.file_name();
-        if !name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp")) {
-            continue;
-        }
+    for name in temps {
+        let path = dir.join(name);
         // By the last change of any kind: a spare taken as a temp file keeps
         // its old mtime, but the rename that took it set ctime.
-        let stale = e.metadata().ok().filter(|m| m.is_file()).is_some_and(|m| {
+        let stale = std::fs::symlink_metadata(&path).ok().filter(|m| m.is_file()).is_some_and(|m| {
             let changed =
                 SystemTime::UNIX_EPOCH + Duration::from_secs(m.ctime().max(m.mtime()).max(0) as u64);
             now.duration_since(changed).is_ok_and(|a| a > age)
         });
-        if stale && std::fs::remove_file(e.path()).is_ok() {
+        if stale && std::fs::remove_file(&path).is_ok() {
             removed += 1;
         }
     }

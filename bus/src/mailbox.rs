@@ -203,9 +203,11 @@ impl Mailbox {
         let mut poisoned = Vec::new();
         // Adoption: anything in claimed/ was claimed by a process that died
         // before delivering it; it comes before the inbox, being older.
-        let mut entries: Vec<(String, bool)> = list(&self.claimed)?.into_iter().map(|n| (n, true)).collect();
-        self.sweep_temps();
-        let inbox = list(&self.inbox)?;
+        let mut entries: Vec<(String, bool)> =
+            list(&self.claimed)?.0.into_iter().map(|n| (n, true)).collect();
+        let (inbox, dotted) = list(&self.inbox)?;
+        // Temp files a crashed writer left long ago were never acknowledged.
+        durable::sweep_stale_named(&self.inbox, dotted.iter().map(String::as_str), STALE_TEMP);
         entries.extend(inbox.into_iter().map(|n| (n, false)));
         // Adopted first, then the inbox, each oldest first (ULIDs sort by time).
         entries.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -350,33 +352,29 @@ impl Mailbox {
         Ok(())
     }
 
-    /// Removes temp files a crashed writer left long ago; they were never acknowledged.
-    fn sweep_temps(&self) {
-        durable::sweep_stale_temps(&self.inbox, STALE_TEMP);
-    }
-
     /// Entries in each lifecycle folder (temp files and reason files excluded).
     pub fn counts(&self) -> Result<Counts, BusError> {
         Ok(Counts {
-            inbox: list(&self.inbox)?.len(),
-            claimed: list(&self.claimed)?.len(),
-            delivered: list(&self.delivered)?.len(),
-            poison: list(&self.poison)?.iter().filter(|n| !n.ends_with(".reason")).count(),
+            inbox: list(&self.inbox)?.0.len(),
+            claimed: list(&self.claimed)?.0.len(),
+            delivered: list(&self.delivered)?.0.len(),
+            poison: list(&self.poison)?.0.iter().filter(|n| !n.ends_with(".reason")).count(),
         })
     }
 }
 
-/// Names in `dir`, skipping dotfiles. A name that is not UTF-8 is renamed
-/// to a safe one first, so the caller can still poison it.
-fn list(dir: &Path) -> Result<Vec<String>, BusError> {
+/// Names in `dir`, and apart from them its dotfiles (ours: temp files, the
+/// lock, spares; never envelopes). A name that is not UTF-8 is renamed to a
+/// safe one first, so the caller can still poison it.
+fn list(dir: &Path) -> Result<(Vec<String>, Vec<String>), BusError> {
     let rd = std::fs::read_dir(dir).map_err(BusError::io("list", dir))?;
     let mut out = Vec::new();
+    let mut dotted = Vec::new();
     for e in rd {
         let e = e.map_err(BusError::io("list", dir))?;
         let name = e.file_name();
         match name.to_str() {
-            // Dotfiles are ours (temp files, the lock), never envelopes.
-            Some(n) if n.starts_with('.') => {}
+            Some(n) if n.starts_with('.') => dotted.push(n.to_string()),
             Some(n) => out.push(n.to_string()),
             // A non-UTF-8 name cannot be an envelope: rename it to a safe name so it can be poisoned.
             None => {
@@ -387,7 +385,7 @@ fn list(dir: &Path) -> Result<Vec<String>, BusError> {
             }
         }
     }
-    Ok(out)
+    Ok((out, dotted))
 }
 
 #[cfg(test)]
@@ -423,6 +421,24 @@ mod tests {
         let (c, p) = mb.claim(&lock, &Guard::new(&w.roster), usize::MAX).unwrap();
         mb.deliver(&lock, &c).unwrap();
         (c, p)
+    }
+
+    #[test]
+    fn a_claim_leaves_a_writer_s_fresh_temp_file_alone() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let e = env(&w, "agent1@work", "m0");
+        mb.put(&e).unwrap();
+        // A send in the middle of its write: neither claimed nor swept.
+        let tmp = mb.inbox_dir().join(".01ARZ3NDEKTSV4RRFFQ69G5FAV.json.1.0.tmp");
+        std::fs::write(&tmp, b"{half").unwrap();
+        let (c, p) = drain(&mb, &w);
+        assert_eq!((c.len(), p.len()), (1, 0), "{p:?}");
+        assert!(tmp.exists());
+        // Once it is old (here: any age), the sweep takes it; other names stay.
+        let names = [".01ARZ3NDEKTSV4RRFFQ69G5FAV.json.1.0.tmp", ".lock", "01ARZ3NDEKTSV4RRFFQ69G5FAV.json"];
+        assert_eq!(durable::sweep_stale_named(mb.inbox_dir(), names.into_iter(), Duration::ZERO), 1);
+        assert!(!tmp.exists());
     }
 
     #[test]
