@@ -298,6 +298,12 @@ impl Mesh {
     /// Stops every task after its current unit of work, then closes the endpoint.
     pub async fn shutdown(self) {
         self.shared.cancel.cancel();
+        // A scan the file watcher started before the cancel finishes first:
+        // nothing it queues or refuses happens after this returns.
+        let s = self.shared.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || drop(s.scanning.lock().unwrap_or_else(|p| p.into_inner())))
+                .await;
         let mut tasks = std::mem::take(&mut *self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
@@ -340,15 +346,32 @@ impl Shared {
         let rt = tokio::runtime::Handle::current();
         let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let _rt = rt.enter();
+            let (Ok(ev), Some(s)) = (res, weak.upgrade()) else { return };
+            if s.cancel.is_cancelled() {
+                return;
+            }
+            // Events were lost (the kernel's queue overflowed): a full scan, by the dispatcher.
+            if ev.need_rescan() {
+                s.dispatch.notify_one();
+                return;
+            }
+            if !lands(&ev) {
+                return;
+            }
+            // A full queue is read again by the dispatcher once it has room;
+            // a scan per landing until then would list a long outbox for nothing.
+            if s.any_queue_capped() {
+                s.dispatch.notify_one();
+                return;
+            }
             // Scanned here, on the watcher's own thread: a send is queued and
-            // its peer woken without two more thread hops on the way.
-            if let Ok(ev) = res
-                && lands(&ev)
-                && let Some(s) = weak.upgrade()
-                && !s.cancel.is_cancelled()
-                && s.is_news(&ev)
+            // its peer woken without two more thread hops on the way. A panic
+            // must not end this thread (nothing would watch the outbox then).
+            if s.is_news(&ev)
+                && let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.rescan()))
             {
-                s.rescan();
+                warn!(panic = %panic_text(p.as_ref()), "outbox scan panicked; the dispatcher scans instead");
+                s.dispatch.notify_one();
             }
         })
         .map_err(|e| warn!(error = %e, "no file watcher; the outbox is polled"))
@@ -630,19 +653,14 @@ impl Shared {
     /// written into the outbox lands file by file; the first landing's scan
     /// queues what is there by then, and the rest need none.
     fn is_news(&self, ev: &notify::Event) -> bool {
-        // A full queue is read again by the dispatcher once it has room; a
-        // scan per landing until then would list a long outbox for nothing.
-        let capped = self
-            .peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .any(|p| p.queue.lock().unwrap_or_else(|p| p.into_inner()).capped);
-        if capped {
-            return false;
-        }
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         unqueued(ev, &known, &self.paths.outbox(), &self.paths.receipts())
+    }
+
+    /// Whether some peer's queue is full (files are left on disk until it has room).
+    fn any_queue_capped(&self) -> bool {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.values().any(|p| p.queue.lock().unwrap_or_else(|p| p.into_inner()).capped)
     }
 
     /// Follows the charter on disk, then queues what the outbox and receipts hold.
@@ -979,11 +997,7 @@ impl Shared {
                 q.env_bytes = q.env_bytes.saturating_sub(b.bytes.len());
                 known.remove(&format!("o/{}", b.file));
             }
-            // Room in the queue: files left on disk by the cap are read now, not at the next wake.
-            if q.capped && q.env_bytes < QUEUE_BYTES / 2 {
-                q.capped = false;
-                self.dispatch.notify_one();
-            }
+            self.uncap_if_room(&mut q);
         }
         // Receipts back to this peer.
         let receipts: Vec<QueuedReceipt> = peer
@@ -1006,6 +1020,7 @@ impl Shared {
                         q.receipts.pop_front();
                         known.remove(&format!("r/{}", r.file));
                     }
+                    self.uncap_if_room(&mut q);
                 }
                 other => {
                     let reason = format!("receipts not taken: {other:?}");
@@ -1014,6 +1029,15 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Room in a capped queue again (both kinds under half): the files the cap
+    /// left on disk are read now, not at the next wake.
+    fn uncap_if_room(&self, q: &mut PeerQueue) {
+        if q.capped && q.env_bytes < QUEUE_BYTES / 2 && q.receipts.len() < QUEUE_RECEIPTS / 2 {
+            q.capped = false;
+            self.dispatch.notify_one();
+        }
     }
 
     /// After the acks: delete the acknowledged copies, keep refused ones as evidence.
