@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use netsky_bus::AgentName;
 
 use crate::constellation;
 use crate::home::{Home, Node};
@@ -117,7 +118,7 @@ impl Drop for Ticker {
 }
 
 /// The agents whose inbox a watcher event says an envelope landed in.
-fn landed_in_inboxes(ev: &notify::Event) -> impl Iterator<Item = netsky_bus::AgentName> + '_ {
+fn landed_in_inboxes(ev: &notify::Event) -> impl Iterator<Item = AgentName> + '_ {
     use notify::EventKind;
     let relevant =
         matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(notify::event::ModifyKind::Name(_)));
@@ -132,22 +133,57 @@ fn landed_in_inboxes(ev: &notify::Event) -> impl Iterator<Item = netsky_bus::Age
     })
 }
 
+/// The agent whose mailbox (`agent/<agent>/`) or inbox (`.../inbox/`) a
+/// watcher event says was just made. The watcher starts watching a new
+/// folder only after it reports it, so mail can land there unseen.
+fn new_mailbox_folder(ev: &notify::Event) -> Option<AgentName> {
+    if !matches!(ev.kind, notify::EventKind::Create(notify::event::CreateKind::Folder)) {
+        return None;
+    }
+    ev.paths.iter().find_map(|p| {
+        let name = p.file_name()?.to_str()?;
+        let parent = p.parent()?;
+        let agent = if name == "inbox" {
+            parent.file_name()?.to_str()?
+        } else if parent.file_name().is_some_and(|n| n == "agent") {
+            name
+        } else {
+            return None;
+        };
+        agent.parse().ok()
+    })
+}
+
 /// Inboxes that took mail since the ticker last looked: a send there may
 /// have taken a spare, whether or not the agent has a pane to deliver to.
+/// Mailboxes just made are kept apart: they get a second look a moment later.
 #[derive(Debug, Default)]
-struct Landed(std::sync::Mutex<BTreeSet<netsky_bus::AgentName>>);
+struct Landed(std::sync::Mutex<(BTreeSet<AgentName>, BTreeSet<AgentName>)>);
 
 impl Landed {
-    fn note(&self, agent: netsky_bus::AgentName) {
-        let mut set = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeSet<AgentName>, BTreeSet<AgentName>)> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn note(&self, agent: AgentName) {
+        let mut sets = self.lock();
         // Bounded: a flood of new mailboxes waits for the tick's own pass.
-        if set.len() < SPARE_MAILBOXES {
-            set.insert(agent);
+        if sets.0.len() < SPARE_MAILBOXES {
+            sets.0.insert(agent);
         }
     }
 
-    fn take(&self) -> BTreeSet<netsky_bus::AgentName> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    fn note_new(&self, agent: AgentName) {
+        self.note(agent);
+        let mut sets = self.lock();
+        if sets.1.len() < SPARE_MAILBOXES {
+            sets.1.insert(agent);
+        }
+    }
+
+    /// The inboxes that took mail, and those made, since the last take.
+    fn take(&self) -> (BTreeSet<AgentName>, BTreeSet<AgentName>) {
+        std::mem::take(&mut *self.lock())
     }
 }
 
@@ -164,6 +200,10 @@ fn watch_inboxes(
         let mut any = false;
         for agent in landed_in_inboxes(&ev) {
             landed.note(agent);
+            any = true;
+        }
+        if let Some(agent) = new_mailbox_folder(&ev) {
+            landed.note_new(agent);
             any = true;
         }
         if any && let Err(TrySendError::Disconnected(_)) = tx.try_send(Wake::Inbox) {
@@ -187,9 +227,23 @@ const SPARE_MAILBOXES: usize = 64;
 /// Keeps spare files in the inboxes of `agents`, so a local `channel send`
 /// allocates no inode on its path (see `netsky_bus::spares`). Every tick
 /// covers the first `SPARE_MAILBOXES` mailboxes; a wake, those it delivered to.
-fn refill_spares(node: &Node, agents: impl Iterator<Item = netsky_bus::AgentName>) {
+fn refill_spares(node: &Node, agents: impl Iterator<Item = AgentName>) {
     let layout = node.home.layout();
     netsky_bus::spares::refill_each(agents.map(|a| layout.inbox_dir(a)));
+}
+
+/// Delivers what waits, then refills the spares of `refill` and of every
+/// inbox the round found mail in (the sends that woke us may have taken
+/// spares: refilled now, off their path).
+fn delivery_round(node: &Node, mut refill: BTreeSet<AgentName>) {
+    match constellation::deliver_now(node) {
+        Ok(d) => refill.extend(d.mail_for),
+        Err(e) => {
+            let rec = &node.recorder;
+            rec.record(&[rec.event("deliver-error", None, None, Some(format!("{e:#}")))]);
+        }
+    }
+    refill_spares(node, refill.into_iter());
 }
 
 fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
@@ -208,9 +262,11 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
     let mut ticks: u64 = 0;
     let mut next = Instant::now();
     let mut last_round: Option<Instant> = None;
+    // A second look at mailboxes just made, once the watcher watches them.
+    let mut recheck: Option<(Instant, BTreeSet<AgentName>)> = None;
     loop {
-        let wait = next.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
+        let due = recheck.as_ref().map_or(next, |(at, _)| next.min(*at));
+        match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
             Ok(Wake::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(Wake::Inbox) => {
                 // Rounds start at least MIN_ROUND_GAP apart: each asks tmux which
@@ -231,19 +287,25 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                 while let Ok(w) = rx.try_recv() {
                     stop |= w == Wake::Shutdown;
                 }
-                let mut refill = landed.take();
-                match constellation::deliver_now(&node) {
-                    Ok(d) => refill.extend(d.mail_for),
-                    Err(e) => {
-                        let rec = &node.recorder;
-                        rec.record(&[rec.event("deliver-error", None, None, Some(format!("{e:#}")))]);
-                    }
-                }
-                // The sends that woke us may have taken spares: refill those inboxes now, off their path.
-                refill_spares(&node, refill.into_iter());
+                let (landed_in, made) = landed.take();
+                delivery_round(&node, landed_in);
                 last_round = Some(Instant::now());
+                if !made.is_empty() {
+                    let mut again = recheck.take().map(|(_, a)| a).unwrap_or_default();
+                    again.extend(made);
+                    recheck = Some((Instant::now() + MIN_ROUND_GAP, again));
+                }
                 if stop {
                     break;
+                }
+            }
+            Err(RecvTimeoutError::Timeout)
+                if recheck.as_ref().is_some_and(|(at, _)| *at <= Instant::now()) =>
+            {
+                // Mail that landed in a new mailbox before the watcher watched it.
+                if let Some((_, agents)) = recheck.take() {
+                    delivery_round(&node, agents);
+                    last_round = Some(Instant::now());
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -354,10 +416,29 @@ mod tests {
     fn landed_inboxes_are_bounded_and_taken_once() {
         let l = Landed::default();
         for n in 0..(SPARE_MAILBOXES as u16 + 10) {
-            l.note(netsky_bus::AgentName::Numbered(n));
+            l.note(AgentName::Numbered(n));
         }
-        assert_eq!(l.take().len(), SPARE_MAILBOXES);
-        assert!(l.take().is_empty());
+        l.note_new(AgentName::Numbered(500));
+        let (landed, made) = l.take();
+        assert_eq!(landed.len(), SPARE_MAILBOXES);
+        assert_eq!(made.into_iter().collect::<Vec<_>>(), [AgentName::Numbered(500)]);
+        let (landed, made) = l.take();
+        assert!(landed.is_empty() && made.is_empty());
+    }
+
+    #[test]
+    fn a_new_mailbox_or_inbox_folder_names_its_agent() {
+        use notify::event::{CreateKind, EventKind};
+        let ev = |kind, p: &str| notify::Event { kind, paths: vec![p.into()], attrs: Default::default() };
+        let folder = EventKind::Create(CreateKind::Folder);
+        let new = |p| new_mailbox_folder(&ev(folder, p)).map(|a| a.to_string());
+        assert_eq!(new("/h/channels/agent/agent7").as_deref(), Some("agent7"));
+        assert_eq!(new("/h/channels/agent/agentinfinity/inbox").as_deref(), Some("agentinfinity"));
+        assert_eq!(new("/h/channels/agent/agent7/claimed"), None);
+        assert_eq!(new("/h/channels/agent/nobody"), None);
+        assert_eq!(new("/h/channels/agent/agent7/inbox/.spares"), None);
+        let file = new_mailbox_folder(&ev(EventKind::Create(CreateKind::File), "/h/channels/agent/agent7"));
+        assert_eq!(file, None);
     }
 
     #[test]
