@@ -31,28 +31,42 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     let out_pipe = child.stdout.take().context("child stdout")?;
     let err_pipe = child.stderr.take().context("child stderr")?;
     // Readers on their own threads so a chatty child never blocks on a full
-    // pipe; each says when its pipe closed, which is when the child exits
-    // (unless it hands the pipe on), so the wait below does not poll.
-    let (eof_tx, eof_rx) = std::sync::mpsc::channel::<()>();
-    let reader = |mut pipe: Box<dyn Read + Send>, eof: std::sync::mpsc::Sender<()>| {
+    // pipe. Each hands its bytes over when its pipe closes, which is when the
+    // child exits (unless it passed the pipe on), so the wait does not poll.
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<u8>)>();
+    for (i, pipe) in [(0, Box::new(out_pipe) as Box<dyn Read + Send>), (1, Box::new(err_pipe))] {
+        let tx = tx.clone();
+        // Ends when the pipe closes; one held open by a grandchild is left to it.
         std::thread::spawn(move || {
-            let b = read_capped(&mut pipe);
-            let _ = eof.send(());
-            b
-        })
-    };
-    let out_t = reader(Box::new(out_pipe), eof_tx.clone());
-    let err_t = reader(Box::new(err_pipe), eof_tx);
+            let mut pipe = pipe;
+            let _ = tx.send((i, read_capped(&mut pipe)));
+        });
+    }
+    drop(tx);
     let deadline = Instant::now() + timeout;
-    for _ in 0..2 {
-        if eof_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
-            break;
+    let mut outputs: [Option<Vec<u8>>; 2] = [None, None];
+    let mut exited = None;
+    // Until both pipes close; every 10 ms also ask whether the child is gone
+    // while a grandchild holds a pipe.
+    while outputs.iter().any(Option::is_none) && Instant::now() < deadline {
+        let slice = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(10));
+        match rx.recv_timeout(slice) {
+            Ok((i, b)) => outputs[i] = Some(b),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(s) = child.try_wait()? {
+                    exited = Some(s);
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    // Both pipes closed (the usual case: the exit is moments away), or the
-    // deadline passed, or a grandchild holds a pipe: poll the exit, briefly.
+    // Pipes closed: the exit is moments away; poll it briefly.
     let mut nap = Duration::from_micros(20);
     let status = loop {
+        if let Some(s) = exited.take() {
+            break s;
+        }
         if let Some(s) = child.try_wait()? {
             break s;
         }
@@ -64,8 +78,15 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
         std::thread::sleep(nap);
         nap = (nap * 2).min(Duration::from_millis(1));
     };
-    let stdout = out_t.join().unwrap_or_default();
-    let stderr = err_t.join().unwrap_or_default();
+    // The child is gone; a pipe a grandchild still holds open is not waited for.
+    let grace = Instant::now() + Duration::from_millis(50);
+    while outputs.iter().any(Option::is_none) {
+        match rx.recv_timeout(grace.saturating_duration_since(Instant::now())) {
+            Ok((i, b)) => outputs[i] = Some(b),
+            Err(_) => break,
+        }
+    }
+    let [stdout, stderr] = outputs.map(Option::unwrap_or_default);
     Ok(Output { status, stdout, stderr })
 }
 
@@ -155,6 +176,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(o.status.code(), Some(4));
+    }
+
+    #[test]
+    fn a_grandchild_holding_the_pipe_does_not_hold_the_caller() {
+        let start = Instant::now();
+        let o = run_bounded(
+            Command::new("sh").args(["-c", "echo parent; sleep 30 & exit 5"]),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        assert_eq!(o.status.code(), Some(5));
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
     }
 
     #[test]
