@@ -232,6 +232,16 @@ fn refill_spares(node: &Node, agents: impl Iterator<Item = AgentName>) {
     netsky_bus::spares::refill_each(agents.map(|a| layout.inbox_dir(a)));
 }
 
+/// The `n` items whose turn it is on tick `tick`: consecutive windows of
+/// `all`, wrapping, so every mailbox gets its spares within a few ticks
+/// however many there are.
+fn turn_of<T: Clone>(all: Vec<T>, tick: u64, n: usize) -> impl Iterator<Item = T> {
+    let len = all.len();
+    let start = if len <= n { 0 } else { (tick as usize).wrapping_mul(n) % len };
+    let take = n.min(len);
+    all.into_iter().cycle().skip(start).take(take)
+}
+
 /// Delivers what waits, then refills the spares of `refill` and of every
 /// inbox the round found mail in (the sends that woke us may have taken
 /// spares: refilled now, off their path).
@@ -324,7 +334,7 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                     }
                 }
                 match node.home.layout().agents() {
-                    Ok(all) => refill_spares(&node, all.into_iter().take(SPARE_MAILBOXES)),
+                    Ok(all) => refill_spares(&node, turn_of(all, ticks, SPARE_MAILBOXES)),
                     Err(e) => tracing::debug!(error = %e, "cannot list mailboxes for spares"),
                 }
                 if let Err(e) = constellation::stamp_tick(&node, ticks) {
@@ -424,6 +434,15 @@ mod tests {
         assert_eq!(made.into_iter().collect::<Vec<_>>(), [AgentName::Numbered(500)]);
         let (landed, made) = l.take();
         assert!(landed.is_empty() && made.is_empty());
+    }
+
+    #[test]
+    fn every_mailbox_gets_its_turn_for_spares() {
+        let all: Vec<u32> = (0..10).collect();
+        let turns: Vec<Vec<u32>> = (0..4).map(|t| turn_of(all.clone(), t, 4).collect()).collect();
+        assert_eq!(turns, [vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9, 0, 1], vec![2, 3, 4, 5]]);
+        assert_eq!(turn_of(vec![1, 2], 7, 4).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(turn_of(Vec::<u32>::new(), 3, 4).count(), 0);
     }
 
     #[test]
