@@ -11,15 +11,35 @@ use anyhow::{Context, Result, bail};
 /// The most of each stream (stdout, stderr) kept from a child; the rest is read and dropped.
 pub const MAX_OUTPUT: u64 = 1024 * 1024;
 
-/// Reads at most [`MAX_OUTPUT`] bytes, then drains the rest so the child never blocks on a full pipe.
-fn read_capped(mut r: impl Read) -> Vec<u8> {
-    let mut b = Vec::new();
-    let _ = (&mut r).take(MAX_OUTPUT).read_to_end(&mut b);
-    let _ = std::io::copy(&mut r, &mut std::io::sink());
-    b
+/// One stream of a child, read on its own thread into a buffer the caller
+/// can take at any time: whole once the pipe closed, as far as it got if a
+/// grandchild still holds the pipe at the deadline.
+type Captured = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// Reads `r` into `into` up to [`MAX_OUTPUT`] bytes, then drains the rest so
+/// the child never blocks on a full pipe.
+fn read_capped(mut r: impl Read, into: &Captured) {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match r.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => {
+                let mut b = into.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let room = (MAX_OUTPUT as usize).saturating_sub(b.len());
+                b.extend_from_slice(&chunk[..n.min(room)]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Runs `cmd` to completion, killing it if it outlives `timeout`; output is capped at [`MAX_OUTPUT`].
+///
+/// Returns once the child has exited and both its pipes closed, which for
+/// an ordinary child is the moment it exits: no polling delay. A grandchild
+/// that keeps a pipe open holds the call until the deadline at most; the
+/// output read by then is returned with the child's status.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     let what = format!("{:?}", cmd.get_program());
     let mut child = cmd
@@ -30,43 +50,28 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
         .with_context(|| format!("cannot start {what}"))?;
     let out_pipe = child.stdout.take().context("child stdout")?;
     let err_pipe = child.stderr.take().context("child stderr")?;
-    // Readers on their own threads so a chatty child never blocks on a full
-    // pipe. Each hands its bytes over when its pipe closes, which is when the
-    // child exits (unless it passed the pipe on), so the wait does not poll.
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<u8>)>();
-    for (i, pipe) in [(0, Box::new(out_pipe) as Box<dyn Read + Send>), (1, Box::new(err_pipe))] {
-        let tx = tx.clone();
-        // Ends when the pipe closes; one held open by a grandchild is left to it.
+    let (eof_tx, eof_rx) = std::sync::mpsc::channel::<()>();
+    let captured: [Captured; 2] = Default::default();
+    for (pipe, into) in
+        [(Box::new(out_pipe) as Box<dyn Read + Send>, &captured[0]), (Box::new(err_pipe), &captured[1])]
+    {
+        let (eof, into) = (eof_tx.clone(), into.clone());
+        // Ends when the pipe closes: at the child's exit, or when a grandchild that inherited it lets go.
         std::thread::spawn(move || {
-            let mut pipe = pipe;
-            let _ = tx.send((i, read_capped(&mut pipe)));
+            read_capped(pipe, &into);
+            let _ = eof.send(());
         });
     }
-    drop(tx);
+    drop(eof_tx);
     let deadline = Instant::now() + timeout;
-    let mut outputs: [Option<Vec<u8>>; 2] = [None, None];
-    let mut exited = None;
-    // Until both pipes close; every 10 ms also ask whether the child is gone
-    // while a grandchild holds a pipe.
-    while outputs.iter().any(Option::is_none) && Instant::now() < deadline {
-        let slice = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(10));
-        match rx.recv_timeout(slice) {
-            Ok((i, b)) => outputs[i] = Some(b),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if let Some(s) = child.try_wait()? {
-                    exited = Some(s);
-                    break;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+    for _ in 0..2 {
+        if eof_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
+            break;
         }
     }
-    // Pipes closed: the exit is moments away; poll it briefly.
+    // Pipes closed (the exit is moments away), or the deadline passed: the exit, polled briefly.
     let mut nap = Duration::from_micros(20);
     let status = loop {
-        if let Some(s) = exited.take() {
-            break s;
-        }
         if let Some(s) = child.try_wait()? {
             break s;
         }
@@ -78,15 +83,8 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
         std::thread::sleep(nap);
         nap = (nap * 2).min(Duration::from_millis(1));
     };
-    // The child is gone; a pipe a grandchild still holds open is not waited for.
-    let grace = Instant::now() + Duration::from_millis(50);
-    while outputs.iter().any(Option::is_none) {
-        match rx.recv_timeout(grace.saturating_duration_since(Instant::now())) {
-            Ok((i, b)) => outputs[i] = Some(b),
-            Err(_) => break,
-        }
-    }
-    let [stdout, stderr] = outputs.map(Option::unwrap_or_default);
+    let [stdout, stderr] =
+        captured.map(|c| std::mem::take(&mut *c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)));
     Ok(Output { status, stdout, stderr })
 }
 
@@ -183,10 +181,10 @@ mod tests {
         let start = Instant::now();
         let o = run_bounded(
             Command::new("sh").args(["-c", "echo parent; sleep 30 & exit 5"]),
-            Duration::from_secs(20),
+            Duration::from_secs(1),
         )
         .unwrap();
-        assert_eq!(o.status.code(), Some(5));
+        assert_eq!((o.status.code(), &o.stdout[..]), (Some(5), &b"parent\n"[..]));
         assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
     }
 
