@@ -301,9 +301,11 @@ impl Mesh {
         // A scan the file watcher started before the cancel finishes first:
         // nothing it queues or refuses happens after this returns.
         let s = self.shared.clone();
-        let _ =
-            tokio::task::spawn_blocking(move || drop(s.scanning.lock().unwrap_or_else(|p| p.into_inner())))
-                .await;
+        let scan_done =
+            tokio::task::spawn_blocking(move || drop(s.scanning.lock().unwrap_or_else(|p| p.into_inner())));
+        if tokio::time::timeout(Duration::from_secs(10), scan_done).await.is_err() {
+            warn!("an outbox scan did not finish within 10 s of shutdown");
+        }
         let mut tasks = std::mem::take(&mut *self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
@@ -666,6 +668,10 @@ impl Shared {
     /// Follows the charter on disk, then queues what the outbox and receipts hold.
     fn rescan(self: &Arc<Self>) {
         let _one = self.scanning.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked under the lock: a shutdown that waited for it sees no scan after.
+        if self.cancel.is_cancelled() {
+            return;
+        }
         if let Err(e) = self.reload_charter() {
             warn!(error = %e, "charter on disk refused");
             self.emit(MeshEvent::CharterRefused { from: "disk".into(), reason: e.to_string() });
@@ -686,6 +692,10 @@ impl Shared {
                 .collect();
             names.sort();
             for name in names {
+                // A long backlog is not read to its end once the node stops.
+                if self.cancel.is_cancelled() {
+                    return;
+                }
                 let key = format!("{}/{name}", if is_receipt { "r" } else { "o" });
                 if self.known.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
                     continue;
