@@ -401,6 +401,28 @@ fn a_stream_of_landings_shares_delivery_rounds() {
 }
 
 #[test]
+fn ticks_go_on_under_a_steady_stream_of_landings() {
+    let mut w = World::new(&["cat"], "");
+    w.start_daemon();
+    wait_for("the first tick", || (w.ticks() >= 1).then_some(()), || format!("{:?}", w.ticks()));
+    w.ok(&["channel", "ls", "agent1"]);
+    let inbox = w.home.join("channels/agent/agent1/inbox");
+    let first = w.ticks();
+    // A wake every 2 ms for 3.5 s: one is always waiting when a round ends.
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_millis(3500) {
+        let tmp = inbox.join(format!(".landing{i}.tmp"));
+        std::fs::write(&tmp, b"{}").unwrap();
+        std::fs::rename(&tmp, inbox.join(format!("01JDQ70000000000000000{i:04}.json"))).unwrap();
+        i += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Ticks every second: the watchdog kept running through the stream.
+    assert!(w.ticks() >= first + 2, "ticks {first} -> {} during the stream", w.ticks());
+}
+
+#[test]
 fn a_killed_agent_is_restarted_and_after_down_nothing_is_revived() {
     let mut w = World::new(&["cat"], "");
     w.start_daemon();

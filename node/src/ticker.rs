@@ -217,6 +217,16 @@ fn watch_inboxes(
     Ok(w)
 }
 
+/// What the heartbeat thread does next.
+enum Step {
+    /// The periodic tick (watchdog, hang checks, spares, meta.db catch-up).
+    Tick,
+    /// A second delivery round for mailboxes just made.
+    Recheck,
+    /// A delivery round for a wake.
+    Round,
+}
+
 /// The least time from the end of one wake's delivery round to the start of
 /// the next. The first landing after a quiet moment is delivered at once.
 const MIN_ROUND_GAP: Duration = Duration::from_millis(50);
@@ -275,10 +285,24 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
     // A second look at mailboxes just made, once the watcher watches them.
     let mut recheck: Option<(Instant, BTreeSet<AgentName>)> = None;
     loop {
-        let due = recheck.as_ref().map_or(next, |(at, _)| next.min(*at));
-        match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
-            Ok(Wake::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
-            Ok(Wake::Inbox) => {
+        // What is due comes first: a steady stream of wakes (one waits in the
+        // channel after every round) must not starve the tick and its watchdog.
+        let now = Instant::now();
+        let step = if now >= next {
+            Step::Tick
+        } else if recheck.as_ref().is_some_and(|(at, _)| *at <= now) {
+            Step::Recheck
+        } else {
+            let due = recheck.as_ref().map_or(next, |(at, _)| next.min(*at));
+            match rx.recv_timeout(due.saturating_duration_since(now)) {
+                Ok(Wake::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(Wake::Inbox) => Step::Round,
+                // Whatever fell due: decided at the top.
+                Err(RecvTimeoutError::Timeout) => continue,
+            }
+        };
+        match step {
+            Step::Round => {
                 // Rounds start at least MIN_ROUND_GAP apart: each asks tmux which
                 // panes live, so a stream of landings shares rounds instead of
                 // starting a tmux client per envelope. A shutdown ends the wait.
@@ -309,16 +333,14 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                     break;
                 }
             }
-            Err(RecvTimeoutError::Timeout)
-                if recheck.as_ref().is_some_and(|(at, _)| *at <= Instant::now()) =>
-            {
+            Step::Recheck => {
                 // Mail that landed in a new mailbox before the watcher watched it.
                 if let Some((_, agents)) = recheck.take() {
                     delivery_round(&node, agents);
                     last_round = Some(Instant::now());
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {
+            Step::Tick => {
                 // A fresh recorder each tick: one locked moment of meta.db must not
                 // silence the database for the rest of a long-lived heartbeat.
                 node.recorder = Recorder::indexing(&node.home, node.config.node.name.clone());
