@@ -41,13 +41,18 @@ fn temp_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 fn write_temp(tmp: &Path, bytes: &[u8]) -> Result<File, BusError> {
-    let mut f = OpenOptions::new()
+    let f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(tmp)
         .map_err(BusError::io("create", tmp))?;
+    fill_temp(f, tmp, bytes)
+}
+
+/// Writes `bytes` into the open temp file `tmp`; on failure removes it.
+fn fill_temp(mut f: File, tmp: &Path, bytes: &[u8]) -> Result<File, BusError> {
     if let Err(e) = f.write_all(bytes) {
         let _ = std::fs::remove_file(tmp);
         return Err(BusError::Io { op: "write", path: tmp.to_path_buf(), source: e });
@@ -62,12 +67,10 @@ pub fn fsync_dir(dir: &Path) -> Result<(), BusError> {
 
 /// A spare of `dir` taken as `tmp` (see [`crate::spares`]), else a new file.
 fn write_temp_spare(dir: &Path, tmp: &Path, bytes: &[u8]) -> Result<File, BusError> {
-    let Some(mut f) = crate::spares::claim(dir, tmp) else { return write_temp(tmp, bytes) };
-    if let Err(e) = f.write_all(bytes) {
-        let _ = std::fs::remove_file(tmp);
-        return Err(BusError::Io { op: "write", path: tmp.to_path_buf(), source: e });
+    match crate::spares::claim(dir, tmp) {
+        Some(f) => fill_temp(f, tmp, bytes),
+        None => write_temp(tmp, bytes),
     }
-    Ok(f)
 }
 
 /// Writes `bytes` to `dir/name` atomically and durably; returns the final path.
