@@ -158,31 +158,41 @@ fn new_mailbox_folder(ev: &notify::Event) -> Option<AgentName> {
 /// have taken a spare, whether or not the agent has a pane to deliver to.
 /// Mailboxes just made are kept apart: they get a second look a moment later.
 #[derive(Debug, Default)]
-struct Landed(std::sync::Mutex<(BTreeSet<AgentName>, BTreeSet<AgentName>)>);
+struct Landed(std::sync::Mutex<LandedSince>);
+
+/// What [`Landed`] gathered since it was last taken.
+#[derive(Debug, Default)]
+struct LandedSince {
+    /// Inboxes that took mail.
+    mail: BTreeSet<AgentName>,
+    /// Mailboxes (or their inboxes) just made.
+    made: BTreeSet<AgentName>,
+}
 
 impl Landed {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeSet<AgentName>, BTreeSet<AgentName>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LandedSince> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn note(&self, agent: AgentName) {
-        let mut sets = self.lock();
-        // Bounded: a flood of new mailboxes waits for the tick's own pass.
-        if sets.0.len() < SPARE_MAILBOXES {
-            sets.0.insert(agent);
+    /// Bounded: a flood of new mailboxes waits for the tick's own pass.
+    fn insert_bounded(set: &mut BTreeSet<AgentName>, agent: AgentName) {
+        if set.len() < SPARE_MAILBOXES {
+            set.insert(agent);
         }
+    }
+
+    fn note(&self, agent: AgentName) {
+        Self::insert_bounded(&mut self.lock().mail, agent);
     }
 
     fn note_new(&self, agent: AgentName) {
-        self.note(agent);
-        let mut sets = self.lock();
-        if sets.1.len() < SPARE_MAILBOXES {
-            sets.1.insert(agent);
-        }
+        let mut since = self.lock();
+        Self::insert_bounded(&mut since.mail, agent);
+        Self::insert_bounded(&mut since.made, agent);
     }
 
-    /// The inboxes that took mail, and those made, since the last take.
-    fn take(&self) -> (BTreeSet<AgentName>, BTreeSet<AgentName>) {
+    /// All gathered since the last take.
+    fn take(&self) -> LandedSince {
         std::mem::take(&mut *self.lock())
     }
 }
@@ -236,7 +246,8 @@ const SPARE_MAILBOXES: usize = 64;
 
 /// Keeps spare files in the inboxes of `agents`, so a local `channel send`
 /// allocates no inode on its path (see `netsky_bus::spares`). Every tick
-/// covers the first `SPARE_MAILBOXES` mailboxes; a wake, those it delivered to.
+/// covers the next `SPARE_MAILBOXES` mailboxes in turn; a wake, those that
+/// took mail or were just made, and those it delivered to.
 fn refill_spares(node: &Node, agents: impl Iterator<Item = AgentName>) {
     let layout = node.home.layout();
     netsky_bus::spares::refill_each(agents.map(|a| layout.inbox_dir(a)));
@@ -321,8 +332,8 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                 while let Ok(w) = rx.try_recv() {
                     stop |= w == Wake::Shutdown;
                 }
-                let (landed_in, made) = landed.take();
-                delivery_round(&node, landed_in);
+                let LandedSince { mail, made } = landed.take();
+                delivery_round(&node, mail);
                 last_round = Some(Instant::now());
                 if !made.is_empty() {
                     let mut again = recheck.take().map(|(_, a)| a).unwrap_or_default();
@@ -451,11 +462,11 @@ mod tests {
             l.note(AgentName::Numbered(n));
         }
         l.note_new(AgentName::Numbered(500));
-        let (landed, made) = l.take();
-        assert_eq!(landed.len(), SPARE_MAILBOXES);
+        let LandedSince { mail, made } = l.take();
+        assert_eq!(mail.len(), SPARE_MAILBOXES);
         assert_eq!(made.into_iter().collect::<Vec<_>>(), [AgentName::Numbered(500)]);
-        let (landed, made) = l.take();
-        assert!(landed.is_empty() && made.is_empty());
+        let LandedSince { mail, made } = l.take();
+        assert!(mail.is_empty() && made.is_empty());
     }
 
     #[test]
