@@ -111,11 +111,14 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
     }
     floor.verify_us = t.elapsed().as_secs_f64() * 1e6 / 2000.0;
 
+    // A fresh mailbox under `root` and `count` envelopes for it.
+    let setup = |root: &Path, count: usize| -> Result<(Mailbox, Vec<Envelope>)> {
+        let mb = Mailbox::open(&Layout::new(root), &node, netsky_bus::AgentName::Numbered(1))?;
+        Ok((mb, (0..count).map(make).collect::<Result<_, _>>()?))
+    };
     // In-process lifecycle: put, claim (with the full guard), deliver.
     let lifecycle = |root: &Path, count: usize, batch: usize| -> Result<f64> {
-        let layout = Layout::new(root);
-        let mb = Mailbox::open(&layout, &node, netsky_bus::AgentName::Numbered(1))?;
-        let envs: Vec<Envelope> = (0..count).map(make).collect::<Result<_, _>>()?;
+        let (mb, envs) = setup(root, count)?;
         let t = Instant::now();
         let lock = mb.lock(Duration::from_secs(1))?;
         let (mut tp, mut tc, mut td) = (0.0, 0.0, 0.0);
@@ -143,10 +146,8 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
 
     // As a node runs it: the writer (a send, a mesh ingest) and the deliverer
     // (the daemon) are two actors working at once, woken by each other's files.
-    let pipelined = {
-        let layout = Layout::new(base.join("pipelined"));
-        let mb = Mailbox::open(&layout, &node, netsky_bus::AgentName::Numbered(1))?;
-        let envs: Vec<Envelope> = (0..n).map(make).collect::<Result<_, _>>()?;
+    let (pipelined, cpu_us) = {
+        let (mb, envs) = setup(&base.join("pipelined"), n)?;
         let lock = mb.lock(Duration::from_secs(1))?;
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let cpu0 = process_cpu();
@@ -187,7 +188,6 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
         })?;
         (n as f64 / t.elapsed().as_secs_f64(), (process_cpu() - cpu0).as_secs_f64() * 1e6 / n as f64)
     };
-    let (pipelined, cpu_us) = pipelined;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     // One `netsky channel send` process, end to end, and a bare process start.
@@ -236,7 +236,8 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
     // The process on its own: every send allocates its file.
     let (mut start, mut send) = sends("a")?;
     // As a node runs: the daemon keeps spare files in the inbox, and reacts to each landing.
-    // (Process starts taken beside the daemon are not the floor: its load is in them.)
+    // The process starts between these sends keep their spacing the same as above, but
+    // they are not the floor: the daemon's load is in them.
     let (_, mut send_d) = {
         let (_daemon, _) = crate::proc::Daemon::start(&exe, &home, "bench", &base.join("daemon.log"))?;
         sends("d")?
