@@ -217,3 +217,57 @@ unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
 }
+
+/// Sends `n` envelopes to agent1, then leaves them only in a batch journal,
+/// as a batch writer (the daemon's mesh ingest) leaves them when it is
+/// killed between its barrier and laying the files out.
+fn journal_only(h: &TestHome, n: usize) -> Vec<String> {
+    let texts: Vec<String> = (0..n).map(|i| format!("batched {i}")).collect();
+    for t in &texts {
+        h.ok(&["channel", "send", "agent1", t]);
+    }
+    let mut names = h.files("channels/agent/agent1/inbox");
+    names.sort();
+    let mut body = Vec::new();
+    for f in &names {
+        let p = h.join(&format!("channels/agent/agent1/inbox/{f}"));
+        body.extend(std::fs::read(&p).unwrap());
+        std::fs::remove_file(p).unwrap();
+    }
+    let boot: String = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let jdir = h.join("channels/agent/agent1/.journal");
+    std::fs::create_dir_all(&jdir).unwrap();
+    std::fs::write(jdir.join(format!("x-1-0.{boot}.open")), body).unwrap();
+    assert!(h.files("channels/agent/agent1/inbox").is_empty());
+    texts
+}
+
+#[test]
+fn a_drain_recovers_what_a_killed_batch_writer_left_in_its_journal() {
+    let h = TestHome::init("work");
+    let texts = journal_only(&h, 6);
+    assert_eq!(h.drain_texts("agent1"), texts, "each once, in send order");
+    assert!(h.drain_texts("agent1").is_empty());
+}
+
+#[test]
+fn the_daemon_s_tick_recovers_a_killed_batch_writer_s_journal_and_says_so() {
+    let h = TestHome::init("work");
+    let texts = journal_only(&h, 5);
+    let d = h.start();
+    common::wait_for("the journal laid out by the tick", std::time::Duration::from_secs(20), || {
+        let ev = h.events();
+        ev.iter().find(|e| e.0 == "journal-recovered").map(|e| e.2.clone()).ok_or_else(|| format!("{ev:?}"))
+    });
+    let ev = h.events();
+    let detail = &ev.iter().find(|e| e.0 == "journal-recovered").unwrap().2;
+    assert!(detail.starts_with("5 laid out again"), "{detail}");
+    // Laid out and checkpointed: the journal is gone, the envelopes wait in the inbox.
+    assert!(h.files("channels/agent/agent1/.journal").is_empty());
+    d.stop();
+    assert_eq!(h.drain_texts("agent1"), texts);
+}

@@ -91,6 +91,18 @@ pub fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Bu
     Ok(dst)
 }
 
+/// Writes `bytes` to `dir/name` atomically (temp file, rename) but with no
+/// fsync: for files a journal already made durable (see [`crate::journal`]).
+pub(crate) fn write_unsynced(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BusError> {
+    let tmp = temp_path(dir, name);
+    drop(write_temp(&tmp, bytes)?);
+    let dst = dir.join(name);
+    std::fs::rename(&tmp, &dst).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        BusError::Io { op: "rename", path: dst, source: e }
+    })
+}
+
 /// Removes the temp files (`.*.tmp`) in `dir` last changed more than `age`
 /// ago: the remains of writers that crashed, never acknowledged. Returns how
 /// many went. Names are checked before anything is stat'ed (a big inbox

@@ -15,6 +15,7 @@ mod envelope;
 mod error;
 mod filelock;
 mod guard;
+mod journal;
 mod layout;
 mod mailbox;
 mod name;
@@ -27,6 +28,7 @@ pub use envelope::{ENVELOPE_DOMAIN, Envelope, Kind, MAX_ENVELOPE_BYTES, format_t
 pub use error::BusError;
 pub use filelock::{FileLock, is_locked, lock_file};
 pub use guard::{Guard, Refusal, RefusalKind, read_envelope_file};
+pub use journal::Settled;
 pub use layout::Layout;
 pub use mailbox::{Claimed, Counts, Mailbox, MailboxLock, Poisoned, PutOutcome};
 pub use name::{Address, AgentName, NodeName};

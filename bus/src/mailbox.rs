@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::guard::{Refusal, RefusalKind};
-use crate::{AgentName, BusError, Envelope, Guard, Layout, NodeName, durable, format_ts};
+use crate::{AgentName, BusError, Envelope, Guard, Layout, NodeName, durable, format_ts, journal};
 
 /// Threads that check a big claim at most (signature checks are CPU-bound).
 const CHECK_THREADS: usize = 4;
@@ -162,7 +162,8 @@ impl Mailbox {
         Ok(PutOutcome::Stored)
     }
 
-    /// As [`Mailbox::put`] for many envelopes, with one durability barrier.
+    /// As [`Mailbox::put`] for many envelopes, with one durability barrier:
+    /// a journal for the batch (see [`crate::journal`]) once it is big enough.
     pub fn put_batch(&self, envs: &[Envelope]) -> Result<Vec<PutOutcome>, BusError> {
         let mut outcomes = Vec::with_capacity(envs.len());
         let mut items = Vec::new();
@@ -177,10 +178,32 @@ impl Mailbox {
                 items.push((name, env.to_json()));
             }
         }
-        if !items.is_empty() {
+        if items.len() >= journal::MIN_BATCH {
+            journal::commit(&self.journal_dir(), &self.inbox, &items)?;
+        } else if !items.is_empty() {
             durable::write_durable_batch(&self.inbox, &items)?;
         }
         Ok(outcomes)
+    }
+
+    /// `.journal/`: the group commits of batch puts, until checkpointed.
+    pub fn journal_dir(&self) -> PathBuf {
+        self.dir.join(".journal")
+    }
+
+    fn places(&self) -> journal::Places<'_> {
+        journal::Places {
+            inbox: &self.inbox,
+            claimed: &self.claimed,
+            delivered: &self.delivered,
+            poison: &self.poison,
+        }
+    }
+
+    /// Recovers what crashed batch writers (or a power cut) left in the
+    /// journal, and checkpoints every laid-out batch (the daemon's tick).
+    pub fn settle(&self, _lock: &MailboxLock) -> Result<crate::Settled, BusError> {
+        journal::settle(&self.journal_dir(), self.places(), true)
     }
 
     /// Takes the mailbox lock, waiting up to `wait` for another holder.
@@ -201,6 +224,9 @@ impl Mailbox {
     ) -> Result<(Vec<Claimed>, Vec<Poisoned>), BusError> {
         let mut claimed = Vec::new();
         let mut poisoned = Vec::new();
+        // What a batch writer that died left only in its journal comes first,
+        // into the inbox; laid-out batches are checkpointed once enough wait.
+        journal::settle(&self.journal_dir(), self.places(), false)?;
         // Adoption: anything in claimed/ was claimed by a process that died
         // before delivering it; it comes before the inbox, being older.
         let mut entries: Vec<(String, bool)> =
@@ -393,6 +419,7 @@ mod tests {
     use super::*;
     use crate::{Kind, Roster};
     use netsky_keys::SecretKey;
+    use std::io::Write;
 
     struct World {
         _dir: tempfile::TempDir,
@@ -705,5 +732,158 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), good.to_json());
         let counts = mb.counts().unwrap();
         assert_eq!((counts.inbox, counts.claimed, counts.delivered), (0, 0, 1));
+    }
+
+    /// The names in a mailbox's `.journal/`, sorted.
+    fn journals(mb: &Mailbox) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(mb.journal_dir())
+            .map(|rd| rd.map(|e| e.unwrap().file_name().into_string().unwrap()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// A journal as a batch writer leaves it: one JSON line per envelope.
+    fn write_journal(mb: &Mailbox, name: &str, envs: &[Envelope]) -> std::path::PathBuf {
+        std::fs::create_dir_all(mb.journal_dir()).unwrap();
+        let mut body = Vec::new();
+        for e in envs {
+            body.extend_from_slice(&e.to_json());
+        }
+        let p = mb.journal_dir().join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_batch_put_goes_through_one_journal_that_a_checkpoint_retires() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let envs: Vec<_> = (0..10).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
+        assert!(mb.put_batch(&envs).unwrap().iter().all(|o| *o == PutOutcome::Stored));
+        let js = journals(&mb);
+        assert_eq!(js.len(), 1, "{js:?}");
+        assert!(js[0].ends_with(&format!(".{}.laid", journal::boot_id())), "{js:?}");
+        // Every envelope is laid out as its own file, and nothing else is left in the inbox.
+        assert_eq!(mb.counts().unwrap().inbox, 10);
+        assert_eq!(list(mb.inbox_dir()).unwrap().1, Vec::<String>::new(), "no temp files left");
+        // A claim below the checkpoint threshold leaves the journal; settling retires it.
+        let (c, p) = drain(&mb, &w);
+        assert_eq!((c.len(), p.len()), (10, 0));
+        assert_eq!(journals(&mb).len(), 1);
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        let s = mb.settle(&lock).unwrap();
+        assert_eq!(s, crate::Settled { checkpointed: 1, ..Default::default() });
+        assert!(journals(&mb).is_empty());
+        // Small batches are written file by file, with no journal.
+        mb.put_batch(&[env(&w, "agent1@work", "small")]).unwrap();
+        assert!(journals(&mb).is_empty());
+    }
+
+    #[test]
+    fn a_journal_whose_writer_died_before_laying_out_is_recovered_in_order_once() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let envs: Vec<_> = (0..6).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
+        // The writer got past its barrier and laid out two files; one of them
+        // was already claimed and delivered. Then it died (no lock is held).
+        let boot = journal::boot_id();
+        write_journal(&mb, &format!("{}-1-0.{boot}.open", envs[0].id), &envs);
+        mb.put(&envs[0]).unwrap();
+        mb.put(&envs[1]).unwrap();
+        let (c, _) = {
+            let lock = mb.lock(Duration::from_secs(1)).unwrap();
+            let (c, p) = mb.claim(&lock, &Guard::new(&w.roster), 1).unwrap();
+            assert!(p.is_empty());
+            mb.deliver(&lock, &c).unwrap();
+            (c, p)
+        };
+        assert_eq!(c[0].env.text, "m0");
+        // The claim above recovered the rest already; a full drain sees each once, in order.
+        let (c, p) = drain(&mb, &w);
+        assert!(p.is_empty(), "{p:?}");
+        let texts: Vec<_> = c.iter().map(|c| c.env.text.as_str()).collect();
+        assert_eq!(texts, ["m1", "m2", "m3", "m4", "m5"]);
+        assert_eq!(mb.counts().unwrap(), Counts { inbox: 0, claimed: 0, delivered: 6, poison: 0 });
+        let js = journals(&mb);
+        assert!(js.len() == 1 && js[0].ends_with(".laid"), "recovered, awaiting its checkpoint: {js:?}");
+    }
+
+    #[test]
+    fn a_journal_a_live_writer_holds_is_left_alone() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let envs: Vec<_> = (0..4).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
+        let p = write_journal(&mb, &format!("x-1-0.{}.open", journal::boot_id()), &envs);
+        let held = std::fs::File::open(&p).unwrap();
+        held.lock().unwrap();
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        assert_eq!(mb.settle(&lock).unwrap(), crate::Settled::default());
+        assert_eq!(mb.counts().unwrap().inbox, 0, "nothing laid out behind the writer's back");
+        drop(held);
+        let s = mb.settle(&lock).unwrap();
+        assert_eq!((s.relaid, s.checkpointed), (4, 1));
+        assert_eq!(mb.counts().unwrap().inbox, 4);
+    }
+
+    #[test]
+    fn an_earlier_boot_s_journal_restores_missing_and_damaged_files_only() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let envs: Vec<_> = (0..5).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
+        let j = write_journal(&mb, "x-1-0.someotherboot.laid", &envs);
+        // A torn last line: the part of a record a writer wrote before dying.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&j).unwrap();
+        f.write_all(&envs[0].to_json()[..40]).unwrap();
+        // After the power cut: m0 intact in the inbox, m1 an empty file, m2
+        // delivered intact, m3 gone, m4 refused into poison/ (stays there).
+        mb.put(&envs[0]).unwrap();
+        std::fs::write(mb.inbox_dir().join(envs[1].file_name()), b"").unwrap();
+        std::fs::write(mb.delivered.join(envs[2].file_name()), envs[2].to_json()).unwrap();
+        std::fs::write(mb.poison.join(envs[4].file_name()), b"whatever it was").unwrap();
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        let s = mb.settle(&lock).unwrap();
+        assert_eq!((s.restored, s.relaid, s.checkpointed, s.bad), (2, 0, 0, 0), "{s:?}");
+        assert!(journals(&mb).is_empty(), "an earlier boot's journal is done with");
+        for e in &envs[..2] {
+            assert_eq!(std::fs::read(mb.inbox_dir().join(e.file_name())).unwrap(), e.to_json());
+        }
+        assert_eq!(std::fs::read(mb.inbox_dir().join(envs[3].file_name())).unwrap(), envs[3].to_json());
+        assert_eq!(std::fs::read(mb.poison.join(envs[4].file_name())).unwrap(), b"whatever it was");
+        drop(lock);
+        let (c, p) = drain(&mb, &w);
+        assert_eq!((c.len(), p.len()), (3, 0), "m0, m1, m3; m2 was delivered before: {p:?}");
+    }
+
+    #[test]
+    fn a_journal_that_is_not_a_readable_file_is_set_aside_and_never_followed() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        std::fs::create_dir_all(mb.journal_dir()).unwrap();
+        let outside = w.layout.root().join("elsewhere.json");
+        let e = env(&w, "agent1@work", "smuggled");
+        std::fs::write(&outside, e.to_json()).unwrap();
+        let boot = journal::boot_id();
+        std::os::unix::fs::symlink(&outside, mb.journal_dir().join(format!("a-1-0.{boot}.open"))).unwrap();
+        std::fs::create_dir(mb.journal_dir().join(format!("b-1-0.{boot}.open"))).unwrap();
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        let s = mb.settle(&lock).unwrap();
+        assert_eq!(s.bad, 2, "{s:?}");
+        assert_eq!(mb.counts().unwrap().inbox, 0, "nothing read through the link");
+        let js = journals(&mb);
+        assert!(js.iter().all(|j| j.ends_with(".bad")), "{js:?}");
+    }
+
+    #[test]
+    fn a_checkpoint_by_files_syncs_each_journaled_file_where_it_is_now() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let envs: Vec<_> = (0..8).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
+        mb.put_batch(&envs).unwrap();
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        let (c, _) = mb.claim(&lock, &Guard::new(&w.roster), 3).unwrap();
+        mb.deliver(&lock, &c).unwrap();
+        let laid: Vec<_> = journals(&mb).iter().map(|j| mb.journal_dir().join(j)).collect();
+        journal::sync_each_file(mb.places(), &laid).unwrap();
     }
 }

@@ -253,6 +253,35 @@ fn refill_spares(node: &Node, agents: impl Iterator<Item = AgentName>) {
     netsky_bus::spares::refill_each(agents.map(|a| layout.inbox_dir(a)));
 }
 
+/// Settles every mailbox that holds batch journals (see `netsky_bus`'s
+/// journal): what a batch writer that died left only there is laid out, and
+/// laid-out batches are checkpointed. A mailbox another process holds is
+/// left for the next tick.
+fn settle_journals(node: &Node, agents: &[AgentName]) {
+    let layout = node.home.layout();
+    for &agent in agents {
+        if !layout.mailbox_dir(agent).join(".journal").is_dir() {
+            continue;
+        }
+        let rec = &node.recorder;
+        let settled = netsky_bus::Mailbox::open(&layout, &node.config.node.name, agent).and_then(|mb| {
+            let lock = mb.lock(Duration::from_millis(200))?;
+            mb.settle(&lock)
+        });
+        match settled {
+            Ok(s) if s.relaid + s.restored + s.bad > 0 => {
+                let what = format!(
+                    "{} laid out again after a crashed writer, {} restored after a restart, {} unreadable journals set aside",
+                    s.relaid, s.restored, s.bad
+                );
+                rec.record(&[rec.event("journal-recovered", Some(agent), None, Some(what))]);
+            }
+            Ok(_) | Err(netsky_bus::BusError::Busy { .. }) => {}
+            Err(e) => rec.record(&[rec.event("journal-error", Some(agent), None, Some(e.to_string()))]),
+        }
+    }
+}
+
 /// The `n` items whose turn it is on tick `tick`: consecutive windows of
 /// `all`, wrapping, so every mailbox gets its spares within a few ticks
 /// however many there are.
@@ -367,7 +396,10 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                     }
                 }
                 match node.home.layout().agents() {
-                    Ok(all) => refill_spares(&node, turn_of(all, ticks, SPARE_MAILBOXES)),
+                    Ok(all) => {
+                        settle_journals(&node, &all);
+                        refill_spares(&node, turn_of(all, ticks, SPARE_MAILBOXES));
+                    }
                     Err(e) => tracing::debug!(error = %e, "cannot list mailboxes for spares"),
                 }
                 if let Err(e) = constellation::stamp_tick(&node, ticks) {
