@@ -1056,6 +1056,11 @@ impl Shared {
             let path = self.paths.outbox().join(&q.file);
             match &ack.outcome {
                 Outcome::Stored | Outcome::Duplicate => {
+                    // Said first: the envelope is durable over there now, and
+                    // whoever waits on it (`--wait`, a bench) need not wait on
+                    // our bookkeeping.
+                    let duplicate = ack.outcome == Outcome::Duplicate;
+                    self.emit(MeshEvent::Acked { env: q.env.clone(), duplicate });
                     // Kept in sent/ as the audit trail (as delivered/ is in a
                     // mailbox), which also keeps unlinks off the hot path: on
                     // ext4 without a journal every file creation scans the
@@ -1064,8 +1069,6 @@ impl Shared {
                     if std::fs::rename(&path, self.paths.sent().join(&q.file)).is_err() {
                         let _ = std::fs::remove_file(&path);
                     }
-                    let duplicate = ack.outcome == Outcome::Duplicate;
-                    self.emit(MeshEvent::Acked { env: q.env.clone(), duplicate });
                 }
                 Outcome::Refused { kind, reason } => {
                     self.keep_refused(&path, &q.file, kind, reason);

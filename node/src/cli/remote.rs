@@ -77,6 +77,19 @@ pub fn send(
                 env.id
             );
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(wait_nap(deadline - wait));
+    }
+}
+
+/// How long `--wait` naps between looks, `started` that long ago: an ack
+/// over a live connection takes about a millisecond, so the first looks
+/// come often; a peer that is down gets fewer. (A file watcher would wake
+/// at once, but tearing down an inotify instance at exit costs the
+/// process about 7 ms here, more than it saves.)
+fn wait_nap(started: Instant) -> Duration {
+    match started.elapsed() {
+        e if e < Duration::from_millis(200) => Duration::from_millis(1),
+        e if e < Duration::from_secs(2) => Duration::from_millis(5),
+        _ => Duration::from_millis(25),
     }
 }
