@@ -108,15 +108,19 @@ impl JournalName {
     }
 }
 
-/// This boot of the kernel, as a file-name-safe token ("unknown" where the OS tells none).
-pub(crate) fn boot_id() -> &'static str {
+/// This boot of the kernel, as a file-name-safe token; `None` where the OS
+/// tells none (then batches are not journaled: without it a power cut could
+/// not be told from a process crash). A failed read is tried again next time.
+pub(crate) fn boot_id() -> Option<&'static str> {
     static BOOT: OnceLock<String> = OnceLock::new();
-    BOOT.get_or_init(|| {
-        read_boot_id()
-            .map(|b| b.chars().filter(char::is_ascii_alphanumeric).take(64).collect::<String>())
-            .filter(|b| !b.is_empty())
-            .unwrap_or_else(|| "unknown".into())
-    })
+    if let Some(b) = BOOT.get() {
+        return Some(b);
+    }
+    let b: String = read_boot_id()?.chars().filter(char::is_ascii_alphanumeric).take(64).collect();
+    if b.is_empty() {
+        return None;
+    }
+    Some(BOOT.get_or_init(|| b))
 }
 
 #[cfg(target_os = "linux")]
@@ -151,7 +155,11 @@ fn read_boot_id() -> Option<String> {
 /// Makes `items` durable as journals in `jdir`, then lays them out in `inbox`.
 ///
 /// `Ok` means every item is durable (in its journal) and visible in `inbox`.
+/// Where the OS tells no boot id, it writes them file by file instead.
 pub(crate) fn commit(jdir: &Path, inbox: &Path, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
+    let Some(boot) = boot_id() else {
+        return durable::write_durable_batch(inbox, items);
+    };
     ensure_dir(jdir)?;
     let mut start = 0;
     while start < items.len() {
@@ -161,32 +169,57 @@ pub(crate) fn commit(jdir: &Path, inbox: &Path, items: &[(String, Vec<u8>)]) -> 
             bytes += items[end].1.len() + 1;
             end += 1;
         }
-        commit_one(jdir, inbox, &items[start..end])?;
+        commit_one(jdir, boot, inbox, &items[start..end])?;
         start = end;
     }
     Ok(())
 }
 
-/// `jdir`, made (and its entry made durable) when missing.
+/// `jdir`, made when missing, with its entry in the mailbox folder made
+/// durable once per process (a writer killed between the two would leave a
+/// folder later writers find but nobody fsynced).
 fn ensure_dir(jdir: &Path) -> Result<(), BusError> {
-    if jdir.is_dir() {
+    static SYNCED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut synced = SYNCED.lock().unwrap_or_else(|p| p.into_inner());
+    if synced.iter().any(|d| d == jdir) {
         return Ok(());
     }
-    std::fs::create_dir_all(jdir).map_err(BusError::io("create", jdir))?;
-    match jdir.parent() {
-        Some(p) => durable::fsync_dir(p),
-        None => Ok(()),
+    if !jdir.is_dir() {
+        std::fs::create_dir_all(jdir).map_err(BusError::io("create", jdir))?;
     }
+    if let Some(p) = jdir.parent() {
+        durable::fsync_dir(p)?;
+    }
+    // Bounded: a process opens a handful of mailboxes; past that, fsync again.
+    if synced.len() < 1024 {
+        synced.push(jdir.to_path_buf());
+    }
+    Ok(())
 }
 
-fn commit_one(jdir: &Path, inbox: &Path, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
+/// Gives `from` the name `to` unless `to` exists (no journal overwrites
+/// another, whatever the pids), then drops the old name.
+fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
+}
+
+/// A test's look at a batch between its barrier and its layout (given the journal's path).
+#[cfg(test)]
+pub(crate) type Look = Box<dyn Fn(&Path) + Send>;
+
+/// Where a test puts its [`Look`].
+#[cfg(test)]
+pub(crate) static AFTER_BARRIER: std::sync::Mutex<Option<Look>> = std::sync::Mutex::new(None);
+
+fn commit_one(jdir: &Path, boot: &str, inbox: &Path, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Unique without randomness: the first envelope's id, this process, a counter.
     let stem: String = items[0].0.chars().take_while(char::is_ascii_alphanumeric).collect();
     let name = JournalName {
         id: format!("{stem}-{}-{seq}", std::process::id()),
-        boot: boot_id().to_string(),
+        boot: boot.to_string(),
         state: State::Open,
     };
     let mut body = Vec::with_capacity(items.iter().map(|(_, b)| b.len() + 1).sum());
@@ -220,7 +253,7 @@ fn commit_one(jdir: &Path, inbox: &Path, items: &[(String, Vec<u8>)]) -> Result<
         };
         return Err(fail("lock", &tmp, e, &tmp));
     }
-    std::fs::rename(&tmp, &open).map_err(|e| fail("rename", &open, e, &tmp))?;
+    rename_new(&tmp, &open).map_err(|e| fail("rename", &open, e, &tmp))?;
     // Before the barrier nothing was promised: a failure removes the journal.
     f.write_all(&body).map_err(|e| fail("write", &open, e, &open))?;
     f.sync_data().map_err(|e| fail("fsync", &open, e, &open))?;
@@ -229,11 +262,15 @@ fn commit_one(jdir: &Path, inbox: &Path, items: &[(String, Vec<u8>)]) -> Result<
     })?;
     // Durable. A failure from here on leaves the journal `.open`, unlocked
     // once `f` drops: the next settle lays out what is missing.
+    #[cfg(test)]
+    if let Some(look) = AFTER_BARRIER.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        look(&open);
+    }
     for (n, b) in items {
         durable::write_unsynced(inbox, n, b)?;
     }
     let laid = jdir.join(name.file(State::Laid));
-    std::fs::rename(&open, &laid).map_err(BusError::io("rename", &laid))?;
+    rename_new(&open, &laid).map_err(BusError::io("rename", &laid))?;
     drop(f);
     Ok(())
 }
@@ -252,16 +289,20 @@ pub(crate) fn settle(jdir: &Path, places: Places<'_>, force: bool) -> Result<Set
     let mut names: Vec<String> = rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
     names.sort();
     durable::sweep_stale_named(jdir, names.iter().map(String::as_str), STALE_TEMP);
-    let boot = boot_id();
+    // Without a boot id nothing is journaled here, and nothing can be judged.
+    let Some(boot) = boot_id() else { return Ok(out) };
     let mut laid: Vec<PathBuf> = Vec::new();
+    let mut earlier: Vec<PathBuf> = Vec::new();
     for n in &names {
         let Some(j) = JournalName::parse(n) else { continue };
         let path = jdir.join(n);
         if j.boot != boot {
-            // A power cut may have taken what was only in the page cache.
-            let Some((_f, records)) = open_journal(&path, false, &mut out)? else { continue };
+            // A power cut may have taken what was only in the page cache:
+            // every file is compared with its record. (Locked too: a writer
+            // that read another boot id must still be left alone.)
+            let Some((_f, records)) = open_journal(&path, true, &mut out)? else { continue };
             out.restored += restore(&records, places, true)?;
-            remove_journal(&path)?;
+            earlier.push(path);
             continue;
         }
         match j.state {
@@ -270,10 +311,22 @@ pub(crate) fn settle(jdir: &Path, places: Places<'_>, force: bool) -> Result<Set
                 let Some((_f, records)) = open_journal(&path, true, &mut out)? else { continue };
                 out.relaid += restore(&records, places, false)?;
                 let to = jdir.join(j.file(State::Laid));
-                std::fs::rename(&path, &to).map_err(BusError::io("rename", &to))?;
-                laid.push(to);
+                match rename_new(&path, &to) {
+                    Ok(()) => laid.push(to),
+                    // Its writer finished between our open and our lock: it is `.laid` now.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    // Its writer died between the two names of its last rename:
+                    // the `.laid` one (listed before this) is all that is left to do.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => remove_journal(&path)?,
+                    Err(e) => return Err(BusError::Io { op: "rename", path: to, source: e }),
+                }
             }
         }
+    }
+    if !earlier.is_empty() {
+        // What compared equal may still be page cache only (a boot id that
+        // changed without a reboot): made durable before the journals go.
+        checkpoint(jdir, places, &earlier)?;
     }
     if !laid.is_empty() && (force || laid.len() >= CHECKPOINT_AT) {
         checkpoint(jdir, places, &laid)?;
@@ -289,42 +342,45 @@ type Opened = (File, Vec<Vec<u8>>);
 /// no writer holds: `None` while one does. An unreadable journal is renamed
 /// `*.bad` and counted, not an error.
 fn open_journal(path: &Path, lock: bool, out: &mut Settled) -> Result<Option<Opened>, BusError> {
+    let io = |e: std::io::Error| BusError::Io { op: "read journal", path: path.to_path_buf(), source: e };
     let f = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(_) => return set_aside(path, out),
+        // A symlink is never ours (never followed); any other failure may
+        // pass (descriptors, memory): the next settle tries again.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return set_aside(path, out),
+        Err(e) => return Err(io(e)),
     };
+    let m = f.metadata().map_err(io)?;
+    if !m.is_file() || m.len() > (MAX_JOURNAL_BYTES + crate::MAX_ENVELOPE_BYTES * 2) as u64 {
+        // No writer makes such a thing: set aside, it cannot be a live journal.
+        return set_aside(path, out);
+    }
     // A live writer holds it: its own business.
     if lock && f.try_lock().is_err() {
         return Ok(None);
     }
-    let read = |f: &File| -> std::io::Result<Vec<u8>> {
-        let m = f.metadata()?;
-        if !m.is_file() || m.len() > (MAX_JOURNAL_BYTES + crate::MAX_ENVELOPE_BYTES * 2) as u64 {
-            return Err(std::io::Error::other("not a regular file of journal size"));
-        }
-        let mut bytes = Vec::with_capacity(m.len() as usize);
-        f.take(m.len()).read_to_end(&mut bytes)?;
-        Ok(bytes)
-    };
-    match read(&f) {
-        Ok(bytes) => {
-            // A torn last line (a writer that died before its barrier) is no record.
-            // Each record with its newline, as the envelope's file holds it.
-            let records = bytes
-                .split_inclusive(|&c| c == b'\n')
-                .filter(|l| l.len() > 1 && l.ends_with(b"\n"))
-                .map(<[u8]>::to_vec)
-                .collect();
-            Ok(Some((f, records)))
-        }
-        Err(_) => set_aside(path, out),
+    // Its writer may have finished and renamed it between our open and our lock.
+    if lock && std::fs::symlink_metadata(path).is_err() {
+        return Ok(None);
     }
+    let mut bytes = Vec::with_capacity(m.len() as usize);
+    (&f).take(m.len()).read_to_end(&mut bytes).map_err(io)?;
+    // Each record with its newline, as the envelope's file holds it; a torn
+    // last line (a writer that died before its barrier) is no record.
+    let records = bytes
+        .split_inclusive(|&c| c == b'\n')
+        .filter(|l| l.len() > 1 && l.ends_with(b"\n"))
+        .map(<[u8]>::to_vec)
+        .collect();
+    Ok(Some((f, records)))
 }
 
-/// Renames a journal that cannot be read to `*.bad`, kept as evidence.
+/// Renames a journal that is not a readable file to `<name>.bad`, kept as evidence.
 fn set_aside<T>(path: &Path, out: &mut Settled) -> Result<Option<T>, BusError> {
-    let bad = path.with_extension("bad");
+    let mut bad = path.as_os_str().to_owned();
+    bad.push(".bad");
+    let bad = PathBuf::from(bad);
     std::fs::rename(path, &bad).map_err(BusError::io("rename", &bad))?;
     out.bad += 1;
     Ok(None)
@@ -340,11 +396,17 @@ fn remove_journal(path: &Path) -> Result<(), BusError> {
 
 /// Where the envelope `name` is now, following its lifecycle forward (so a
 /// file moved on meanwhile is still found), or `None`.
-fn find(places: Places<'_>, name: &str) -> Option<PathBuf> {
-    [places.inbox, places.claimed, places.delivered, places.poison]
-        .iter()
-        .map(|d| d.join(name))
-        .find(|p| p.symlink_metadata().is_ok())
+fn find(places: Places<'_>, name: &str) -> Result<Option<PathBuf>, BusError> {
+    for d in [places.inbox, places.claimed, places.delivered, places.poison] {
+        let p = d.join(name);
+        match p.symlink_metadata() {
+            Ok(_) => return Ok(Some(p)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Not knowing is not absence: a copy written now could be a second one.
+            Err(e) => return Err(BusError::Io { op: "stat", path: p, source: e }),
+        }
+    }
+    Ok(None)
 }
 
 /// Writes again, durably, each record missing from the mailbox (into the
@@ -355,7 +417,7 @@ fn restore(records: &[Vec<u8>], places: Places<'_>, compare: bool) -> Result<usi
     for rec in records {
         let Ok(env) = Envelope::from_json(rec) else { continue };
         let name = env.file_name();
-        match find(places, &name) {
+        match find(places, &name)? {
             None => {
                 durable::write_durable(places.inbox, &name, rec)?;
                 n += 1;
@@ -378,7 +440,7 @@ fn checkpoint(jdir: &Path, places: Places<'_>, laid: &[PathBuf]) -> Result<(), B
     #[cfg(target_os = "linux")]
     sync_filesystem(jdir)?;
     #[cfg(not(target_os = "linux"))]
-    sync_each_file(places, laid)?;
+    sync_each_file(places, laid).map(|_| ())?;
     let _ = places;
     for j in laid {
         remove_journal(j)?;
@@ -406,29 +468,35 @@ fn sync_filesystem(dir: &Path) -> Result<(), BusError> {
 
 /// Where there is no `syncfs`: each journaled file fsynced where it is now,
 /// then its folders, whose fsync (a full flush on macOS) seals them all.
+/// Returns how many files it synced.
 #[cfg_attr(target_os = "linux", allow(dead_code))]
-pub(crate) fn sync_each_file(places: Places<'_>, laid: &[PathBuf]) -> Result<(), BusError> {
+pub(crate) fn sync_each_file(places: Places<'_>, laid: &[PathBuf]) -> Result<usize, BusError> {
     use std::os::fd::AsRawFd;
+    let mut synced = 0;
     for j in laid {
         let mut ignored = Settled::default();
         let Some((_f, records)) = open_journal(j, false, &mut ignored)? else { continue };
         for rec in &records {
             let Ok(env) = Envelope::from_json(rec) else { continue };
-            let Some(p) = find(places, &env.file_name()) else { continue };
-            if let Ok(f) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&p) {
-                // SAFETY: fsync only reads the descriptor. Plain fsync: the
-                // folders' sync below flushes the drive once for all of them.
-                if unsafe { libc::fsync(f.as_raw_fd()) } != 0 {
-                    let e = std::io::Error::last_os_error();
-                    return Err(BusError::Io { op: "fsync", path: p, source: e });
-                }
+            let Some(p) = find(places, &env.file_name())? else { continue };
+            let f = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&p) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(BusError::Io { op: "open", path: p, source: e }),
+            };
+            // SAFETY: fsync only reads the descriptor. Plain fsync: the
+            // folders' sync below flushes the drive once for all of them.
+            if unsafe { libc::fsync(f.as_raw_fd()) } != 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(BusError::Io { op: "fsync", path: p, source: e });
             }
+            synced += 1;
         }
     }
     for d in [places.inbox, places.claimed, places.delivered] {
         durable::fsync_dir(d)?;
     }
-    Ok(())
+    Ok(synced)
 }
 
 #[cfg(test)]
@@ -450,9 +518,10 @@ mod tests {
 
     #[test]
     fn the_boot_id_is_known_here_and_safe_in_a_file_name() {
-        let b = boot_id();
-        assert!(!b.is_empty() && b.bytes().all(|c| c.is_ascii_alphanumeric()), "{b}");
         #[cfg(target_os = "linux")]
-        assert_ne!(b, "unknown");
+        let b = boot_id().expect("Linux tells its boot id");
+        #[cfg(not(target_os = "linux"))]
+        let Some(b) = boot_id() else { return };
+        assert!(!b.is_empty() && b.bytes().all(|c| c.is_ascii_alphanumeric()), "{b}");
     }
 }

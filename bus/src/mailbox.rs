@@ -226,7 +226,9 @@ impl Mailbox {
         let mut poisoned = Vec::new();
         // What a batch writer that died left only in its journal comes first,
         // into the inbox; laid-out batches are checkpointed once enough wait.
-        journal::settle(&self.journal_dir(), self.places(), false)?;
+        // A failure here must not stop the mail already in the inbox: the
+        // daemon's tick settles again and records why it failed.
+        let _ = journal::settle(&self.journal_dir(), self.places(), false);
         // Adoption: anything in claimed/ was claimed by a process that died
         // before delivering it; it comes before the inbox, being older.
         let mut entries: Vec<(String, bool)> =
@@ -300,8 +302,11 @@ impl Mailbox {
     ///
     /// Signature checks dominate a big claim, so they run on several threads.
     fn check_all(&self, guard: &Guard<'_>, moved: &[(String, bool)]) -> Vec<Result<Envelope, Refusal>> {
+        // A chunk's signatures are checked as one batch (a third of the cost each at 256).
         let check_chunk = |chunk: &[(String, bool)]| -> Vec<Result<Envelope, Refusal>> {
-            chunk.iter().map(|(n, _)| self.check_claimed(guard, n)).collect()
+            let paths: Vec<PathBuf> = chunk.iter().map(|(n, _)| self.claimed.join(n)).collect();
+            let verdicts = guard.check_files(&paths);
+            verdicts.into_iter().zip(chunk).map(|(v, (n, _))| v.and_then(|env| self.keep(n, env))).collect()
         };
         // One at a time, each under its own catch: a check that panics costs
         // only its own file (poisoned, with the reason), never its neighbours.
@@ -318,7 +323,8 @@ impl Mailbox {
         };
         let threads = cpus().min(CHECK_THREADS);
         if threads < 2 || moved.len() < CHECKS_PER_THREAD * 2 {
-            return one_by_one(moved);
+            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_chunk(moved)))
+                .unwrap_or_else(|_| one_by_one(moved));
         }
         let per = moved.len().div_ceil(threads).max(CHECKS_PER_THREAD);
         // A thread that could not start or that panicked: its files again, here, one by one.
@@ -327,7 +333,11 @@ impl Mailbox {
 
     /// The guard's verdict on `claimed/<name>`, plus dedupe and recipient.
     fn check_claimed(&self, guard: &Guard<'_>, name: &str) -> Result<Envelope, Refusal> {
-        let env = guard.check_file(&self.claimed.join(name))?;
+        self.keep(name, guard.check_file(&self.claimed.join(name))?)
+    }
+
+    /// After the guard passed `claimed/<name>`: not delivered before, and for this mailbox.
+    fn keep(&self, name: &str, env: Envelope) -> Result<Envelope, Refusal> {
         if self.delivered.join(name).symlink_metadata().is_ok() {
             return Err(Refusal::new(RefusalKind::Duplicate, format!("id {} was already delivered", env.id)));
         }
@@ -715,6 +725,21 @@ mod tests {
         expected.insert(dir, ("directory".into(), RefusalKind::NotRegular));
         mb.put(&good).unwrap();
 
+        // Checked as one batch or one by one, every file gets the same verdict.
+        let mut paths: Vec<_> = std::fs::read_dir(&mb.inbox)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .collect();
+        paths.sort();
+        let g = Guard::new(&roster);
+        let single: Vec<_> =
+            paths.iter().map(|p| g.check_file(p).map(|e| e.id).map_err(|r| r.kind)).collect();
+        let batch: Vec<_> =
+            g.check_files(&paths).into_iter().map(|r| r.map(|e| e.id).map_err(|r| r.kind)).collect();
+        assert_eq!(batch, single);
+        assert_eq!(single.iter().filter(|v| v.is_ok()).count(), 2, "the good one and the wrong recipient");
+
         let lock = mb.lock(Duration::from_secs(1)).unwrap();
         let (c, p) = mb.claim(&lock, &Guard::new(&roster), usize::MAX).unwrap();
         mb.deliver(&lock, &c).unwrap();
@@ -732,6 +757,11 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), good.to_json());
         let counts = mb.counts().unwrap();
         assert_eq!((counts.inbox, counts.claimed, counts.delivered), (0, 0, 1));
+    }
+
+    /// This boot's id, as journal names carry it.
+    fn boot() -> &'static str {
+        journal::boot_id().expect("this OS tells its boot id")
     }
 
     /// The names in a mailbox's `.journal/`, sorted.
@@ -763,7 +793,7 @@ mod tests {
         assert!(mb.put_batch(&envs).unwrap().iter().all(|o| *o == PutOutcome::Stored));
         let js = journals(&mb);
         assert_eq!(js.len(), 1, "{js:?}");
-        assert!(js[0].ends_with(&format!(".{}.laid", journal::boot_id())), "{js:?}");
+        assert!(js[0].ends_with(&format!(".{}.laid", boot())), "{js:?}");
         // Every envelope is laid out as its own file, and nothing else is left in the inbox.
         assert_eq!(mb.counts().unwrap().inbox, 10);
         assert_eq!(list(mb.inbox_dir()).unwrap().1, Vec::<String>::new(), "no temp files left");
@@ -785,21 +815,23 @@ mod tests {
         let w = world();
         let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
         let envs: Vec<_> = (0..6).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
-        // The writer got past its barrier and laid out two files; one of them
-        // was already claimed and delivered. Then it died (no lock is held).
-        let boot = journal::boot_id();
-        write_journal(&mb, &format!("{}-1-0.{boot}.open", envs[0].id), &envs);
+        // The writer got past its barrier and laid out three files, and one
+        // of them was claimed and delivered already; then it died (its lock
+        // went with it).
         mb.put(&envs[0]).unwrap();
         mb.put(&envs[1]).unwrap();
-        let (c, _) = {
+        mb.put(&envs[2]).unwrap();
+        {
             let lock = mb.lock(Duration::from_secs(1)).unwrap();
             let (c, p) = mb.claim(&lock, &Guard::new(&w.roster), 1).unwrap();
             assert!(p.is_empty());
+            assert_eq!(c[0].env.text, "m0");
             mb.deliver(&lock, &c).unwrap();
-            (c, p)
-        };
-        assert_eq!(c[0].env.text, "m0");
-        // The claim above recovered the rest already; a full drain sees each once, in order.
+            let (c, _) = mb.claim(&lock, &Guard::new(&w.roster), 1).unwrap();
+            assert_eq!(c[0].env.text, "m1", "m1 is claimed, not yet delivered");
+        }
+        write_journal(&mb, &format!("{}-1-0.{}.open", envs[0].id, boot()), &envs);
+        // One drain sees each of the rest once (m1 adopted first), in order.
         let (c, p) = drain(&mb, &w);
         assert!(p.is_empty(), "{p:?}");
         let texts: Vec<_> = c.iter().map(|c| c.env.text.as_str()).collect();
@@ -810,11 +842,28 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_killed_between_the_two_names_of_its_last_rename_leaves_nothing_to_fix() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let envs: Vec<_> = (0..5).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
+        mb.put_batch(&envs).unwrap();
+        let laid = journals(&mb).remove(0);
+        let open = laid.replace(".laid", ".open");
+        std::fs::hard_link(mb.journal_dir().join(&laid), mb.journal_dir().join(&open)).unwrap();
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        let s = mb.settle(&lock).unwrap();
+        assert_eq!((s.relaid, s.checkpointed), (0, 1), "{s:?}");
+        assert!(journals(&mb).is_empty());
+        drop(lock);
+        assert_eq!(drain(&mb, &w).0.len(), 5);
+    }
+
+    #[test]
     fn a_journal_a_live_writer_holds_is_left_alone() {
         let w = world();
         let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
         let envs: Vec<_> = (0..4).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
-        let p = write_journal(&mb, &format!("x-1-0.{}.open", journal::boot_id()), &envs);
+        let p = write_journal(&mb, &format!("x-1-0.{}.open", boot()), &envs);
         let held = std::fs::File::open(&p).unwrap();
         held.lock().unwrap();
         let lock = mb.lock(Duration::from_secs(1)).unwrap();
@@ -863,7 +912,7 @@ mod tests {
         let outside = w.layout.root().join("elsewhere.json");
         let e = env(&w, "agent1@work", "smuggled");
         std::fs::write(&outside, e.to_json()).unwrap();
-        let boot = journal::boot_id();
+        let boot = boot();
         std::os::unix::fs::symlink(&outside, mb.journal_dir().join(format!("a-1-0.{boot}.open"))).unwrap();
         std::fs::create_dir(mb.journal_dir().join(format!("b-1-0.{boot}.open"))).unwrap();
         let lock = mb.lock(Duration::from_secs(1)).unwrap();
@@ -884,6 +933,46 @@ mod tests {
         let (c, _) = mb.claim(&lock, &Guard::new(&w.roster), 3).unwrap();
         mb.deliver(&lock, &c).unwrap();
         let laid: Vec<_> = journals(&mb).iter().map(|j| mb.journal_dir().join(j)).collect();
-        journal::sync_each_file(mb.places(), &laid).unwrap();
+        // Five in the inbox, three delivered: all found where they are now.
+        assert_eq!(journal::sync_each_file(mb.places(), &laid).unwrap(), 8);
+    }
+
+    #[test]
+    fn a_batch_is_in_its_locked_journal_before_any_file_is_laid_out() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let envs: Vec<_> = (0..6).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (jdir, inbox, lockf) = (mb.journal_dir(), mb.inbox_dir().to_path_buf(), mb.dir.join(".lock"));
+        let record = seen.clone();
+        // Other tests commit batches meanwhile: only this mailbox's batch is looked at.
+        *journal::AFTER_BARRIER.lock().unwrap() = Some(Box::new(move |open: &std::path::Path| {
+            if !open.starts_with(&jdir) {
+                return;
+            }
+            let lines = std::fs::read(open).unwrap().split(|&c| c == b'\n').filter(|l| !l.is_empty()).count();
+            let laid = list(&inbox).unwrap().0.len();
+            // A settle now (another process, with the mailbox lock) must leave it be.
+            let lock = crate::lock_file(&lockf, Duration::from_secs(1)).unwrap().unwrap();
+            let places = journal::Places {
+                inbox: &inbox,
+                claimed: &inbox.with_file_name("claimed"),
+                delivered: &inbox.with_file_name("delivered"),
+                poison: &inbox.with_file_name("poison"),
+            };
+            let settled = journal::settle(&jdir, places, true).unwrap();
+            drop(lock);
+            *record.lock().unwrap() = Some((lines, laid, settled, list(&inbox).unwrap().0.len()));
+        }));
+        let outcomes = mb.put_batch(&envs);
+        *journal::AFTER_BARRIER.lock().unwrap() = None;
+        assert!(outcomes.unwrap().iter().all(|o| *o == PutOutcome::Stored));
+        let (lines, laid_then, settled, laid_after_settle) =
+            seen.lock().unwrap().take().expect("the look ran");
+        assert_eq!((lines, laid_then), (6, 0), "durable in the journal first, laid out after");
+        assert_eq!(settled, crate::Settled::default(), "a live writer's journal is its own");
+        assert_eq!(laid_after_settle, 0);
+        let (c, p) = drain(&mb, &w);
+        assert_eq!((c.len(), p.len()), (6, 0), "each once: {p:?}");
     }
 }

@@ -16,5 +16,6 @@ mod sign;
 pub use error::KeyError;
 pub use keyfile::{KeyFile, create_key_file, load_key_file, save_key_file};
 pub use sign::{
-    Domain, NodeId, SecretKey, Signature, Verifier, parse_node_id, sign, signature_from_hex, signature_to_hex,
+    Domain, NodeId, SecretKey, Signature, ToVerify, Verifier, parse_node_id, sign, signature_from_hex,
+    signature_to_hex, verify_all,
 };

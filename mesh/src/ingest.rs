@@ -46,8 +46,13 @@ pub fn ingest(
     let mut out: Vec<Ingested> = Vec::with_capacity(envs.len());
     // Mailbox -> indices into `out` of envelopes that passed every check.
     let mut passed: BTreeMap<AgentName, Vec<usize>> = BTreeMap::new();
-    for (i, bytes) in envs.into_iter().enumerate() {
-        match check(&guard, local, agent_exists, remote, &bytes) {
+    // The guard sees the whole push at once: its signatures are checked as one batch.
+    let sized: Vec<&[u8]> =
+        envs.iter().filter(|b| b.len() <= MAX_ENVELOPE_BYTES).map(Vec::as_slice).collect();
+    let mut guarded = guard.check_many(&sized).into_iter();
+    for (i, bytes) in envs.iter().enumerate() {
+        let verdict = if bytes.len() <= MAX_ENVELOPE_BYTES { guarded.next() } else { None };
+        match check(verdict, local, agent_exists, remote, bytes) {
             Ok((env, agent)) => {
                 passed.entry(agent).or_default().push(out.len());
                 let ack = Ack { id: env.id.to_string(), outcome: Outcome::Stored };
@@ -77,18 +82,20 @@ pub fn ingest(
 
 type Checked = Result<(Envelope, AgentName), Box<(Option<Envelope>, Refusal)>>;
 
+/// The checks of one pushed envelope, given the guard's verdict on it
+/// (`None` for one too big to have been shown to the guard).
 fn check(
-    guard: &Guard<'_>,
+    verdict: Option<Result<Envelope, Refusal>>,
     local: &NodeName,
     agent_exists: &(dyn Fn(AgentName) -> bool + Send + Sync),
     remote: NodeId,
     bytes: &[u8],
 ) -> Checked {
-    if bytes.len() > MAX_ENVELOPE_BYTES {
+    let Some(verdict) = verdict else {
         let r = Refusal::new(RefusalKind::Oversized, format!("{} bytes, over the limit", bytes.len()));
         return Err(Box::new((None, r)));
-    }
-    let env = guard.check_bytes(bytes).map_err(|r| Box::new((Envelope::from_json(bytes).ok(), r)))?;
+    };
+    let env = verdict.map_err(|r| Box::new((Envelope::from_json(bytes).ok(), r)))?;
     if env.origin != remote {
         let r = Refusal::new(
             RefusalKind::ForgedOrigin,

@@ -265,7 +265,8 @@ fn settle_journals(node: &Node, agents: &[AgentName]) {
         }
         let rec = &node.recorder;
         let settled = netsky_bus::Mailbox::open(&layout, &node.config.node.name, agent).and_then(|mb| {
-            let lock = mb.lock(Duration::from_millis(200))?;
+            // Never waits: a busy mailbox is settled by its claimer, or next tick.
+            let lock = mb.lock(Duration::ZERO)?;
             mb.settle(&lock)
         });
         match settled {
