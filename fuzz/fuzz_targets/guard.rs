@@ -24,4 +24,13 @@ fuzz_target!(|data: &[u8]| {
         // without the secret: an acceptance here means the guard is broken.
         panic!("guard accepted an envelope it cannot have been given: {}", env.id);
     }
+    // The batch path (signatures checked as one batch) must agree: split the
+    // input into pieces and check them all at once, then one by one.
+    let pieces: Vec<&[u8]> = data.split(|&c| c == 0x1e).collect();
+    let batch = guard.check_many(&pieces);
+    assert_eq!(batch.len(), pieces.len(), "one verdict per input");
+    for (piece, verdict) in pieces.iter().zip(batch) {
+        let single = guard.check_bytes(piece).map(|e| e.id).map_err(|r| r.kind);
+        assert_eq!(verdict.map(|e| e.id).map_err(|r| r.kind), single, "batch and single disagree");
+    }
 });
