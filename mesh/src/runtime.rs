@@ -995,17 +995,25 @@ impl Shared {
                 }
             };
             debug!(n = acks.len(), "acks");
+            // Said at once: durable over there now, and whoever waits on it
+            // need not wait for our bookkeeping (a thread hand-off and renames).
+            for (q, ack) in batch.iter().zip(&acks) {
+                if matches!(ack.outcome, Outcome::Stored | Outcome::Duplicate) {
+                    let duplicate = ack.outcome == Outcome::Duplicate;
+                    self.emit(MeshEvent::Acked { env: q.env.clone(), duplicate });
+                }
+            }
+            let done: Vec<(String, usize)> = batch.iter().map(|b| (b.file.clone(), b.bytes.len())).collect();
             let s = self.clone();
-            let done = batch.clone();
-            off_async(move || s.settle(&done, &acks))
+            off_async(move || s.settle(&batch, &acks))
                 .await
                 .map_err(|e| MeshError::Protocol { peer: pname.clone(), reason: e.to_string() })?;
             let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            for b in &batch {
+            for (file, len) in &done {
                 q.envs.pop_front();
-                q.env_bytes = q.env_bytes.saturating_sub(b.bytes.len());
-                known.remove(&format!("o/{}", b.file));
+                q.env_bytes = q.env_bytes.saturating_sub(*len);
+                known.remove(&format!("o/{file}"));
             }
             self.uncap_if_room(&mut q);
         }
@@ -1050,17 +1058,13 @@ impl Shared {
         }
     }
 
-    /// After the acks: delete the acknowledged copies, keep refused ones as evidence.
+    /// After the acks (already reported): move the acknowledged copies to
+    /// sent/, keep refused ones as evidence and report those.
     fn settle(&self, batch: &[Queued], acks: &[crate::wire::Ack]) {
         for (q, ack) in batch.iter().zip(acks) {
             let path = self.paths.outbox().join(&q.file);
             match &ack.outcome {
                 Outcome::Stored | Outcome::Duplicate => {
-                    // Said first: the envelope is durable over there now, and
-                    // whoever waits on it (`--wait`, a bench) need not wait on
-                    // our bookkeeping.
-                    let duplicate = ack.outcome == Outcome::Duplicate;
-                    self.emit(MeshEvent::Acked { env: q.env.clone(), duplicate });
                     // Kept in sent/ as the audit trail (as delivered/ is in a
                     // mailbox), which also keeps unlinks off the hot path: on
                     // ext4 without a journal every file creation scans the
