@@ -103,6 +103,18 @@ pub(crate) fn write_unsynced(dir: &Path, name: &str, bytes: &[u8]) -> Result<(),
     })
 }
 
+/// As [`write_unsynced`], taking one of the folder's spares as its temp file
+/// when there is one (a small put's hot path allocates no inode).
+pub(crate) fn write_unsynced_spare(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BusError> {
+    let tmp = temp_path(dir, name);
+    drop(write_temp_spare(dir, &tmp, bytes)?);
+    let dst = dir.join(name);
+    std::fs::rename(&tmp, &dst).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        BusError::Io { op: "rename", path: dst, source: e }
+    })
+}
+
 /// Removes the temp files (`.*.tmp`) in `dir` last changed more than `age`
 /// ago: the remains of writers that crashed, never acknowledged. Returns how
 /// many went. Names are checked before anything is stat'ed (a big inbox

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::segment::{self, SegmentName};
 use crate::{BusError, Envelope, durable};
 
 /// Batches this big or bigger go through a journal; smaller ones are
@@ -39,6 +40,9 @@ pub(crate) const MIN_BATCH: usize = 4;
 
 /// Envelope bytes per journal at most; a bigger batch takes several.
 const MAX_JOURNAL_BYTES: usize = 8 << 20;
+
+/// The most a settle reads of one journal or segment (each stays below it).
+const MAX_READ_BYTES: u64 = segment::MAX_BYTES + 2 * crate::MAX_ENVELOPE_BYTES as u64;
 
 /// Laid-out journals a claim lets wait before it checkpoints them.
 pub(crate) const CHECKPOINT_AT: usize = 32;
@@ -199,7 +203,7 @@ fn ensure_dir(jdir: &Path) -> Result<(), BusError> {
 
 /// Gives `from` the name `to` unless `to` exists (no journal overwrites
 /// another, whatever the pids), then drops the old name.
-fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(crate) fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::hard_link(from, to)?;
     std::fs::remove_file(from)
 }
@@ -293,7 +297,13 @@ pub(crate) fn settle(jdir: &Path, places: Places<'_>, force: bool) -> Result<Set
     let Some(boot) = boot_id() else { return Ok(out) };
     let mut laid: Vec<PathBuf> = Vec::new();
     let mut earlier: Vec<PathBuf> = Vec::new();
+    // Segments moved aside: checkpointed by this settle, whatever `force` says.
+    let mut segments: Vec<PathBuf> = Vec::new();
     for n in &names {
+        if let Some(sg) = SegmentName::parse(n) {
+            settle_segment(jdir, places, boot, n, &sg, force, &mut out, &mut segments, &mut earlier)?;
+            continue;
+        }
         let Some(j) = JournalName::parse(n) else { continue };
         let path = jdir.join(n);
         if j.boot != boot {
@@ -328,11 +338,57 @@ pub(crate) fn settle(jdir: &Path, places: Places<'_>, force: bool) -> Result<Set
         // changed without a reboot): made durable before the journals go.
         checkpoint(jdir, places, &earlier)?;
     }
-    if !laid.is_empty() && (force || laid.len() >= CHECKPOINT_AT) {
+    if !segments.is_empty() || (!laid.is_empty() && (force || laid.len() >= CHECKPOINT_AT)) {
+        laid.extend(segments);
         checkpoint(jdir, places, &laid)?;
         out.checkpointed = laid.len();
     }
     Ok(out)
+}
+
+/// One segment's part of a settle (see [`crate::segment`]): an earlier
+/// boot's is compared file by file; the current one is moved aside when due
+/// (`force`, or grown past [`segment::ROTATE_BYTES`]) and no writer holds it;
+/// one moved aside has what a killed writer left only there laid out again.
+#[allow(clippy::too_many_arguments)]
+fn settle_segment(
+    jdir: &Path,
+    places: Places<'_>,
+    boot: &str,
+    name: &str,
+    sg: &SegmentName,
+    force: bool,
+    out: &mut Settled,
+    segments: &mut Vec<PathBuf>,
+    earlier: &mut Vec<PathBuf>,
+) -> Result<(), BusError> {
+    let path = jdir.join(name);
+    if sg.boot() != boot {
+        let Some((_f, records)) = open_journal(&path, true, out)? else { return Ok(()) };
+        out.restored += restore(&records, places, true)?;
+        earlier.push(path);
+        return Ok(());
+    }
+    match sg {
+        SegmentName::Current { .. } => {
+            let len = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if len == 0 || !(force || len >= segment::ROTATE_BYTES) {
+                return Ok(());
+            }
+            // Exclusive and never waiting: a writer mid-append keeps it till next time.
+            let Some((_held, records)) = open_journal(&path, true, out)? else { return Ok(()) };
+            let to = jdir.join(segment::old_name(boot));
+            rename_new(&path, &to).map_err(BusError::io("rename", &to))?;
+            out.relaid += restore(&records, places, false)?;
+            segments.push(to);
+        }
+        SegmentName::Old { .. } => {
+            let Some((_f, records)) = open_journal(&path, false, out)? else { return Ok(()) };
+            out.relaid += restore(&records, places, false)?;
+            segments.push(path);
+        }
+    }
+    Ok(())
 }
 
 /// A journal read whole: its open file (holding the lock, if taken) and its records.
@@ -352,7 +408,7 @@ fn open_journal(path: &Path, lock: bool, out: &mut Settled) -> Result<Option<Ope
         Err(e) => return Err(io(e)),
     };
     let m = f.metadata().map_err(io)?;
-    if !m.is_file() || m.len() > (MAX_JOURNAL_BYTES + crate::MAX_ENVELOPE_BYTES * 2) as u64 {
+    if !m.is_file() || m.len() > MAX_READ_BYTES {
         // No writer makes such a thing: set aside, it cannot be a live journal.
         return set_aside(path, out);
     }

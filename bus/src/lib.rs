@@ -21,6 +21,7 @@ mod mailbox;
 mod name;
 mod parallel;
 mod roster;
+mod segment;
 pub mod spares;
 
 pub use durable::{fsync_dir, sweep_stale_temps, write_durable, write_durable_batch};
