@@ -339,3 +339,28 @@ fn a_daemon_whose_address_is_taken_says_so_and_a_second_daemon_on_one_home_is_re
     let err = h.fails(&["node", "run"], 1);
     assert!(err.contains("already runs"), "{err}");
 }
+
+#[test]
+fn a_remote_send_whose_file_was_lost_after_its_barrier_still_goes_from_the_outbox_journal() {
+    let mut m = TestMesh::new(&["studio", "laptop"]);
+    m.stop("laptop");
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            m.home("laptop")
+                .ok(&["channel", "send", "agent1@studio", &format!("kept {i}")])
+                .trim()
+                .to_string()
+        })
+        .collect();
+    // A sender killed between its barrier and laying out its file leaves the
+    // envelope only in the outbox's journal: the last two files are taken away.
+    for id in &ids[1..] {
+        std::fs::remove_file(m.home("laptop").join(&format!("mesh/outbox/{id}.json"))).unwrap();
+    }
+    m.start("laptop");
+    wait_for("all three in studio's inbox", T, || {
+        let n = inbox_count(m.home("studio"), "agent1");
+        if n == 3 { Ok(()) } else { Err(format!("{n} of 3")) }
+    });
+    assert_eq!(m.home("studio").drain_texts("agent1"), ["kept 0", "kept 1", "kept 2"]);
+}

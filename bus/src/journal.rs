@@ -26,7 +26,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -42,7 +42,7 @@ pub(crate) const MIN_BATCH: usize = 4;
 const MAX_JOURNAL_BYTES: usize = 8 << 20;
 
 /// The most a settle reads of one journal or segment (each stays below it).
-const MAX_READ_BYTES: u64 = segment::MAX_BYTES + 2 * crate::MAX_ENVELOPE_BYTES as u64;
+const MAX_READ_BYTES: u64 = 4 * segment::MAX_BYTES;
 
 /// Laid-out journals a claim lets wait before it checkpoints them.
 pub(crate) const CHECKPOINT_AT: usize = 32;
@@ -50,13 +50,31 @@ pub(crate) const CHECKPOINT_AT: usize = 32;
 /// Temp files in `.journal/` older than this are a crashed writer's (never acked).
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
-/// The lifecycle folders of one mailbox, in the order envelopes move through them.
+/// Where a journaled folder's files can be: the folder itself, where records
+/// are laid out (a mailbox's `inbox/`, the mesh outbox), the folders a file
+/// moves on to, in order (`claimed/`, `delivered/`; `sent/`), and the one
+/// refused files go to (`poison/`; `refused/`), where a record is done with.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Places<'a> {
-    pub inbox: &'a Path,
-    pub claimed: &'a Path,
-    pub delivered: &'a Path,
-    pub poison: &'a Path,
+pub struct Places<'a> {
+    /// Where records are laid out.
+    pub lay_out: &'a Path,
+    /// Where laid-out files move on to, in the order they move.
+    pub moved_on: &'a [PathBuf],
+    /// Where refused files go.
+    pub refused: &'a Path,
+}
+
+/// Makes new files durable in `dir` for one flush, whatever their number:
+/// a batch through a journal of its own, one to three through the folder's
+/// segment (see [`crate::segment`]), where `jdir` is the folder's journal
+/// folder; where the OS tells no boot id, each file with its own fsyncs.
+/// Whoever moves the files on settles `jdir` (see [`settle`]).
+pub fn write_journaled(jdir: &Path, dir: &Path, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
+    match boot_id() {
+        Some(_) if items.len() >= MIN_BATCH => commit(jdir, dir, items),
+        Some(boot) => segment::append(jdir, boot, dir, items),
+        None => durable::write_durable_batch(dir, items),
+    }
 }
 
 /// What one settle did.
@@ -279,11 +297,14 @@ fn commit_one(jdir: &Path, boot: &str, inbox: &Path, items: &[(String, Vec<u8>)]
     Ok(())
 }
 
-/// Recovers what crashed writers and earlier boots left, and checkpoints
-/// laid-out journals: all of them with `force`, else once [`CHECKPOINT_AT`] wait.
+/// Recovers what crashed writers and earlier boots left in the journal
+/// folder `jdir`, and checkpoints laid-out journals: all of them (and the
+/// current segment) with `force`, else once [`CHECKPOINT_AT`] wait (and the
+/// segment past its rotation size).
 ///
-/// The caller holds the mailbox lock: no claim moves files meanwhile.
-pub(crate) fn settle(jdir: &Path, places: Places<'_>, force: bool) -> Result<Settled, BusError> {
+/// One settle at a time per folder (a mailbox's lock; the one daemon of a
+/// home for its outbox); files move on only forward through `places` meanwhile.
+pub fn settle(jdir: &Path, places: Places<'_>, force: bool) -> Result<Settled, BusError> {
     let mut out = Settled::default();
     let rd = match std::fs::read_dir(jdir) {
         Ok(rd) => rd,
@@ -299,38 +320,20 @@ pub(crate) fn settle(jdir: &Path, places: Places<'_>, force: bool) -> Result<Set
     let mut earlier: Vec<PathBuf> = Vec::new();
     // Segments moved aside: checkpointed by this settle, whatever `force` says.
     let mut segments: Vec<PathBuf> = Vec::new();
+    // One journal that cannot be settled now must not keep the rest from it.
+    let mut first_error: Option<BusError> = None;
     for n in &names {
         if let Some(sg) = SegmentName::parse(n) {
-            settle_segment(jdir, places, boot, n, &sg, force, &mut out, &mut segments, &mut earlier)?;
+            if let Err(e) =
+                settle_segment(jdir, places, boot, n, &sg, force, &mut out, &mut segments, &mut earlier)
+            {
+                first_error.get_or_insert(e);
+            }
             continue;
         }
         let Some(j) = JournalName::parse(n) else { continue };
-        let path = jdir.join(n);
-        if j.boot != boot {
-            // A power cut may have taken what was only in the page cache:
-            // every file is compared with its record. (Locked too: a writer
-            // that read another boot id must still be left alone.)
-            let Some((_f, records)) = open_journal(&path, true, &mut out)? else { continue };
-            out.restored += restore(&records, places, true)?;
-            earlier.push(path);
-            continue;
-        }
-        match j.state {
-            State::Laid => laid.push(path),
-            State::Open => {
-                let Some((_f, records)) = open_journal(&path, true, &mut out)? else { continue };
-                out.relaid += restore(&records, places, false)?;
-                let to = jdir.join(j.file(State::Laid));
-                match rename_new(&path, &to) {
-                    Ok(()) => laid.push(to),
-                    // Its writer finished between our open and our lock: it is `.laid` now.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    // Its writer died between the two names of its last rename:
-                    // the `.laid` one (listed before this) is all that is left to do.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => remove_journal(&path)?,
-                    Err(e) => return Err(BusError::Io { op: "rename", path: to, source: e }),
-                }
-            }
+        if let Err(e) = settle_batch(jdir, places, boot, n, &j, &mut out, &mut laid, &mut earlier) {
+            first_error.get_or_insert(e);
         }
     }
     if !earlier.is_empty() {
@@ -343,7 +346,65 @@ pub(crate) fn settle(jdir: &Path, places: Places<'_>, force: bool) -> Result<Set
         checkpoint(jdir, places, &laid)?;
         out.checkpointed = laid.len();
     }
-    Ok(out)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// Whether `jdir` holds a journal or segment of an earlier boot, whose
+/// files a power cut may have damaged: until it is settled, a claim must
+/// not judge (and poison) them.
+pub(crate) fn earlier_boot_left(jdir: &Path) -> bool {
+    let Some(boot) = boot_id() else { return false };
+    let Ok(rd) = std::fs::read_dir(jdir) else { return false };
+    rd.flatten().filter_map(|e| e.file_name().into_string().ok()).any(|n| {
+        JournalName::parse(&n).is_some_and(|j| j.boot != boot)
+            || SegmentName::parse(&n).is_some_and(|s| s.boot() != boot)
+    })
+}
+
+/// One batch journal's part of a settle: an earlier boot's is compared file
+/// by file; one whose writer died is laid out again and marked laid.
+#[allow(clippy::too_many_arguments)]
+fn settle_batch(
+    jdir: &Path,
+    places: Places<'_>,
+    boot: &str,
+    name: &str,
+    j: &JournalName,
+    out: &mut Settled,
+    laid: &mut Vec<PathBuf>,
+    earlier: &mut Vec<PathBuf>,
+) -> Result<(), BusError> {
+    let path = jdir.join(name);
+    if j.boot != boot {
+        // A power cut may have taken what was only in the page cache:
+        // every file is compared with its record. (Locked too: a writer
+        // that read another boot id must still be left alone.)
+        let Some((_f, records)) = open_journal(&path, true, out)? else { return Ok(()) };
+        out.restored += restore(&records, places, true)?;
+        earlier.push(path);
+        return Ok(());
+    }
+    match j.state {
+        State::Laid => laid.push(path),
+        State::Open => {
+            let Some((_f, records)) = open_journal(&path, true, out)? else { return Ok(()) };
+            out.relaid += restore(&records, places, false)?;
+            let to = jdir.join(j.file(State::Laid));
+            match rename_new(&path, &to) {
+                Ok(()) => laid.push(to),
+                // Its writer finished between our open and our lock: it is `.laid` now.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // Its writer died between the two names of its last rename:
+                // the `.laid` one (listed before this) is all that is left to do.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => remove_journal(&path)?,
+                Err(e) => return Err(BusError::Io { op: "rename", path: to, source: e }),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One segment's part of a settle (see [`crate::segment`]): an earlier
@@ -376,14 +437,29 @@ fn settle_segment(
                 return Ok(());
             }
             // Exclusive and never waiting: a writer mid-append keeps it till next time.
-            let Some((_held, records)) = open_journal(&path, true, out)? else { return Ok(()) };
+            let Some((held, records)) = open_journal(&path, true, out)? else { return Ok(()) };
             let to = jdir.join(segment::old_name(boot));
             rename_new(&path, &to).map_err(BusError::io("rename", &to))?;
+            // Unnamed as current: no writer uses it any more.
+            drop(held);
             out.relaid += restore(&records, places, false)?;
             segments.push(to);
         }
         SegmentName::Old { .. } => {
-            let Some((_f, records)) = open_journal(&path, false, out)? else { return Ok(()) };
+            let Some((f, records)) = open_journal(&path, true, out)? else { return Ok(()) };
+            // A settle killed between the two names of its rotation left the
+            // current name on this file too: writers could still append
+            // through it. Finished here, under the lock no writer holds now.
+            let held = f.metadata().map_err(BusError::io("stat", &path))?;
+            if held.nlink() > 1 {
+                let cur = jdir.join(segment::current(boot));
+                let same = std::fs::symlink_metadata(&cur)
+                    .is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev());
+                if same {
+                    remove_journal(&cur)?;
+                }
+            }
+            drop(f);
             out.relaid += restore(&records, places, false)?;
             segments.push(path);
         }
@@ -407,8 +483,7 @@ fn open_journal(path: &Path, lock: bool, out: &mut Settled) -> Result<Option<Ope
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return set_aside(path, out),
         Err(e) => return Err(io(e)),
     };
-    let m = f.metadata().map_err(io)?;
-    if !m.is_file() || m.len() > MAX_READ_BYTES {
+    if !f.metadata().map_err(io)?.is_file() {
         // No writer makes such a thing: set aside, it cannot be a live journal.
         return set_aside(path, out);
     }
@@ -419,6 +494,17 @@ fn open_journal(path: &Path, lock: bool, out: &mut Settled) -> Result<Option<Ope
     // Its writer may have finished and renamed it between our open and our lock.
     if lock && std::fs::symlink_metadata(path).is_err() {
         return Ok(None);
+    }
+    // Sized once locked: what was appended before the lock is read too. Too
+    // big is an error, never a reason to set it aside: it may hold acked
+    // records (writers stop near segment::MAX_BYTES; only concurrent
+    // overshoot goes past, by a few envelopes).
+    let m = f.metadata().map_err(io)?;
+    if m.len() > MAX_READ_BYTES {
+        return Err(io(std::io::Error::other(format!(
+            "{} bytes, over the {MAX_READ_BYTES}-byte bound",
+            m.len()
+        ))));
     }
     let mut bytes = Vec::with_capacity(m.len() as usize);
     (&f).take(m.len()).read_to_end(&mut bytes).map_err(io)?;
@@ -453,7 +539,10 @@ fn remove_journal(path: &Path) -> Result<(), BusError> {
 /// Where the envelope `name` is now, following its lifecycle forward (so a
 /// file moved on meanwhile is still found), or `None`.
 fn find(places: Places<'_>, name: &str) -> Result<Option<PathBuf>, BusError> {
-    for d in [places.inbox, places.claimed, places.delivered, places.poison] {
+    let dirs = std::iter::once(places.lay_out)
+        .chain(places.moved_on.iter().map(PathBuf::as_path))
+        .chain(std::iter::once(places.refused));
+    for d in dirs {
         let p = d.join(name);
         match p.symlink_metadata() {
             Ok(_) => return Ok(Some(p)),
@@ -475,10 +564,10 @@ fn restore(records: &[Vec<u8>], places: Places<'_>, compare: bool) -> Result<usi
         let name = env.file_name();
         match find(places, &name)? {
             None => {
-                durable::write_durable(places.inbox, &name, rec)?;
+                durable::write_durable(places.lay_out, &name, rec)?;
                 n += 1;
             }
-            Some(p) if compare && !p.starts_with(places.poison) => {
+            Some(p) if compare && !p.starts_with(places.refused) => {
                 let same = crate::read_envelope_file(&p).is_ok_and(|b| &b == rec);
                 if !same && let Some(dir) = p.parent() {
                     durable::write_durable(dir, &name, rec)?;
@@ -549,7 +638,8 @@ pub(crate) fn sync_each_file(places: Places<'_>, laid: &[PathBuf]) -> Result<usi
             synced += 1;
         }
     }
-    for d in [places.inbox, places.claimed, places.delivered] {
+    durable::fsync_dir(places.lay_out)?;
+    for d in places.moved_on {
         durable::fsync_dir(d)?;
     }
     Ok(synced)

@@ -89,6 +89,8 @@ pub struct Mailbox {
     claimed: PathBuf,
     delivered: PathBuf,
     poison: PathBuf,
+    /// `claimed/`, `delivered/`: where an inbox file moves on to (for the journal).
+    moved_on: Vec<PathBuf>,
 }
 
 fn is_envelope_name(name: &str) -> bool {
@@ -106,12 +108,23 @@ impl Mailbox {
             claimed: dir.join("claimed"),
             delivered: dir.join("delivered"),
             poison: dir.join("poison"),
+            moved_on: vec![dir.join("claimed"), dir.join("delivered")],
             dir,
         };
+        let mut made = false;
         for d in [&mb.inbox, &mb.claimed, &mb.delivered, &mb.poison] {
             // One stat in the usual case (every send opens a mailbox), a mkdir only when missing.
             if !d.is_dir() {
                 std::fs::create_dir_all(d).map_err(BusError::io("create", d))?;
+                made = true;
+            }
+        }
+        if made {
+            // New folders' names made durable up to the home, once: a first
+            // envelope's fsyncs cover only the folder it is in.
+            for d in [mb.dir.as_path(), &layout.agents_dir(), &layout.root().join("channels"), layout.root()]
+            {
+                durable::fsync_dir(d)?;
             }
         }
         Ok(mb)
@@ -189,13 +202,7 @@ impl Mailbox {
     /// flush either way; see [`crate::journal`], [`crate::segment`]), or,
     /// where the OS tells no boot id, each file with its own fsyncs.
     fn store(&self, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
-        match journal::boot_id() {
-            Some(_) if items.len() >= journal::MIN_BATCH => {
-                journal::commit(&self.journal_dir(), &self.inbox, items)
-            }
-            Some(boot) => crate::segment::append(&self.journal_dir(), boot, &self.inbox, items),
-            None => durable::write_durable_batch(&self.inbox, items),
-        }
+        journal::write_journaled(&self.journal_dir(), &self.inbox, items)
     }
 
     /// `.journal/`: the group commits of batch puts, until checkpointed.
@@ -204,12 +211,7 @@ impl Mailbox {
     }
 
     fn places(&self) -> journal::Places<'_> {
-        journal::Places {
-            inbox: &self.inbox,
-            claimed: &self.claimed,
-            delivered: &self.delivered,
-            poison: &self.poison,
-        }
+        journal::Places { lay_out: &self.inbox, moved_on: &self.moved_on, refused: &self.poison }
     }
 
     /// Recovers what crashed batch writers (or a power cut) left in the
@@ -238,9 +240,15 @@ impl Mailbox {
         let mut poisoned = Vec::new();
         // What a batch writer that died left only in its journal comes first,
         // into the inbox; laid-out batches are checkpointed once enough wait.
-        // A failure here must not stop the mail already in the inbox: the
-        // daemon's tick settles again and records why it failed.
-        let _ = journal::settle(&self.journal_dir(), self.places(), false);
+        // A failure here must not stop the mail already in the inbox (the
+        // daemon's tick settles again and records why it failed), unless an
+        // earlier boot's journal is left: then inbox files may be damaged
+        // ones it would restore, and judging them now would poison them.
+        if let Err(e) = journal::settle(&self.journal_dir(), self.places(), false)
+            && journal::earlier_boot_left(&self.journal_dir())
+        {
+            return Err(e);
+        }
         // Adoption: anything in claimed/ was claimed by a process that died
         // before delivering it; it comes before the inbox, being older.
         let mut entries: Vec<(String, bool)> =
@@ -903,6 +911,57 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_s_name_is_marked_durable_by_whoever_fsyncs_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        mb.put(&env(&w, "agent1@work", "m0")).unwrap();
+        let seg = mb.journal_dir().join(crate::segment::current(boot()));
+        let mode = || std::fs::metadata(&seg).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(), 0o700, "its creator fsynced the folders and said so");
+        // A creator killed before its folder fsyncs leaves the mark clear:
+        // the next writer does them and sets it.
+        std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o600)).unwrap();
+        mb.put(&env(&w, "agent1@work", "m1")).unwrap();
+        assert_eq!(mode(), 0o700);
+    }
+
+    #[test]
+    fn a_settle_killed_between_the_two_names_of_a_rotation_is_finished_by_the_next() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        mb.put(&env(&w, "agent1@work", "m0")).unwrap();
+        let jdir = mb.journal_dir();
+        let cur = jdir.join(crate::segment::current(boot()));
+        std::fs::hard_link(&cur, jdir.join(format!("old-{}-1.seg", boot()))).unwrap();
+        // A claim (no force, far below the rotation size) finishes it.
+        let (c, _) = drain(&mb, &w);
+        assert_eq!(c.len(), 1);
+        assert!(journals(&mb).is_empty(), "{:?}", journals(&mb));
+        mb.put(&env(&w, "agent1@work", "m1")).unwrap();
+        assert_eq!(journals(&mb), [crate::segment::current(boot())], "a new segment for the next put");
+    }
+
+    #[test]
+    fn a_segment_too_big_to_read_is_an_error_and_never_set_aside() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        mb.put(&env(&w, "agent1@work", "m0")).unwrap();
+        let seg = mb.journal_dir().join(crate::segment::current(boot()));
+        // Sparse: far past any bound, without writing it.
+        std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(1 << 30).unwrap();
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        assert!(mb.settle(&lock).is_err());
+        assert!(seg.exists(), "kept where it was: it may hold acknowledged records");
+        assert!(journals(&mb).iter().all(|j| !j.ends_with(".bad")));
+        drop(lock);
+        // Writers no longer add to it: the next put goes file by file, and is there.
+        let e = env(&w, "agent1@work", "m1");
+        mb.put(&e).unwrap();
+        assert!(mb.inbox_dir().join(e.file_name()).exists());
+    }
+
+    #[test]
     fn a_segment_a_writer_holds_is_not_moved_aside_under_it() {
         let w = world();
         let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
@@ -1081,11 +1140,11 @@ mod tests {
             let laid = list(&inbox).unwrap().0.len();
             // A settle now (another process, with the mailbox lock) must leave it be.
             let lock = crate::lock_file(&lockf, Duration::from_secs(1)).unwrap().unwrap();
+            let moved_on = [inbox.with_file_name("claimed"), inbox.with_file_name("delivered")];
             let places = journal::Places {
-                inbox: &inbox,
-                claimed: &inbox.with_file_name("claimed"),
-                delivered: &inbox.with_file_name("delivered"),
-                poison: &inbox.with_file_name("poison"),
+                lay_out: &inbox,
+                moved_on: &moved_on,
+                refused: &inbox.with_file_name("poison"),
             };
             let settled = journal::settle(&jdir, places, true).unwrap();
             drop(lock);

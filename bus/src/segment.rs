@@ -12,8 +12,10 @@
 //!   they hold is still the current one (a checkpoint may have moved it).
 //! - Records are written as `\n<json>\n`: a record torn by a full disk or a
 //!   crash can never run into the next writer's line.
-//! - Whoever creates a segment fsyncs `.journal/` and the mailbox folder
-//!   before it returns, so every acknowledged record's segment is reachable.
+//! - A segment is created without its owner-execute bit: "its name may not
+//!   be durable yet". Any writer that finds the bit clear fsyncs `.journal/`
+//!   and the folder above it before it returns, then sets the bit; so no
+//!   record is acknowledged in a segment whose name could be lost.
 //! - A checkpoint (see [`crate::journal`]'s settle) takes the lock
 //!   exclusively, renames the segment `old-<boot>-<stamp>.seg` (new writers
 //!   start a new one), lays out again what a writer killed between its
@@ -102,14 +104,21 @@ pub(crate) fn append(
         record.push(b'\n');
         record.extend_from_slice(b);
     }
+    // A symlinked journal folder is never followed out of the home.
+    if !std::fs::symlink_metadata(jdir).map_or(true, |m| m.is_dir()) {
+        return durable::write_durable_batch(inbox, items);
+    }
     let path = jdir.join(current(boot));
     let io = |op: &'static str| BusError::io(op, &path);
     // Each round either appends or finds the segment moved aside meanwhile;
     // a checkpoint moves it at most once a claim, so a few rounds suffice.
     for _ in 0..8 {
-        let (f, created) = match open_current(jdir, &path)? {
-            Some(x) => x,
-            None => continue,
+        let f = match open_current(jdir, &path) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            // Not a file we can append to (a FIFO, a directory, no permission):
+            // the old way still works.
+            Err(_) => break,
         };
         #[cfg(test)]
         if let Some(look) = BEFORE_LOCK.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
@@ -124,16 +133,29 @@ pub(crate) fn append(
             Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {}
             _ => continue,
         }
-        if held.len() >= MAX_BYTES {
+        if !held.is_file() || held.len() + record.len() as u64 > MAX_BYTES {
             break;
         }
-        (&f).write_all(&record).map_err(io("append"))?;
+        // One write: O_APPEND places it whole after every other writer's,
+        // where a second call could land behind someone else's record.
+        let n = (&f).write(&record).map_err(io("append"))?;
+        if n != record.len() {
+            // A short write to a regular file means no room (or a size limit):
+            // the torn record is no record, and the put fails as it would have.
+            return Err(BusError::Io {
+                op: "append (a short write)",
+                path: path.clone(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            });
+        }
         f.sync_data().map_err(io("fdatasync"))?;
-        if created {
+        if held.mode() & NAMED_DURABLY == 0 {
             durable::fsync_dir(jdir)?;
-            if let Some(mailbox) = jdir.parent() {
-                durable::fsync_dir(mailbox)?;
+            if let Some(above) = jdir.parent() {
+                durable::fsync_dir(above)?;
             }
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600 | NAMED_DURABLY)).map_err(io("chmod"))?;
         }
         // Durable. Laid out under the shared lock, so no checkpoint judges
         // these records missing while we are still at it.
@@ -149,21 +171,24 @@ pub(crate) fn append(
 #[cfg(test)]
 pub(crate) static BEFORE_LOCK: std::sync::Mutex<Option<crate::journal::Look>> = std::sync::Mutex::new(None);
 
+/// The mode bit that says a segment's name (and its folder's) is durable.
+const NAMED_DURABLY: u32 = 0o100;
+
 /// Opens (creating) the current segment for appending; `None` when it was
-/// moved aside between two steps (try again). The bool says we created it.
-fn open_current(jdir: &Path, path: &Path) -> Result<Option<(File, bool)>, BusError> {
+/// moved aside between two steps (try again). Never blocks on a FIFO.
+fn open_current(jdir: &Path, path: &Path) -> Result<Option<File>, BusError> {
     let open = |create: bool| {
         let mut o = OpenOptions::new();
-        o.append(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        o.append(true).mode(0o600).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
         if create {
             o.create_new(true);
         }
         o.open(path)
     };
     match open(true) {
-        Ok(f) => Ok(Some((f, true))),
+        Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match open(false) {
-            Ok(f) => Ok(Some((f, false))),
+            Ok(f) => Ok(Some(f)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(BusError::Io { op: "open", path: path.to_path_buf(), source: e }),
         },

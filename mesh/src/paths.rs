@@ -37,6 +37,22 @@ impl MeshPaths {
     pub fn outbox(&self) -> PathBuf {
         self.dir().join("outbox")
     }
+    /// `mesh/outbox/.journal/`: what makes outbox writes durable for one
+    /// flush (see `netsky_bus::write_journaled`), until the daemon settles it.
+    pub fn outbox_journal(&self) -> PathBuf {
+        self.outbox().join(".journal")
+    }
+    /// Writes envelope files into the outbox, durable for one flush.
+    pub fn write_outbox(&self, items: &[(String, Vec<u8>)]) -> Result<(), netsky_bus::BusError> {
+        netsky_bus::write_journaled(&self.outbox_journal(), &self.outbox(), items)
+    }
+    /// Settles the outbox's journal (recovery, checkpoint): the daemon's, one at a time.
+    pub fn settle_outbox(&self, force: bool) -> Result<netsky_bus::Settled, netsky_bus::BusError> {
+        let moved_on = [self.sent()];
+        let places =
+            netsky_bus::Places { lay_out: &self.outbox(), moved_on: &moved_on, refused: &self.refused() };
+        netsky_bus::settle_journal(&self.outbox_journal(), places, force)
+    }
     /// `mesh/sent/`: envelopes the remote acknowledged (the sender's audit trail).
     pub fn sent(&self) -> PathBuf {
         self.dir().join("sent")

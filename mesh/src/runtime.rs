@@ -50,6 +50,8 @@ const QUEUE_RECEIPTS: usize = 4 * MAX_BATCH;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `mesh/sent/` is pruned of copies older than a week.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How often the outbox's journal gets a full settle (see `MeshPaths::settle_outbox`).
+const SETTLE_EVERY: Duration = Duration::from_secs(60);
 /// How often spares are refilled when nothing used one.
 const SPARES_RECHECK: Duration = Duration::from_secs(30);
 /// Inboxes the mesh keeps spares in at most (agents are many, a node's few are busy).
@@ -581,6 +583,7 @@ impl Shared {
     async fn dispatch_loop(self: Arc<Self>) {
         // The audit trail is pruned now and then, never on the hot path.
         let mut next_prune = Instant::now() + Duration::from_secs(60);
+        let mut next_settle = Instant::now();
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -592,6 +595,23 @@ impl Shared {
             self.check_own_addrs();
             if let Err(e) = scan {
                 warn!(error = %e, "outbox scan failed");
+            }
+            // The outbox's journal: what a sender killed after its barrier left
+            // only there is laid out (and scanned next round). A full settle at
+            // start and every minute; between them only past the rotation size.
+            let full = Instant::now() >= next_settle;
+            if full {
+                next_settle = Instant::now() + SETTLE_EVERY;
+            }
+            let p = self.paths.clone();
+            match tokio::task::spawn_blocking(move || p.settle_outbox(full)).await {
+                Ok(Ok(s)) if s.relaid + s.restored + s.bad > 0 => {
+                    warn!(relaid = s.relaid, restored = s.restored, bad = s.bad, "outbox journal recovered");
+                    self.dispatch.notify_one();
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(error = %e, "outbox journal not settled"),
+                Err(e) => warn!(error = %e, "outbox journal settle failed"),
             }
             if Instant::now() >= next_prune {
                 next_prune = Instant::now() + PRUNE_EVERY;

@@ -205,7 +205,8 @@ async fn bench(
         charter_file::store(&paths, &lock, &charter)?;
         n.mesh.kick();
     }
-    let outbox = netsky_mesh::MeshPaths::new(&sender.home).outbox();
+    // Written as `channel send` writes it: durable for one flush (see netsky_bus::write_journaled).
+    let paths = netsky_mesh::MeshPaths::new(&sender.home);
     let from = Address::agent(AgentName::ROOT, sender.name.clone());
     let to = Address::agent(AgentName::Numbered(1), receiver.name.clone());
     let text = "tests are green on laptop; review restart.rs next and keep the change small";
@@ -221,7 +222,7 @@ async fn bench(
     // Warm up: the first envelope also opens the connection.
     for i in 0..20 {
         let e = make(i)?;
-        netsky_bus::write_durable(&outbox, &e.file_name(), &e.to_json())?;
+        paths.write_outbox(&[(e.file_name(), e.to_json())])?;
         sender.mesh.kick();
         wait_ack(&mut acks).await?;
     }
@@ -233,7 +234,7 @@ async fn bench(
         let e = make(i)?;
         let bytes = e.to_json();
         let t = Instant::now();
-        netsky_bus::write_durable(&outbox, &e.file_name(), &bytes)?;
+        paths.write_outbox(&[(e.file_name(), bytes)])?;
         let written = ms(t.elapsed());
         wlat.push(written);
         // No kick: a `channel send` process cannot kick either; the file watcher wakes the node.
@@ -246,13 +247,13 @@ async fn bench(
     let envs: Vec<Envelope> = (0..a.n).map(make).collect::<Result<_, _>>()?;
     let t = Instant::now();
     let writer = {
-        let outbox = outbox.clone();
+        let paths = paths.clone();
         let group = a.group;
         tokio::task::spawn_blocking(move || -> Result<()> {
             for chunk in envs.chunks(group) {
                 let items: Vec<(String, Vec<u8>)> =
                     chunk.iter().map(|e| (e.file_name(), e.to_json())).collect();
-                netsky_bus::write_durable_batch(&outbox, &items)?;
+                paths.write_outbox(&items)?;
             }
             Ok(())
         })

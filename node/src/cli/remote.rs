@@ -31,7 +31,8 @@ pub fn send(
     let paths = node.home.mesh_paths();
     paths.create()?;
     let file = env.file_name();
-    netsky_bus::write_durable(&paths.outbox(), &file, &env.to_json())
+    paths
+        .write_outbox(&[(file.clone(), env.to_json())])
         .map_err(|e| anyhow::anyhow!("envelope {} not sent: {e}", env.id))?;
     node.recorder.record(&[node.recorder.event(
         "queued",
