@@ -1,5 +1,5 @@
-//! Recovery from a batch journal on arbitrary bytes, as a crashed writer or
-//! a damaged disk could leave one: settling may lay out envelopes that parse
+//! Recovery from a batch journal or a segment on arbitrary bytes, as a
+//! crashed writer or a damaged disk could leave one: settling may lay out envelopes that parse
 //! and refuse the rest, never panic, and never write outside the mailbox or
 //! under a name that is not `<id>.json` of a record it parsed.
 #![no_main]
@@ -22,11 +22,18 @@ fn boot() -> &'static str {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // The same bytes as a batch journal whose writer died, and as a mailbox segment.
+    for name in [format!("x-1-0.{}.open", boot()), format!("cur-{}.seg", boot())] {
+        settle_as(&name, data);
+    }
+});
+
+fn settle_as(name: &str, data: &[u8]) {
     let dir = tempfile::tempdir().expect("a scratch folder");
     let node: NodeName = "fuzz".parse().expect("a valid node name");
     let mb = Mailbox::open(&Layout::new(dir.path()), &node, AgentName::Numbered(1)).expect("a mailbox");
     std::fs::create_dir_all(mb.journal_dir()).expect("the journal folder");
-    std::fs::write(mb.journal_dir().join(format!("x-1-0.{}.open", boot())), data).expect("the journal");
+    std::fs::write(mb.journal_dir().join(name), data).expect("the journal");
     let lock = mb.lock(Duration::from_secs(1)).expect("the mailbox lock");
     let settled = mb.settle(&lock).expect("settling a journal in a healthy folder");
     // Whatever was laid out is exactly the records that parse as envelopes.
@@ -47,4 +54,4 @@ fuzz_target!(|data: &[u8]| {
         let name = e.expect("an entry").file_name();
         assert_eq!(name, "channels", "unexpected {name:?} in the home");
     }
-});
+}
