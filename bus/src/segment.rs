@@ -185,18 +185,22 @@ fn open_current(jdir: &Path, path: &Path) -> Result<Option<File>, BusError> {
         }
         o.open(path)
     };
+    // The segment exists for all but the first put after a checkpoint: opened first.
+    let io = |e: std::io::Error| BusError::Io { op: "open", path: path.to_path_buf(), source: e };
+    match open(false) {
+        Ok(f) => return Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
     match open(true) {
         Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match open(false) {
-            Ok(f) => Ok(Some(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(BusError::Io { op: "open", path: path.to_path_buf(), source: e }),
-        },
+        // Another writer made it meanwhile: open that one next round.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !jdir.is_dir() => {
             std::fs::create_dir_all(jdir).map_err(BusError::io("create", jdir))?;
             Ok(None)
         }
-        Err(e) => Err(BusError::Io { op: "open", path: path.to_path_buf(), source: e }),
+        Err(e) => Err(io(e)),
     }
 }
 
