@@ -82,37 +82,32 @@ pub fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Bu
         return Err(BusError::Io { op: "fsync", path: tmp, source: e });
     }
     drop(f);
-    let dst = dir.join(name);
-    if let Err(e) = std::fs::rename(&tmp, &dst) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(BusError::Io { op: "rename", path: dst, source: e });
-    }
+    let dst = install(&tmp, dir, name)?;
     fsync_dir(dir)?;
     Ok(dst)
 }
 
-/// Writes `bytes` to `dir/name` atomically (temp file, rename) but with no
-/// fsync: for files a journal already made durable (see [`crate::journal`]).
-pub(crate) fn write_unsynced(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BusError> {
-    let tmp = temp_path(dir, name);
-    drop(write_temp(&tmp, bytes)?);
+/// Renames the written temp file `tmp` to `dir/name`; on failure removes it.
+fn install(tmp: &Path, dir: &Path, name: &str) -> Result<PathBuf, BusError> {
     let dst = dir.join(name);
-    std::fs::rename(&tmp, &dst).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        BusError::Io { op: "rename", path: dst, source: e }
-    })
+    match std::fs::rename(tmp, &dst) {
+        Ok(()) => Ok(dst),
+        Err(e) => {
+            let _ = std::fs::remove_file(tmp);
+            Err(BusError::Io { op: "rename", path: dst, source: e })
+        }
+    }
 }
 
-/// As [`write_unsynced`], taking one of the folder's spares as its temp file
-/// when there is one (a small put's hot path allocates no inode).
-pub(crate) fn write_unsynced_spare(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BusError> {
+/// Writes `bytes` to `dir/name` atomically (temp file, rename) but with no
+/// fsync: for files a journal already made durable (see [`crate::journal`]).
+/// With `spare`, one of the folder's spares is taken as the temp file when
+/// there is one (a small put's hot path allocates no inode).
+pub(crate) fn write_unsynced(dir: &Path, name: &str, bytes: &[u8], spare: bool) -> Result<(), BusError> {
     let tmp = temp_path(dir, name);
-    drop(write_temp_spare(dir, &tmp, bytes)?);
-    let dst = dir.join(name);
-    std::fs::rename(&tmp, &dst).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        BusError::Io { op: "rename", path: dst, source: e }
-    })
+    let f = if spare { write_temp_spare(dir, &tmp, bytes)? } else { write_temp(&tmp, bytes)? };
+    drop(f);
+    install(&tmp, dir, name).map(|_| ())
 }
 
 /// Removes the temp files (`.*.tmp`) in `dir` last changed more than `age`

@@ -34,6 +34,9 @@ use std::time::Duration;
 use crate::segment::{self, SegmentName};
 use crate::{BusError, Envelope, durable};
 
+/// The journal folder's name, inside the folder it makes writes durable for.
+pub const JOURNAL_DIR: &str = ".journal";
+
 /// Batches this big or bigger go through a journal; smaller ones are
 /// written file by file (a journal is one more file and two more renames).
 pub(crate) const MIN_BATCH: usize = 4;
@@ -71,7 +74,7 @@ pub struct Places<'a> {
 /// Whoever moves the files on settles `jdir` (see [`settle`]).
 pub fn write_journaled(jdir: &Path, dir: &Path, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
     match boot_id() {
-        Some(_) if items.len() >= MIN_BATCH => commit(jdir, dir, items),
+        Some(boot) if items.len() >= MIN_BATCH => commit(jdir, boot, dir, items),
         Some(boot) => segment::append(jdir, boot, dir, items),
         None => durable::write_durable_batch(dir, items),
     }
@@ -177,11 +180,7 @@ fn read_boot_id() -> Option<String> {
 /// Makes `items` durable as journals in `jdir`, then lays them out in `inbox`.
 ///
 /// `Ok` means every item is durable (in its journal) and visible in `inbox`.
-/// Where the OS tells no boot id, it writes them file by file instead.
-pub(crate) fn commit(jdir: &Path, inbox: &Path, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
-    let Some(boot) = boot_id() else {
-        return durable::write_durable_batch(inbox, items);
-    };
+fn commit(jdir: &Path, boot: &str, inbox: &Path, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
     ensure_dir(jdir)?;
     let mut start = 0;
     while start < items.len() {
@@ -219,6 +218,16 @@ fn ensure_dir(jdir: &Path) -> Result<(), BusError> {
     Ok(())
 }
 
+/// Checks that the encoded envelope `bytes` (file `name`) is one line, as a
+/// journal record must be: compact JSON and a newline, so its record is the
+/// file's bytes, byte for byte.
+pub(crate) fn one_line(name: &str, bytes: &[u8]) -> Result<(), BusError> {
+    if bytes.last() != Some(&b'\n') || bytes[..bytes.len() - 1].contains(&b'\n') {
+        return Err(BusError::BadEnvelope(format!("{name}: not one line of JSON")));
+    }
+    Ok(())
+}
+
 /// Gives `from` the name `to` unless `to` exists (no journal overwrites
 /// another, whatever the pids), then drops the old name.
 pub(crate) fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -246,11 +255,7 @@ fn commit_one(jdir: &Path, boot: &str, inbox: &Path, items: &[(String, Vec<u8>)]
     };
     let mut body = Vec::with_capacity(items.iter().map(|(_, b)| b.len() + 1).sum());
     for (n, b) in items {
-        // One line per envelope: an encoded envelope is compact JSON and a
-        // newline, so it is its own line, byte for byte.
-        if b.last() != Some(&b'\n') || b[..b.len() - 1].contains(&b'\n') {
-            return Err(BusError::BadEnvelope(format!("{n}: not one line of JSON")));
-        }
+        one_line(n, b)?;
         body.extend_from_slice(b);
     }
     // Locked before it has the name a settle reads: a settle never takes a
@@ -289,7 +294,7 @@ fn commit_one(jdir: &Path, boot: &str, inbox: &Path, items: &[(String, Vec<u8>)]
         look(&open);
     }
     for (n, b) in items {
-        durable::write_unsynced(inbox, n, b)?;
+        durable::write_unsynced(inbox, n, b, false)?;
     }
     let laid = jdir.join(name.file(State::Laid));
     rename_new(&open, &laid).map_err(BusError::io("rename", &laid))?;
@@ -364,6 +369,22 @@ pub(crate) fn earlier_boot_left(jdir: &Path) -> bool {
     })
 }
 
+/// A journal or segment of an earlier boot: a power cut may have taken what
+/// was only in the page cache, so every file is compared with its record and
+/// restored where it differs. (Locked too: a writer that read another boot
+/// id must still be left alone.) Checkpointed by the caller, then removed.
+fn settle_earlier(
+    path: PathBuf,
+    places: Places<'_>,
+    out: &mut Settled,
+    earlier: &mut Vec<PathBuf>,
+) -> Result<(), BusError> {
+    let Some((_f, records)) = open_journal(&path, true, out)? else { return Ok(()) };
+    out.restored += restore(&records, places, true)?;
+    earlier.push(path);
+    Ok(())
+}
+
 /// One batch journal's part of a settle: an earlier boot's is compared file
 /// by file; one whose writer died is laid out again and marked laid.
 #[allow(clippy::too_many_arguments)]
@@ -379,13 +400,7 @@ fn settle_batch(
 ) -> Result<(), BusError> {
     let path = jdir.join(name);
     if j.boot != boot {
-        // A power cut may have taken what was only in the page cache:
-        // every file is compared with its record. (Locked too: a writer
-        // that read another boot id must still be left alone.)
-        let Some((_f, records)) = open_journal(&path, true, out)? else { return Ok(()) };
-        out.restored += restore(&records, places, true)?;
-        earlier.push(path);
-        return Ok(());
+        return settle_earlier(path, places, out, earlier);
     }
     match j.state {
         State::Laid => laid.push(path),
@@ -425,10 +440,7 @@ fn settle_segment(
 ) -> Result<(), BusError> {
     let path = jdir.join(name);
     if sg.boot() != boot {
-        let Some((_f, records)) = open_journal(&path, true, out)? else { return Ok(()) };
-        out.restored += restore(&records, places, true)?;
-        earlier.push(path);
-        return Ok(());
+        return settle_earlier(path, places, out, earlier);
     }
     match sg {
         SegmentName::Current { .. } => {
@@ -453,9 +465,7 @@ fn settle_segment(
             let held = f.metadata().map_err(BusError::io("stat", &path))?;
             if held.nlink() > 1 {
                 let cur = jdir.join(segment::current(boot));
-                let same = std::fs::symlink_metadata(&cur)
-                    .is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev());
-                if same {
+                if std::fs::symlink_metadata(&cur).is_ok_and(|m| segment::same_file(&m, &held)) {
                     remove_journal(&cur)?;
                 }
             }

@@ -36,6 +36,12 @@ impl Layout {
         self.mailbox_dir(agent).join("inbox")
     }
 
+    /// `channels/agent/<agent>/.journal/`: what makes its new files durable
+    /// until they are checkpointed (see [`crate::write_journaled`]).
+    pub fn journal_dir(&self, agent: AgentName) -> PathBuf {
+        self.mailbox_dir(agent).join(crate::JOURNAL_DIR)
+    }
+
     /// `mesh/outbox/`: signed envelopes waiting for a remote ack.
     pub fn outbox_dir(&self) -> PathBuf {
         self.root.join("mesh").join("outbox")

@@ -29,7 +29,7 @@ pub use envelope::{ENVELOPE_DOMAIN, Envelope, Kind, MAX_ENVELOPE_BYTES, format_t
 pub use error::BusError;
 pub use filelock::{FileLock, is_locked, lock_file};
 pub use guard::{Guard, Refusal, RefusalKind, read_envelope_file};
-pub use journal::{Places, Settled, settle as settle_journal, write_journaled};
+pub use journal::{JOURNAL_DIR, Places, Settled, settle as settle_journal, write_journaled};
 pub use layout::Layout;
 pub use mailbox::{Claimed, Counts, Mailbox, MailboxLock, Poisoned, PutOutcome};
 pub use name::{Address, AgentName, NodeName};

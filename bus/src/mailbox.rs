@@ -197,17 +197,15 @@ impl Mailbox {
         Ok(outcomes)
     }
 
-    /// Makes new envelope files durable in the inbox: a batch through a
-    /// journal of its own, a small put through the mailbox's segment (one
-    /// flush either way; see [`crate::journal`], [`crate::segment`]), or,
-    /// where the OS tells no boot id, each file with its own fsyncs.
+    /// Makes new envelope files durable in the inbox, for one flush (see
+    /// [`journal::write_journaled`]).
     fn store(&self, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
         journal::write_journaled(&self.journal_dir(), &self.inbox, items)
     }
 
     /// `.journal/`: the group commits of batch puts, until checkpointed.
     pub fn journal_dir(&self) -> PathBuf {
-        self.dir.join(".journal")
+        self.dir.join(crate::JOURNAL_DIR)
     }
 
     fn places(&self) -> journal::Places<'_> {

@@ -71,6 +71,11 @@ impl SegmentName {
     }
 }
 
+/// Whether two stats are of one file.
+pub(crate) fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    a.ino() == b.ino() && a.dev() == b.dev()
+}
+
 /// The current segment's name for `boot`.
 pub(crate) fn current(boot: &str) -> String {
     format!("cur-{boot}.seg")
@@ -98,9 +103,7 @@ pub(crate) fn append(
 ) -> Result<(), BusError> {
     let mut record = Vec::with_capacity(items.iter().map(|(_, b)| b.len() + 1).sum());
     for (n, b) in items {
-        if b.last() != Some(&b'\n') || b[..b.len() - 1].contains(&b'\n') {
-            return Err(BusError::BadEnvelope(format!("{n}: not one line of JSON")));
-        }
+        crate::journal::one_line(n, b)?;
         record.push(b'\n');
         record.extend_from_slice(b);
     }
@@ -129,9 +132,8 @@ pub(crate) fn append(
         }
         // Locked: still the current segment, or moved aside before we locked?
         let held = f.metadata().map_err(io("stat"))?;
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {}
-            _ => continue,
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| same_file(&m, &held)) {
+            continue;
         }
         if !held.is_file() || held.len() + record.len() as u64 > MAX_BYTES {
             break;
@@ -160,7 +162,7 @@ pub(crate) fn append(
         // Durable. Laid out under the shared lock, so no checkpoint judges
         // these records missing while we are still at it.
         for (n, b) in items {
-            durable::write_unsynced_spare(inbox, n, b)?;
+            durable::write_unsynced(inbox, n, b, true)?;
         }
         return Ok(());
     }

@@ -40,7 +40,7 @@ impl MeshPaths {
     /// `mesh/outbox/.journal/`: what makes outbox writes durable for one
     /// flush (see `netsky_bus::write_journaled`), until the daemon settles it.
     pub fn outbox_journal(&self) -> PathBuf {
-        self.outbox().join(".journal")
+        self.outbox().join(netsky_bus::JOURNAL_DIR)
     }
     /// Writes envelope files into the outbox, durable for one flush.
     pub fn write_outbox(&self, items: &[(String, Vec<u8>)]) -> Result<(), netsky_bus::BusError> {

@@ -108,6 +108,26 @@ impl Recorder {
         }
     }
 
+    /// The event a settle of `agent`'s journal leaves, when it has something
+    /// to say: a recovery, or why it failed (a busy mailbox is no news).
+    pub fn settled(
+        &self,
+        agent: AgentName,
+        res: &Result<netsky_bus::Settled, netsky_bus::BusError>,
+    ) -> Option<Event> {
+        match res {
+            Ok(s) if s.relaid + s.restored + s.bad > 0 => {
+                let what = format!(
+                    "{} laid out again after a crashed writer, {} restored after a restart, {} unreadable journals set aside",
+                    s.relaid, s.restored, s.bad
+                );
+                Some(self.event("journal-recovered", Some(agent), None, Some(what)))
+            }
+            Ok(_) | Err(netsky_bus::BusError::Busy { .. }) => None,
+            Err(e) => Some(self.event("journal-error", Some(agent), None, Some(e.to_string()))),
+        }
+    }
+
     /// Records events: log lines first; an indexing recorder then catches meta.db up.
     pub fn record(&self, events: &[Event]) {
         if events.is_empty() {

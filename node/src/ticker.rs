@@ -260,7 +260,7 @@ fn refill_spares(node: &Node, agents: impl Iterator<Item = AgentName>) {
 fn settle_journals(node: &Node, agents: &[AgentName]) {
     let layout = node.home.layout();
     for &agent in agents {
-        if !layout.mailbox_dir(agent).join(".journal").is_dir() {
+        if !layout.journal_dir(agent).is_dir() {
             continue;
         }
         let rec = &node.recorder;
@@ -269,16 +269,8 @@ fn settle_journals(node: &Node, agents: &[AgentName]) {
             let lock = mb.lock(Duration::ZERO)?;
             mb.settle(&lock)
         });
-        match settled {
-            Ok(s) if s.relaid + s.restored + s.bad > 0 => {
-                let what = format!(
-                    "{} laid out again after a crashed writer, {} restored after a restart, {} unreadable journals set aside",
-                    s.relaid, s.restored, s.bad
-                );
-                rec.record(&[rec.event("journal-recovered", Some(agent), None, Some(what))]);
-            }
-            Ok(_) | Err(netsky_bus::BusError::Busy { .. }) => {}
-            Err(e) => rec.record(&[rec.event("journal-error", Some(agent), None, Some(e.to_string()))]),
+        if let Some(ev) = rec.settled(agent, &settled) {
+            rec.record(&[ev]);
         }
     }
 }

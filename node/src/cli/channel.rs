@@ -263,16 +263,7 @@ fn drain(ctx: &Ctx, node: &Node, agent: AgentName, max: usize) -> Result<ExitCod
     let mut events: Vec<_> =
         claimed.iter().map(|c| rec.event("delivered", Some(agent), Some(&c.env), None)).collect();
     // Where no daemon runs, drains are what retire the mailbox's journals.
-    match mailbox.settle(&lock) {
-        Ok(s) if s.relaid + s.restored + s.bad > 0 => events.push(rec.event(
-            "journal-recovered",
-            Some(agent),
-            None,
-            Some(format!("{} laid out again, {} restored, {} set aside", s.relaid, s.restored, s.bad)),
-        )),
-        Ok(_) => {}
-        Err(e) => events.push(rec.event("journal-error", Some(agent), None, Some(e.to_string()))),
-    }
+    events.extend(rec.settled(agent, &mailbox.settle(&lock)));
     rec.record(&events);
     Ok(ExitCode::SUCCESS)
 }
