@@ -251,6 +251,10 @@ impl Mailbox {
         // before delivering it; it comes before the inbox, being older.
         let mut entries: Vec<(String, bool)> =
             list(&self.claimed)?.0.into_iter().map(|n| (n, true)).collect();
+        // Under the lock only this claim changes claimed/: its listing (less
+        // the leftovers refused below) answers "already claimed?" for every
+        // inbox name, with no stat per envelope.
+        let mut in_claimed: std::collections::HashSet<String> = entries.iter().map(|e| e.0.clone()).collect();
         let (inbox, dotted) = list(&self.inbox)?;
         // Temp files a crashed writer left long ago were never acknowledged.
         durable::sweep_stale_named(&self.inbox, dotted.iter().map(String::as_str), STALE_TEMP);
@@ -280,7 +284,7 @@ impl Mailbox {
                     poisoned.push(Poisoned { file: name, refusal: r });
                     continue;
                 }
-                if !adopted && self.claimed.join(&name).symlink_metadata().is_ok() {
+                if !adopted && in_claimed.contains(&name) {
                     // A second copy of an envelope already claimed (two writers raced):
                     // claiming it would deliver that envelope twice.
                     let r = Refusal::new(RefusalKind::Duplicate, format!("{name} is already claimed"));
@@ -305,6 +309,9 @@ impl Mailbox {
                     Ok(env) => claimed.push(Claimed { env, adopted }),
                     Err(r) => {
                         self.poison(&self.claimed, &name, &r)?;
+                        if adopted {
+                            in_claimed.remove(&name);
+                        }
                         poisoned.push(Poisoned { file: name, refusal: r });
                     }
                 }
