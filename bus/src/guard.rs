@@ -251,17 +251,39 @@ impl<'a> Guard<'a> {
 
     /// As [`Guard::check_file`] for many files, their signatures checked as one batch.
     pub fn check_files(&self, paths: &[PathBuf]) -> Vec<Result<Envelope, Refusal>> {
-        let read: Vec<Result<Vec<u8>, Refusal>> = paths.iter().map(|p| read_envelope_file(p)).collect();
+        let names: Vec<&str> =
+            paths.iter().map(|p| p.file_name().and_then(|n| n.to_str()).unwrap_or("")).collect();
+        self.check_read(&names, paths.iter().map(|p| read_envelope_file(p)).collect())
+    }
+
+    /// As [`Guard::check_files`] for the files `names` in the open folder `dir`.
+    pub(crate) fn check_in(&self, dir: &crate::dirfd::Dir, names: &[&str]) -> Vec<Result<Envelope, Refusal>> {
+        let read = names
+            .iter()
+            .map(|n| {
+                let f = dir.open_read(n).map_err(open_refusal)?;
+                read_open(f)
+            })
+            .collect();
+        self.check_read(names, read)
+    }
+
+    /// The verdicts on files read (or not) under their `names`.
+    fn check_read(
+        &self,
+        names: &[&str],
+        read: Vec<Result<Vec<u8>, Refusal>>,
+    ) -> Vec<Result<Envelope, Refusal>> {
         let inputs: Vec<&[u8]> = read.iter().filter_map(|r| r.as_ref().ok().map(Vec::as_slice)).collect();
         let mut checked = self.check_many(&inputs).into_iter();
         read.into_iter()
-            .zip(paths)
-            .map(|(r, p)| {
+            .zip(names)
+            .map(|(r, name)| {
                 r?;
                 let env = checked.next().unwrap_or_else(|| {
-                    Err(Refusal::new(RefusalKind::Unreadable, "no verdict (a bug in check_files)"))
+                    Err(Refusal::new(RefusalKind::Unreadable, "no verdict (a bug in check_read)"))
                 })?;
-                named_for(p, env)
+                named(name, env)
             })
             .collect()
     }
@@ -269,7 +291,11 @@ impl<'a> Guard<'a> {
 
 /// `env`, if `path` is named for it (`<id>.json`).
 fn named_for(path: &Path, env: Envelope) -> Result<Envelope, Refusal> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    named(path.file_name().and_then(|n| n.to_str()).unwrap_or(""), env)
+}
+
+/// `env`, if `name` is its file name (`<id>.json`).
+fn named(name: &str, env: Envelope) -> Result<Envelope, Refusal> {
     if name != env.file_name() {
         return Err(Refusal::new(
             RefusalKind::BadFileName,
@@ -279,16 +305,28 @@ fn named_for(path: &Path, env: Envelope) -> Result<Envelope, Refusal> {
     Ok(env)
 }
 
+/// Why a file could not be opened for reading, as a refusal.
+fn open_refusal(e: std::io::Error) -> Refusal {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => Refusal::new(RefusalKind::NotRegular, "a symlink (never followed)"),
+        _ => Refusal::new(RefusalKind::Unreadable, format!("cannot open: {e}")),
+    }
+}
+
 /// Reads an envelope file without following symlinks or blocking on FIFOs,
 /// and without reading more than the size limit.
 pub fn read_envelope_file(path: &Path) -> Result<Vec<u8>, Refusal> {
-    let f =
-        OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(
-            |e| match e.raw_os_error() {
-                Some(libc::ELOOP) => Refusal::new(RefusalKind::NotRegular, "a symlink (never followed)"),
-                _ => Refusal::new(RefusalKind::Unreadable, format!("cannot open: {e}")),
-            },
-        )?;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(open_refusal)?;
+    read_open(f)
+}
+
+/// Reads an envelope file opened without following links: a regular file,
+/// within the size limit.
+fn read_open(f: std::fs::File) -> Result<Vec<u8>, Refusal> {
     let meta =
         f.metadata().map_err(|e| Refusal::new(RefusalKind::Unreadable, format!("cannot stat: {e}")))?;
     if !meta.is_file() {

@@ -293,12 +293,29 @@ fn commit_one(jdir: &Path, boot: &str, inbox: &Path, items: &[(String, Vec<u8>)]
     if let Some(look) = AFTER_BARRIER.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         look(&open);
     }
-    for (n, b) in items {
-        durable::write_unsynced(inbox, n, b, false)?;
-    }
+    lay_out(inbox, items)?;
     let laid = jdir.join(name.file(State::Laid));
     rename_new(&open, &laid).map_err(BusError::io("rename", &laid))?;
     drop(f);
+    Ok(())
+}
+
+/// Lays out a durable batch's files in `inbox`, each whole or not at all:
+/// unnamed files linked in where the system has them, else temp names.
+fn lay_out(inbox: &Path, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
+    let mut dir = Some(crate::dirfd::Dir::open(inbox).map_err(BusError::io("open", inbox))?);
+    for (n, b) in items {
+        if let Some(d) = &dir {
+            match d.create_whole(n, b) {
+                Ok(true) => continue,
+                Ok(false) => dir = None,
+                // A copy there already (a racing writer of the same id): replaced, as a rename does.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(BusError::Io { op: "create", path: inbox.join(n), source: e }),
+            }
+        }
+        durable::write_unsynced(inbox, n, b, false)?;
+    }
     Ok(())
 }
 

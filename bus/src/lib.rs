@@ -10,6 +10,7 @@
 //! durability is promised. The crate knows nothing of the network, the
 //! database or the command line; callers record the outcomes it returns.
 
+mod dirfd;
 mod durable;
 mod envelope;
 mod error;

@@ -16,6 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::dirfd::Dir;
 use crate::guard::{Refusal, RefusalKind};
 use crate::{AgentName, BusError, Envelope, Guard, Layout, NodeName, durable, format_ts, journal};
 
@@ -91,6 +92,17 @@ pub struct Mailbox {
     poison: PathBuf,
     /// `claimed/`, `delivered/`: where an inbox file moves on to (for the journal).
     moved_on: Vec<PathBuf>,
+    /// The lifecycle folders held open, once a batch needs them (a single
+    /// put costs fewer syscalls by path).
+    dirs: std::sync::OnceLock<std::sync::Arc<Dirs>>,
+}
+
+/// `inbox/`, `claimed/`, `delivered/`, open for calls by name.
+#[derive(Debug)]
+struct Dirs {
+    inbox: Dir,
+    claimed: Dir,
+    delivered: Dir,
 }
 
 fn is_envelope_name(name: &str) -> bool {
@@ -110,6 +122,7 @@ impl Mailbox {
             poison: dir.join("poison"),
             moved_on: vec![dir.join("claimed"), dir.join("delivered")],
             dir,
+            dirs: std::sync::OnceLock::new(),
         };
         let mut made = false;
         for d in [&mb.inbox, &mb.claimed, &mb.delivered, &mb.poison] {
@@ -143,6 +156,21 @@ impl Mailbox {
     /// The `inbox/` folder (for watchers).
     pub fn inbox_dir(&self) -> &Path {
         &self.inbox
+    }
+
+    /// The lifecycle folders, opened on first use.
+    fn dirs(&self) -> Result<&Dirs, BusError> {
+        if let Some(d) = self.dirs.get() {
+            return Ok(d);
+        }
+        let open = |p: &Path| Dir::open(p).map_err(BusError::io("open", p));
+        let d = Dirs {
+            inbox: open(&self.inbox)?,
+            claimed: open(&self.claimed)?,
+            delivered: open(&self.delivered)?,
+        };
+        // A racing first use on another thread may have won: either is fine.
+        Ok(self.dirs.get_or_init(|| std::sync::Arc::new(d)))
     }
 
     /// Whether an envelope with this file name is in inbox, claimed or delivered.
@@ -181,10 +209,15 @@ impl Mailbox {
         let mut outcomes = Vec::with_capacity(envs.len());
         let mut items = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let dirs = if envs.len() > 1 { Some(self.dirs()?) } else { None };
+        let known = |name: &str| match dirs {
+            Some(d) => [&d.inbox, &d.claimed, &d.delivered].iter().any(|d| d.has(name)),
+            None => self.knows(name),
+        };
         for env in envs {
             self.check_recipient(env)?;
             let name = env.file_name();
-            if self.knows(&name) || !seen.insert(env.id) {
+            if known(&name) || !seen.insert(env.id) {
                 outcomes.push(PutOutcome::Duplicate);
             } else {
                 outcomes.push(PutOutcome::Stored);
@@ -262,6 +295,7 @@ impl Mailbox {
         // Adopted first, then the inbox, each oldest first (ULIDs sort by time).
         entries.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut rest = entries.into_iter().peekable();
+        let dirs = self.dirs()?;
         while rest.peek().is_some() && claimed.len() < max {
             // Move up to the room left into claimed/ (cheap, in order), then
             // check them all at once; refusals leave room for the next round.
@@ -293,12 +327,17 @@ impl Mailbox {
                     continue;
                 }
                 if !adopted {
-                    let dst = self.claimed.join(&name);
-                    match std::fs::rename(from_dir.join(&name), &dst) {
+                    match dirs.inbox.rename(&name, &dirs.claimed, &name) {
                         Ok(()) => {}
                         // Gone between listing and renaming: someone else's business.
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(BusError::Io { op: "claim", path: dst, source: e }),
+                        Err(e) => {
+                            return Err(BusError::Io {
+                                op: "claim",
+                                path: self.claimed.join(&name),
+                                source: e,
+                            });
+                        }
                     }
                 }
                 moved.push((name, adopted));
@@ -329,8 +368,11 @@ impl Mailbox {
     fn check_all(&self, guard: &Guard<'_>, moved: &[(String, bool)]) -> Vec<Result<Envelope, Refusal>> {
         // A chunk's signatures are checked as one batch (a third of the cost each at 256).
         let check_chunk = |chunk: &[(String, bool)]| -> Vec<Result<Envelope, Refusal>> {
-            let paths: Vec<PathBuf> = chunk.iter().map(|(n, _)| self.claimed.join(n)).collect();
-            let verdicts = guard.check_files(&paths);
+            let names: Vec<&str> = chunk.iter().map(|(n, _)| n.as_str()).collect();
+            let verdicts = match self.dirs.get() {
+                Some(d) => guard.check_in(&d.claimed, &names),
+                None => guard.check_files(&names.iter().map(|n| self.claimed.join(n)).collect::<Vec<_>>()),
+            };
             verdicts.into_iter().zip(chunk).map(|(v, (n, _))| v.and_then(|env| self.keep(n, env))).collect()
         };
         // One at a time, each under its own catch: a check that panics costs
@@ -363,7 +405,11 @@ impl Mailbox {
 
     /// After the guard passed `claimed/<name>`: not delivered before, and for this mailbox.
     fn keep(&self, name: &str, env: Envelope) -> Result<Envelope, Refusal> {
-        if self.delivered.join(name).symlink_metadata().is_ok() {
+        let delivered = match self.dirs.get() {
+            Some(d) => d.delivered.has(name),
+            None => self.delivered.join(name).symlink_metadata().is_ok(),
+        };
+        if delivered {
             return Err(Refusal::new(RefusalKind::Duplicate, format!("id {} was already delivered", env.id)));
         }
         let ok = env.to.agent_name() == Some(self.agent) && env.to.node() == Some(&self.node);
@@ -381,10 +427,14 @@ impl Mailbox {
         if done.is_empty() {
             return Ok(());
         }
+        let dirs = self.dirs()?;
         for c in done {
             let name = c.env.file_name();
-            let dst = self.delivered.join(&name);
-            std::fs::rename(self.claimed.join(&name), &dst).map_err(BusError::io("deliver", &dst))?;
+            dirs.claimed.rename(&name, &dirs.delivered, &name).map_err(|e| BusError::Io {
+                op: "deliver",
+                path: dirs.delivered.path().join(&name),
+                source: e,
+            })?;
         }
         durable::fsync_dir(&self.delivered)?;
         durable::fsync_dir(&self.claimed)

@@ -9,13 +9,14 @@
 //!
 //! It knows nothing of envelopes, charters or the network.
 
+mod batch;
 mod error;
 mod keyfile;
 mod sign;
 
+pub use batch::{ToVerify, verify_all};
 pub use error::KeyError;
 pub use keyfile::{KeyFile, create_key_file, load_key_file, save_key_file};
 pub use sign::{
-    Domain, NodeId, SecretKey, Signature, ToVerify, Verifier, parse_node_id, sign, signature_from_hex,
-    signature_to_hex, verify_all,
+    Domain, NodeId, SecretKey, Signature, Verifier, parse_node_id, sign, signature_from_hex, signature_to_hex,
 };

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use netsky_bus::{Address, Envelope, Guard, Kind, Layout, Mailbox, NodeName, Roster};
+use netsky_bus::{Address, ENVELOPE_DOMAIN, Envelope, Guard, Kind, Layout, Mailbox, NodeName, Roster};
 use netsky_keys::SecretKey;
 use serde::Serialize;
 
@@ -14,6 +14,10 @@ use crate::cli::{Ctx, emit};
 use crate::proc::run_bounded;
 
 use super::{DurableFloor, Target, ms, pct};
+
+/// Signatures per batch check in the figure: what each of two check threads
+/// gets of a claim of 256.
+const VERIFY_BATCH: usize = 128;
 
 /// Arguments of `netsky bench bus`.
 #[derive(Debug, Args)]
@@ -41,6 +45,8 @@ struct Floor {
     fsync_lone_ms: f64,
     sign_us: f64,
     verify_us: f64,
+    /// Per signature, checked in batches of [`VERIFY_BATCH`] of one key.
+    batch_verify_us: f64,
     process_start_ms: f64,
 }
 
@@ -110,6 +116,27 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
         e.verify(member.verifier()).map_err(|r| anyhow::anyhow!("{r}"))?;
     }
     floor.verify_us = t.elapsed().as_secs_f64() * 1e6 / 2000.0;
+    let bodies: Vec<Vec<u8>> = envs.iter().map(Envelope::signing_bytes).collect();
+    let t = Instant::now();
+    for (es, bs) in envs.chunks(VERIFY_BATCH).zip(bodies.chunks(VERIFY_BATCH)) {
+        let batch: Vec<netsky_keys::ToVerify<'_>> = es
+            .iter()
+            .zip(bs)
+            .filter_map(|(e, body)| {
+                let sig = e.sig.as_ref()?;
+                Some(netsky_keys::ToVerify {
+                    verifier: member.verifier(),
+                    domain: ENVELOPE_DOMAIN,
+                    body,
+                    sig,
+                })
+            })
+            .collect();
+        if batch.len() != es.len() || !netsky_keys::verify_all(&batch) {
+            bail!("the benchmark's signatures do not verify as a batch");
+        }
+    }
+    floor.batch_verify_us = t.elapsed().as_secs_f64() * 1e6 / 2000.0;
 
     // A fresh mailbox under `root` and `count` envelopes for it.
     let setup = |root: &Path, count: usize| -> Result<(Mailbox, Vec<Envelope>)> {
@@ -317,7 +344,10 @@ fn human(r: &Report) -> String {
         super::LONE_PAUSE.as_millis(),
         f.fsync_lone_ms
     ));
-    s.push_str(&format!("  ed25519 sign {:.1} us, verify {:.1} us\n", f.sign_us, f.verify_us));
+    s.push_str(&format!(
+        "  ed25519 sign {:.1} us, verify {:.1} us, verify in batches of {VERIFY_BATCH} {:.1} us each\n",
+        f.sign_us, f.verify_us, f.batch_verify_us
+    ));
     s.push_str(&format!("  process start (netsky --version)  p50 {:.2} ms\n", f.process_start_ms));
     s.push_str("netsky\n");
     s.push_str(&format!("  sign+verify                      {:.0} envelopes/s\n", r.bus.sign_verify_per_s));
