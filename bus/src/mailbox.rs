@@ -282,19 +282,21 @@ impl Mailbox {
         }
         // Adoption: anything in claimed/ was claimed by a process that died
         // before delivering it; it comes before the inbox, being older.
-        let mut entries: Vec<(String, bool)> =
-            list(&self.claimed)?.0.into_iter().map(|n| (n, true)).collect();
+        let mut adopted = list(&self.claimed)?.0;
+        adopted.sort();
         // Under the lock only this claim changes claimed/: its listing (less
         // the leftovers refused below) answers "already claimed?" for every
         // inbox name, with no stat per envelope.
-        let mut in_claimed: std::collections::HashSet<String> = entries.iter().map(|e| e.0.clone()).collect();
+        let mut in_claimed: std::collections::HashSet<String> = adopted.iter().cloned().collect();
         let (inbox, dotted) = list(&self.inbox)?;
         // Temp files a crashed writer left long ago were never acknowledged.
         durable::sweep_stale_named(&self.inbox, dotted.iter().map(String::as_str), STALE_TEMP);
-        entries.extend(inbox.into_iter().map(|n| (n, false)));
         // Adopted first, then the inbox, each oldest first (ULIDs sort by time).
-        entries.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut rest = entries.into_iter().peekable();
+        let mut rest = adopted
+            .into_iter()
+            .map(|n| (n, true))
+            .chain(Oldest::new(inbox, max).map(|n| (n, false)))
+            .peekable();
         let dirs = self.dirs()?;
         while rest.peek().is_some() && claimed.len() < max {
             // Move up to the room left into claimed/ (cheap, in order), then
@@ -474,6 +476,44 @@ impl Mailbox {
     }
 }
 
+/// Names in order, sorting only as far as they are taken: a claim of `max`
+/// from a deep inbox sorts `max` names, not the inbox (the rest are sorted
+/// only if refusals make room for more).
+struct Oldest {
+    names: Vec<String>,
+    next: usize,
+    /// `names[..sorted]` are the smallest, in order.
+    sorted: usize,
+}
+
+impl Oldest {
+    fn new(mut names: Vec<String>, first: usize) -> Oldest {
+        let sorted = if first > 0 && first < names.len() {
+            names.select_nth_unstable(first);
+            names[..first].sort_unstable();
+            first
+        } else {
+            names.sort_unstable();
+            names.len()
+        };
+        Oldest { names, next: 0, sorted }
+    }
+}
+
+impl Iterator for Oldest {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        if self.next == self.sorted && self.sorted < self.names.len() {
+            self.names[self.sorted..].sort_unstable();
+            self.sorted = self.names.len();
+        }
+        let n = self.names.get_mut(self.next).map(std::mem::take)?;
+        self.next += 1;
+        Some(n)
+    }
+}
+
 /// Names in `dir`, and apart from them its dotfiles (ours: temp files, the
 /// lock, spares; never envelopes). A name that is not UTF-8 is renamed to a
 /// safe one first, so the caller can still poison it.
@@ -551,6 +591,18 @@ mod tests {
         let names = [".01ARZ3NDEKTSV4RRFFQ69G5FAV.json.1.0.tmp", ".lock", "01ARZ3NDEKTSV4RRFFQ69G5FAV.json"];
         assert_eq!(durable::sweep_stale_named(mb.inbox_dir(), names.into_iter(), Duration::ZERO), 1);
         assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn oldest_gives_every_name_once_in_order_whatever_it_sorted_first() {
+        let names: Vec<String> = [5, 3, 9, 1, 7, 2, 8].iter().map(|n: &i32| format!("n{n}")).collect();
+        let mut all = names.clone();
+        all.sort();
+        for first in 0..=names.len() + 1 {
+            let got: Vec<String> = Oldest::new(names.clone(), first).collect();
+            assert_eq!(got, all, "first {first}");
+        }
+        assert_eq!(Oldest::new(Vec::new(), 3).count(), 0);
     }
 
     #[test]
