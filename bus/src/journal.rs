@@ -72,6 +72,10 @@ pub struct Places<'a> {
 /// segment (see [`crate::segment`]), where `jdir` is the folder's journal
 /// folder; where the OS tells no boot id, each file with its own fsyncs.
 /// Whoever moves the files on settles `jdir` (see [`settle`]).
+///
+/// `Ok` means durable: once the journal or segment holds them, a failure
+/// to lay the files out is logged, not returned (a caller told "failed"
+/// would send again), and the next settle lays them out.
 pub fn write_journaled(jdir: &Path, dir: &Path, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
     match boot_id() {
         Some(boot) if items.len() >= MIN_BATCH => commit(jdir, boot, dir, items),
@@ -293,9 +297,18 @@ fn commit_one(jdir: &Path, boot: &str, inbox: &Path, items: &[(String, Vec<u8>)]
     if let Some(look) = AFTER_BARRIER.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         look(&open);
     }
-    lay_out(inbox, items)?;
+    // The put has succeeded: a failure to lay out or rename now (a full
+    // inode table, too many open files) must not tell the caller otherwise,
+    // or a retry would send the message twice. The journal stays `.open`;
+    // the next settle (every claim starts with one) lays out what is missing.
+    if let Err(e) = lay_out(inbox, items) {
+        tracing::warn!(journal = %open.display(), error = %e, "a durable batch is not laid out yet: the next settle will");
+        return Ok(());
+    }
     let laid = jdir.join(name.file(State::Laid));
-    rename_new(&open, &laid).map_err(BusError::io("rename", &laid))?;
+    if let Err(e) = rename_new(&open, &laid) {
+        tracing::warn!(journal = %open.display(), error = %e, "a laid-out batch keeps its .open name: the next settle checks it");
+    }
     drop(f);
     Ok(())
 }

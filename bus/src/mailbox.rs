@@ -1231,6 +1231,33 @@ mod tests {
     }
 
     #[test]
+    fn a_put_durable_in_its_journal_succeeds_though_its_layout_fails_and_is_laid_out_later() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let envs: Vec<_> = (0..6).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
+        let items: Vec<(String, Vec<u8>)> = envs.iter().map(|e| (e.file_name(), e.to_json())).collect();
+        // A batch whose layout cannot even open its folder (a file where it should be).
+        let not_a_dir = mb.dir.join("not-a-folder");
+        std::fs::write(&not_a_dir, b"").unwrap();
+        journal::write_journaled(&mb.journal_dir(), &not_a_dir, &items).expect("durable, so sent");
+        // A single put (the segment) whose inbox is, for the moment, a file.
+        let away = mb.dir.join("inbox.away");
+        std::fs::rename(&mb.inbox, &away).unwrap();
+        std::fs::write(&mb.inbox, b"").unwrap();
+        let one = env(&w, "agent1@work", "single");
+        assert_eq!(mb.put(&one).expect("durable, so sent"), PutOutcome::Stored);
+        std::fs::remove_file(&mb.inbox).unwrap();
+        std::fs::rename(&away, &mb.inbox).unwrap();
+        assert_eq!(list(&mb.inbox).unwrap().0.len(), 0, "nothing laid out yet");
+        // A claim lays out the batch; the daemon's settle, the segment's record.
+        let (c, p) = drain(&mb, &w);
+        assert_eq!((c.len(), p.len()), (6, 0), "{p:?}");
+        mb.settle(&mb.lock(Duration::from_secs(1)).unwrap()).unwrap();
+        let (c, p) = drain(&mb, &w);
+        assert_eq!(c.iter().map(|c| c.env.id).collect::<Vec<_>>(), vec![one.id], "{p:?}");
+    }
+
+    #[test]
     fn a_batch_is_in_its_locked_journal_before_any_file_is_laid_out() {
         let w = world();
         let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
