@@ -259,6 +259,21 @@ fn a_drain_recovers_what_a_killed_batch_writer_left_in_its_journal() {
 
 #[cfg(target_os = "linux")]
 #[test]
+fn one_drain_delivers_what_a_send_killed_before_laying_out_left_only_in_the_segment() {
+    let h = TestHome::init("work");
+    // A send appends to the mailbox's segment, flushes, then lays the file
+    // out; one killed between the two leaves the record only in the segment.
+    h.ok(&["channel", "send", "agent1", "first"]);
+    h.ok(&["channel", "send", "agent1", "cut short"]);
+    let mut names = h.files("channels/agent/agent1/inbox");
+    names.sort();
+    std::fs::remove_file(h.join(&format!("channels/agent/agent1/inbox/{}", names[1]))).unwrap();
+    assert_eq!(h.drain_texts("agent1"), ["first", "cut short"], "both, in one drain");
+    assert!(h.drain_texts("agent1").is_empty());
+}
+
+#[cfg(target_os = "linux")]
+#[test]
 fn the_daemon_s_tick_recovers_a_killed_batch_writer_s_journal_and_says_so() {
     let h = TestHome::init("work");
     let texts = journal_only(&h, 5);

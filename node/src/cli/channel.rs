@@ -213,9 +213,13 @@ fn drain(ctx: &Ctx, node: &Node, agent: AgentName, max: usize) -> Result<ExitCod
     let mailbox = Mailbox::open(&node.home.layout(), &node.config.node.name, agent)?;
     let lock = mailbox.lock(LOCK_WAIT)?;
     let guard = Guard::new(&node.roster);
-    let (claimed, poisoned) = mailbox.claim(&lock, &guard, max)?;
     let rec = &node.recorder;
-    let mut events = Vec::with_capacity(claimed.len() * 2 + poisoned.len());
+    // Settled first: where no daemon runs, drains are what retire the
+    // mailbox's journals, and what lays out a record a killed send left
+    // only in the segment, so this drain delivers it rather than the next.
+    let mut events: Vec<_> = rec.settled(agent, &mailbox.settle(&lock)).into_iter().collect();
+    let (claimed, poisoned) = mailbox.claim(&lock, &guard, max)?;
+    events.reserve(claimed.len() * 2 + poisoned.len());
     for p in &poisoned {
         events.push(rec.event("poisoned", Some(agent), None, Some(format!("{}: {}", p.file, p.refusal))));
     }
@@ -260,10 +264,8 @@ fn drain(ctx: &Ctx, node: &Node, agent: AgentName, max: usize) -> Result<ExitCod
     if let Err(e) = super::receipt::spool(node, agent, "drained", &envs) {
         eprintln!("netsky: delivered, but the receipts for the senders could not be spooled: {e:#}");
     }
-    let mut events: Vec<_> =
+    let events: Vec<_> =
         claimed.iter().map(|c| rec.event("delivered", Some(agent), Some(&c.env), None)).collect();
-    // Where no daemon runs, drains are what retire the mailbox's journals.
-    events.extend(rec.settled(agent, &mailbox.settle(&lock)));
     rec.record(&events);
     Ok(ExitCode::SUCCESS)
 }
