@@ -32,6 +32,6 @@ pub use filelock::{FileLock, is_locked, lock_file};
 pub use guard::{Guard, Refusal, RefusalKind, read_envelope_file};
 pub use journal::{JOURNAL_DIR, Places, Settled, settle as settle_journal, write_journaled};
 pub use layout::Layout;
-pub use mailbox::{Claimed, Counts, Mailbox, MailboxLock, Poisoned, PutOutcome};
+pub use mailbox::{Claim, Claimed, Counts, Mailbox, MailboxLock, Poisoned, PutOutcome};
 pub use name::{Address, AgentName, NodeName};
 pub use roster::{Member, Roster};

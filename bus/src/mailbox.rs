@@ -52,6 +52,18 @@ pub struct Claimed {
     pub adopted: bool,
 }
 
+/// What a claim did: what it claimed, what it refused, and what the settle
+/// it starts with recovered (or why that failed; the claim went on).
+#[derive(Debug)]
+pub struct Claim {
+    /// Claimed and checked, oldest first.
+    pub claimed: Vec<Claimed>,
+    /// Refused and moved to `poison/`.
+    pub poisoned: Vec<Poisoned>,
+    /// The journal settle before the claim: what crashed writers left that it laid out.
+    pub settled: Result<crate::Settled, BusError>,
+}
+
 /// An entry the guard refused and moved to `poison/`.
 #[derive(Debug, Clone)]
 pub struct Poisoned {
@@ -261,12 +273,7 @@ impl Mailbox {
     }
 
     /// Claims up to `max` envelopes, oldest first, adopting crash leftovers first.
-    pub fn claim(
-        &self,
-        _lock: &MailboxLock,
-        guard: &Guard<'_>,
-        max: usize,
-    ) -> Result<(Vec<Claimed>, Vec<Poisoned>), BusError> {
+    pub fn claim(&self, _lock: &MailboxLock, guard: &Guard<'_>, max: usize) -> Result<Claim, BusError> {
         let mut claimed = Vec::new();
         let mut poisoned = Vec::new();
         // What a batch writer that died left only in its journal comes first,
@@ -275,11 +282,10 @@ impl Mailbox {
         // daemon's tick settles again and records why it failed), unless an
         // earlier boot's journal is left: then inbox files may be damaged
         // ones it would restore, and judging them now would poison them.
-        if let Err(e) = journal::settle(&self.journal_dir(), self.places(), false)
-            && journal::earlier_boot_left(&self.journal_dir())
-        {
-            return Err(e);
-        }
+        let settled = match journal::settle(&self.journal_dir(), self.places(), false) {
+            Err(e) if journal::earlier_boot_left(&self.journal_dir()) => return Err(e),
+            s => s,
+        };
         // Adoption: anything in claimed/ was claimed by a process that died
         // before delivering it; it comes before the inbox, being older.
         let mut adopted = list(&self.claimed)?.0;
@@ -361,7 +367,7 @@ impl Mailbox {
         // By id: per sender that is send order, even when a refused leftover
         // in claimed/ let the inbox copy of its id come in a later round.
         claimed.sort_by_key(|c| c.env.id);
-        Ok((claimed, poisoned))
+        Ok(Claim { claimed, poisoned, settled })
     }
 
     /// The guard's verdict on each file just moved into `claimed/`, in order.
@@ -463,6 +469,21 @@ impl Mailbox {
         // leaves one, swept here (rare), not on every claim.
         durable::sweep_stale_temps(&self.poison, STALE_TEMP);
         Ok(())
+    }
+
+    /// Whether anything waits in `inbox/` or `claimed/`: stops at the first
+    /// name, where [`Mailbox::counts`] lists every folder (`delivered/` only grows).
+    pub fn pending(&self) -> Result<bool, BusError> {
+        for d in [&self.inbox, &self.claimed] {
+            for e in std::fs::read_dir(d).map_err(BusError::io("list", d))? {
+                let e = e.map_err(BusError::io("list", d))?;
+                // Dotfiles are ours (temp files, spares, the lock), never envelopes.
+                if !e.file_name().as_encoded_bytes().starts_with(b".") {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Entries in each lifecycle folder (temp files and reason files excluded).
@@ -570,7 +591,8 @@ mod tests {
 
     fn drain(mb: &Mailbox, w: &World) -> (Vec<Claimed>, Vec<Poisoned>) {
         let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        let (c, p) = mb.claim(&lock, &Guard::new(&w.roster), usize::MAX).unwrap();
+        let Claim { claimed: c, poisoned: p, .. } =
+            mb.claim(&lock, &Guard::new(&w.roster), usize::MAX).unwrap();
         mb.deliver(&lock, &c).unwrap();
         (c, p)
     }
@@ -606,6 +628,22 @@ mod tests {
     }
 
     #[test]
+    fn pending_sees_the_inbox_and_claimed_leftovers_but_not_our_dotfiles() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        assert!(!mb.pending().unwrap());
+        std::fs::write(mb.inbox.join(".spare.tmp"), b"").unwrap();
+        assert!(!mb.pending().unwrap(), "a dotfile is no envelope");
+        mb.put(&env(&w, "agent1@work", "hi")).unwrap();
+        assert!(mb.pending().unwrap());
+        let (c, _) = drain(&mb, &w);
+        assert!(!mb.pending().unwrap(), "delivered is not pending");
+        std::fs::copy(mb.delivered.join(c[0].env.file_name()), mb.claimed.join(c[0].env.file_name()))
+            .unwrap();
+        assert!(mb.pending().unwrap(), "a crashed claimer's leftover");
+    }
+
+    #[test]
     fn envelopes_flow_inbox_to_delivered_oldest_first() {
         let w = world();
         let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
@@ -634,7 +672,7 @@ mod tests {
             std::fs::write(&p, text).unwrap();
         }
         let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        let (c, p) = mb.claim(&lock, &Guard::new(&w.roster), 50).unwrap();
+        let Claim { claimed: c, poisoned: p, .. } = mb.claim(&lock, &Guard::new(&w.roster), 50).unwrap();
         // 50 claimed although the first 50 in line held 5 refusals: the claim goes on past them.
         let want: Vec<String> = envs
             .iter()
@@ -647,7 +685,8 @@ mod tests {
         assert_eq!(p.len(), 6, "{p:?}");
         assert!(p.iter().all(|p| p.refusal.kind == RefusalKind::BadSignature), "{p:?}");
         mb.deliver(&lock, &c).unwrap();
-        let (rest, p2) = mb.claim(&lock, &Guard::new(&w.roster), usize::MAX).unwrap();
+        let Claim { claimed: rest, poisoned: p2, .. } =
+            mb.claim(&lock, &Guard::new(&w.roster), usize::MAX).unwrap();
         assert_eq!(rest.len(), 58);
         assert_eq!(p2.len(), 6);
         assert_eq!(mb.counts().unwrap(), Counts { inbox: 0, claimed: 58, delivered: 50, poison: 12 });
@@ -712,7 +751,7 @@ mod tests {
         {
             // A claimer takes the first envelope and dies before delivering it.
             let lock = mb.lock(Duration::from_secs(1)).unwrap();
-            let (c, _) = mb.claim(&lock, &Guard::new(&w.roster), 1).unwrap();
+            let Claim { claimed: c, poisoned: _, .. } = mb.claim(&lock, &Guard::new(&w.roster), 1).unwrap();
             assert_eq!(c.len(), 1);
             drop(lock);
         }
@@ -868,7 +907,8 @@ mod tests {
         assert_eq!(single.iter().filter(|v| v.is_ok()).count(), 2, "the good one and the wrong recipient");
 
         let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        let (c, p) = mb.claim(&lock, &Guard::new(&roster), usize::MAX).unwrap();
+        let Claim { claimed: c, poisoned: p, .. } =
+            mb.claim(&lock, &Guard::new(&roster), usize::MAX).unwrap();
         mb.deliver(&lock, &c).unwrap();
         assert_eq!(c.len(), 1, "only the good envelope passes");
         assert_eq!(c[0].env.text, "good");
@@ -1115,11 +1155,11 @@ mod tests {
         mb.put(&envs[2]).unwrap();
         {
             let lock = mb.lock(Duration::from_secs(1)).unwrap();
-            let (c, p) = mb.claim(&lock, &Guard::new(&w.roster), 1).unwrap();
+            let Claim { claimed: c, poisoned: p, .. } = mb.claim(&lock, &Guard::new(&w.roster), 1).unwrap();
             assert!(p.is_empty());
             assert_eq!(c[0].env.text, "m0");
             mb.deliver(&lock, &c).unwrap();
-            let (c, _) = mb.claim(&lock, &Guard::new(&w.roster), 1).unwrap();
+            let Claim { claimed: c, poisoned: _, .. } = mb.claim(&lock, &Guard::new(&w.roster), 1).unwrap();
             assert_eq!(c[0].env.text, "m1", "m1 is claimed, not yet delivered");
         }
         write_journal(&mb, &format!("{}-1-0.{}.open", envs[0].id, boot()), &envs);
@@ -1223,7 +1263,7 @@ mod tests {
         let envs: Vec<_> = (0..8).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
         mb.put_batch(&envs).unwrap();
         let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        let (c, _) = mb.claim(&lock, &Guard::new(&w.roster), 3).unwrap();
+        let Claim { claimed: c, poisoned: _, .. } = mb.claim(&lock, &Guard::new(&w.roster), 3).unwrap();
         mb.deliver(&lock, &c).unwrap();
         let laid: Vec<_> = journals(&mb).iter().map(|j| mb.journal_dir().join(j)).collect();
         // Five in the inbox, three delivered: all found where they are now.

@@ -154,7 +154,8 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
             mb.put_batch(chunk)?;
             tp += ms(t0.elapsed());
             let t0 = Instant::now();
-            let (claimed, poisoned) = mb.claim(&lock, &Guard::new(&roster), chunk.len())?;
+            let netsky_bus::Claim { claimed, poisoned, .. } =
+                mb.claim(&lock, &Guard::new(&roster), chunk.len())?;
             tc += ms(t0.elapsed());
             if !poisoned.is_empty() || claimed.len() != chunk.len() {
                 bail!("benchmark envelopes were refused: {:?}", poisoned.first().map(|p| &p.refusal));
@@ -195,7 +196,8 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
             });
             let mut done = 0;
             while done < n {
-                let (claimed, poisoned) = mb.claim(&lock, &Guard::new(&roster), batch)?;
+                let netsky_bus::Claim { claimed, poisoned, .. } =
+                    mb.claim(&lock, &Guard::new(&roster), batch)?;
                 if !poisoned.is_empty() {
                     bail!("benchmark envelopes were refused: {:?}", poisoned[0].refusal);
                 }

@@ -218,8 +218,8 @@ fn drain(ctx: &Ctx, node: &Node, agent: AgentName, max: usize) -> Result<ExitCod
     // mailbox's journals, and what lays out a record a killed send left
     // only in the segment, so this drain delivers it rather than the next.
     let mut events: Vec<_> = rec.settled(agent, &mailbox.settle(&lock)).into_iter().collect();
-    let (claimed, poisoned) = mailbox.claim(&lock, &guard, max)?;
-    events.reserve(claimed.len() * 2 + poisoned.len());
+    let netsky_bus::Claim { claimed, poisoned, settled } = mailbox.claim(&lock, &guard, max)?;
+    events.extend(rec.settled(agent, &settled));
     for p in &poisoned {
         events.push(rec.event("poisoned", Some(agent), None, Some(format!("{}: {}", p.file, p.refusal))));
     }

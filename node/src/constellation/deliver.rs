@@ -65,8 +65,7 @@ pub fn deliver(node: &Node, tmux: &Tmux, live: &BTreeSet<AgentName>) -> Delivere
 fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Delivered> {
     let mut out = Delivered::default();
     let mailbox = Mailbox::open(&node.home.layout(), &node.config.node.name, agent)?;
-    let counts = mailbox.counts()?;
-    if counts.inbox == 0 && counts.claimed == 0 {
+    if !mailbox.pending()? {
         return Ok(out);
     }
     let lock = match mailbox.lock(LOCK_WAIT) {
@@ -77,9 +76,12 @@ fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Del
     };
     let roster = node.current_roster()?;
     let guard = Guard::new(&roster);
-    let (claimed, poisoned) = mailbox.claim(&lock, &guard, MAX_PER_ROUND)?;
+    let netsky_bus::Claim { claimed, poisoned, settled } = mailbox.claim(&lock, &guard, MAX_PER_ROUND)?;
     let rec = &node.recorder;
-    let mut events = Vec::new();
+    // What crashed writers left, laid out by this claim (the tick then finds
+    // nothing to say); a failing settle is the tick's to report, once a tick.
+    let mut events: Vec<_> =
+        if settled.is_ok() { rec.settled(agent, &settled).into_iter().collect() } else { Vec::new() };
     for p in &poisoned {
         events.push(rec.event("poisoned", Some(agent), None, Some(format!("{}: {}", p.file, p.refusal))));
     }
