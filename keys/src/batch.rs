@@ -202,6 +202,43 @@ mod tests {
         }
     }
 
+    #[test]
+    fn random_batches_of_good_and_damaged_signatures_agree_with_the_strict_check() {
+        let keys: Vec<SecretKey> = (0..3).map(|_| SecretKey::generate()).collect();
+        let vs: Vec<Verifier> = keys.iter().map(|k| Verifier::new(k.public()).unwrap()).collect();
+        // xorshift: reproducible choices without a dependency.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for round in 0..150 {
+            let n = 1 + next(12) as usize;
+            let mut batch: Vec<(usize, Domain, Vec<u8>, Signature)> = Vec::new();
+            for i in 0..n {
+                let k = next(3) as usize;
+                let body = format!("round {round} item {i}").into_bytes();
+                let mut sig = sign(&keys[k], A, &body).to_bytes();
+                let (mut body, mut domain, mut who) = (body, A, k);
+                // One in four damaged, in one of several ways.
+                if next(4) == 0 {
+                    match next(4) {
+                        0 => sig[next(64) as usize] ^= 1 << next(8),
+                        1 => body.push(b'!'),
+                        2 => domain = B,
+                        _ => who = (k + 1) % 3,
+                    }
+                }
+                batch.push((who, domain, body, Signature::from_bytes(&sig)));
+            }
+            let strict = batch.iter().all(|(w, d, b, s)| vs[*w].verify(*d, b, s).is_ok());
+            let items: Vec<_> = batch.iter().map(|(w, d, b, s)| (&vs[*w], *d, b.as_slice(), s)).collect();
+            assert_eq!(check(&items), strict, "round {round}");
+        }
+    }
+
     /// A key whose secret scalar the test knows, for signatures a real signer never makes.
     fn raw_key() -> (Scalar, Verifier) {
         let a = Scalar::from(0x1234_5678_9abc_def0_u64) * Scalar::from(977u64);
