@@ -340,7 +340,7 @@ fn lay_out(inbox: &Path, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
 /// One settle at a time per folder (a mailbox's lock; the one daemon of a
 /// home for its outbox); files move on only forward through `places` meanwhile.
 pub fn settle(jdir: &Path, places: Places<'_>, force: bool) -> Result<Settled, BusError> {
-    let mut out = Settled::default();
+    let out = Settled::default();
     let rd = match std::fs::read_dir(jdir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
@@ -351,26 +351,31 @@ pub fn settle(jdir: &Path, places: Places<'_>, force: bool) -> Result<Settled, B
     durable::sweep_stale_named(jdir, names.iter().map(String::as_str), STALE_TEMP);
     // Without a boot id nothing is journaled here, and nothing can be judged.
     let Some(boot) = boot_id() else { return Ok(out) };
-    let mut laid: Vec<PathBuf> = Vec::new();
-    let mut earlier: Vec<PathBuf> = Vec::new();
-    // Segments moved aside: checkpointed by this settle, whatever `force` says.
-    let mut segments: Vec<PathBuf> = Vec::new();
+    let mut st = Settling {
+        jdir,
+        places,
+        boot,
+        force,
+        out,
+        laid: Vec::new(),
+        earlier: Vec::new(),
+        segments: Vec::new(),
+    };
     // One journal that cannot be settled now must not keep the rest from it.
     let mut first_error: Option<BusError> = None;
     for n in &names {
-        if let Some(sg) = SegmentName::parse(n) {
-            if let Err(e) =
-                settle_segment(jdir, places, boot, n, &sg, force, &mut out, &mut segments, &mut earlier)
-            {
-                first_error.get_or_insert(e);
-            }
+        let done = if let Some(sg) = SegmentName::parse(n) {
+            st.segment(n, &sg)
+        } else if let Some(j) = JournalName::parse(n) {
+            st.batch(n, &j)
+        } else {
             continue;
-        }
-        let Some(j) = JournalName::parse(n) else { continue };
-        if let Err(e) = settle_batch(jdir, places, boot, n, &j, &mut out, &mut laid, &mut earlier) {
+        };
+        if let Err(e) = done {
             first_error.get_or_insert(e);
         }
     }
+    let Settling { mut out, mut laid, earlier, segments, .. } = st;
     if !earlier.is_empty() {
         // What compared equal may still be page cache only (a boot id that
         // changed without a reboot): made durable before the journals go.
@@ -399,112 +404,105 @@ pub(crate) fn earlier_boot_left(jdir: &Path) -> bool {
     })
 }
 
-/// A journal or segment of an earlier boot: a power cut may have taken what
-/// was only in the page cache, so every file is compared with its record and
-/// restored where it differs. (Locked too: a writer that read another boot
-/// id must still be left alone.) Checkpointed by the caller, then removed.
-fn settle_earlier(
-    path: PathBuf,
-    places: Places<'_>,
-    out: &mut Settled,
-    earlier: &mut Vec<PathBuf>,
-) -> Result<(), BusError> {
-    let Some((_f, records)) = open_journal(&path, true, out)? else { return Ok(()) };
-    out.restored += restore(&records, places, true)?;
-    earlier.push(path);
-    Ok(())
-}
-
-/// One batch journal's part of a settle: an earlier boot's is compared file
-/// by file; one whose writer died is laid out again and marked laid.
-#[allow(clippy::too_many_arguments)]
-fn settle_batch(
-    jdir: &Path,
-    places: Places<'_>,
-    boot: &str,
-    name: &str,
-    j: &JournalName,
-    out: &mut Settled,
-    laid: &mut Vec<PathBuf>,
-    earlier: &mut Vec<PathBuf>,
-) -> Result<(), BusError> {
-    let path = jdir.join(name);
-    if j.boot != boot {
-        return settle_earlier(path, places, out, earlier);
-    }
-    match j.state {
-        State::Laid => laid.push(path),
-        State::Open => {
-            let Some((_f, records)) = open_journal(&path, true, out)? else { return Ok(()) };
-            out.relaid += restore(&records, places, false)?;
-            let to = jdir.join(j.file(State::Laid));
-            match rename_new(&path, &to) {
-                Ok(()) => laid.push(to),
-                // Its writer finished between our open and our lock: it is `.laid` now.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                // Its writer died between the two names of its last rename:
-                // the `.laid` one (listed before this) is all that is left to do.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => remove_journal(&path)?,
-                Err(e) => return Err(BusError::Io { op: "rename", path: to, source: e }),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// One segment's part of a settle (see [`crate::segment`]): an earlier
-/// boot's is compared file by file; the current one is moved aside when due
-/// (`force`, or grown past [`segment::ROTATE_BYTES`]) and no writer holds it;
-/// one moved aside has what a killed writer left only there laid out again.
-#[allow(clippy::too_many_arguments)]
-fn settle_segment(
-    jdir: &Path,
-    places: Places<'_>,
-    boot: &str,
-    name: &str,
-    sg: &SegmentName,
+/// One settle of a journal folder, under way: what it found to do so far.
+struct Settling<'a> {
+    jdir: &'a Path,
+    places: Places<'a>,
+    boot: &'a str,
     force: bool,
-    out: &mut Settled,
-    segments: &mut Vec<PathBuf>,
-    earlier: &mut Vec<PathBuf>,
-) -> Result<(), BusError> {
-    let path = jdir.join(name);
-    if sg.boot() != boot {
-        return settle_earlier(path, places, out, earlier);
+    out: Settled,
+    /// Laid-out batch journals (checkpointed when due).
+    laid: Vec<PathBuf>,
+    /// An earlier boot's journals and segments (checkpointed, then removed).
+    earlier: Vec<PathBuf>,
+    /// Segments moved aside: checkpointed by this settle, whatever `force` says.
+    segments: Vec<PathBuf>,
+}
+
+impl Settling<'_> {
+    /// A journal or segment of an earlier boot: a power cut may have taken
+    /// what was only in the page cache, so every file is compared with its
+    /// record and restored where it differs. (Locked too: a writer that read
+    /// another boot id must still be left alone.) Checkpointed by the
+    /// caller, then removed.
+    fn earlier(&mut self, path: PathBuf) -> Result<(), BusError> {
+        let Some((_f, records)) = open_journal(&path, true, &mut self.out)? else { return Ok(()) };
+        self.out.restored += restore(&records, self.places, true)?;
+        self.earlier.push(path);
+        Ok(())
     }
-    match sg {
-        SegmentName::Current { .. } => {
-            let len = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if len == 0 || !(force || len >= segment::ROTATE_BYTES) {
-                return Ok(());
-            }
-            // Exclusive and never waiting: a writer mid-append keeps it till next time.
-            let Some((held, records)) = open_journal(&path, true, out)? else { return Ok(()) };
-            let to = jdir.join(segment::old_name(boot));
-            rename_new(&path, &to).map_err(BusError::io("rename", &to))?;
-            // Unnamed as current: no writer uses it any more.
-            drop(held);
-            out.relaid += restore(&records, places, false)?;
-            segments.push(to);
+
+    /// One batch journal: an earlier boot's is compared file by file; one
+    /// whose writer died is laid out again and marked laid.
+    fn batch(&mut self, name: &str, j: &JournalName) -> Result<(), BusError> {
+        let path = self.jdir.join(name);
+        if j.boot != self.boot {
+            return self.earlier(path);
         }
-        SegmentName::Old { .. } => {
-            let Some((f, records)) = open_journal(&path, true, out)? else { return Ok(()) };
-            // A settle killed between the two names of its rotation left the
-            // current name on this file too: writers could still append
-            // through it. Finished here, under the lock no writer holds now.
-            let held = f.metadata().map_err(BusError::io("stat", &path))?;
-            if held.nlink() > 1 {
-                let cur = jdir.join(segment::current(boot));
-                if std::fs::symlink_metadata(&cur).is_ok_and(|m| segment::same_file(&m, &held)) {
-                    remove_journal(&cur)?;
+        match j.state {
+            State::Laid => self.laid.push(path),
+            State::Open => {
+                let Some((_f, records)) = open_journal(&path, true, &mut self.out)? else { return Ok(()) };
+                self.out.relaid += restore(&records, self.places, false)?;
+                let to = self.jdir.join(j.file(State::Laid));
+                match rename_new(&path, &to) {
+                    Ok(()) => self.laid.push(to),
+                    // Its writer finished between our open and our lock: it is `.laid` now.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    // Its writer died between the two names of its last rename:
+                    // the `.laid` one (listed before this) is all that is left to do.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => remove_journal(&path)?,
+                    Err(e) => return Err(BusError::Io { op: "rename", path: to, source: e }),
                 }
             }
-            drop(f);
-            out.relaid += restore(&records, places, false)?;
-            segments.push(path);
         }
+        Ok(())
     }
-    Ok(())
+
+    /// One segment (see [`crate::segment`]): an earlier boot's is compared
+    /// file by file; the current one is moved aside when due (`force`, or
+    /// grown past [`segment::ROTATE_BYTES`]) and no writer holds it; one
+    /// moved aside has what a killed writer left only there laid out again.
+    fn segment(&mut self, name: &str, sg: &SegmentName) -> Result<(), BusError> {
+        let (jdir, boot) = (self.jdir, self.boot);
+        let path = jdir.join(name);
+        if sg.boot() != boot {
+            return self.earlier(path);
+        }
+        match sg {
+            SegmentName::Current { .. } => {
+                let len = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
+                if len == 0 || !(self.force || len >= segment::ROTATE_BYTES) {
+                    return Ok(());
+                }
+                // Exclusive and never waiting: a writer mid-append keeps it till next time.
+                let Some((held, records)) = open_journal(&path, true, &mut self.out)? else { return Ok(()) };
+                let to = jdir.join(segment::old_name(boot));
+                rename_new(&path, &to).map_err(BusError::io("rename", &to))?;
+                // Unnamed as current: no writer uses it any more.
+                drop(held);
+                self.out.relaid += restore(&records, self.places, false)?;
+                self.segments.push(to);
+            }
+            SegmentName::Old { .. } => {
+                let Some((f, records)) = open_journal(&path, true, &mut self.out)? else { return Ok(()) };
+                // A settle killed between the two names of its rotation left the
+                // current name on this file too: writers could still append
+                // through it. Finished here, under the lock no writer holds now.
+                let held = f.metadata().map_err(BusError::io("stat", &path))?;
+                if held.nlink() > 1 {
+                    let cur = jdir.join(segment::current(boot));
+                    if std::fs::symlink_metadata(&cur).is_ok_and(|m| segment::same_file(&m, &held)) {
+                        remove_journal(&cur)?;
+                    }
+                }
+                drop(f);
+                self.out.relaid += restore(&records, self.places, false)?;
+                self.segments.push(path);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A journal read whole: its open file (holding the lock, if taken) and its records.
