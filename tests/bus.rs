@@ -290,3 +290,27 @@ fn the_daemon_s_tick_recovers_a_killed_batch_writer_s_journal_and_says_so() {
     d.stop();
     assert_eq!(h.drain_texts("agent1"), texts);
 }
+
+#[test]
+fn the_bus_bench_runs_small_and_reports_every_figure_beside_its_floor() {
+    let h = TestHome::init("work");
+    let dir = h.join("bench-scratch");
+    std::fs::create_dir(&dir).unwrap();
+    let dir = dir.to_str().unwrap().to_string();
+    let r = h.json(&["bench", "bus", "--dir", &dir, "--n", "64", "--batch", "16", "--runs", "2"]);
+    let positive = |v: &serde_json::Value, what: &str| {
+        assert!(v.as_f64().is_some_and(|x| x > 0.0), "{what} is {v} in {r}");
+    };
+    for f in ["fsync_ms", "fsync_lone_ms", "sign_us", "verify_us", "batch_verify_us", "process_start_ms"] {
+        positive(&r["floor"][f], f);
+    }
+    for f in ["durable_batched_per_s", "durable_pipelined_per_s", "pipelined_cpu_us", "cpu_ceiling_per_s"] {
+        positive(&r["bus"][f], f);
+    }
+    positive(&r["send_process_ms"], "send_process_ms");
+    let targets = r["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2, "{r}");
+    assert!(targets.iter().all(|t| t["met"].is_boolean() && t["target"].is_string()), "{r}");
+    // Its scratch folder is its own, and gone afterwards.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+}

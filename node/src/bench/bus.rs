@@ -19,6 +19,9 @@ use super::{DurableFloor, Target, ms, pct};
 /// gets of a claim of 256.
 const VERIFY_BATCH: usize = 128;
 
+/// Runs of the pipelined throughput figure; the median is reported.
+const PIPELINE_RUNS: usize = 3;
+
 /// Arguments of `netsky bench bus`.
 #[derive(Debug, Args)]
 pub struct BusArgs {
@@ -178,8 +181,8 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
 
     // As a node runs it: the writer (a send, a mesh ingest) and the deliverer
     // (the daemon) are two actors working at once, woken by each other's files.
-    let (pipelined, cpu_us) = {
-        let (mb, envs) = setup(&base.join("pipelined"), n)?;
+    let pipeline = |root: &Path| -> Result<(f64, f64)> {
+        let (mb, envs) = setup(root, n)?;
         let lock = mb.lock(Duration::from_secs(1))?;
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let cpu0 = process_cpu();
@@ -221,8 +224,14 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
             }
             Ok(())
         })?;
-        (n as f64 / t.elapsed().as_secs_f64(), (process_cpu() - cpu0).as_secs_f64() * 1e6 / n as f64)
+        Ok((n as f64 / t.elapsed().as_secs_f64(), (process_cpu() - cpu0).as_secs_f64() * 1e6 / n as f64))
     };
+    // The median of a few runs, each in a fresh folder: one run is at the
+    // mercy of whatever else the machine does for its half second.
+    let mut piped: Vec<(f64, f64)> =
+        (0..PIPELINE_RUNS).map(|i| pipeline(&base.join(format!("pipelined-{i}")))).collect::<Result<_>>()?;
+    piped.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (pipelined, cpu_us) = piped[piped.len() / 2];
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     // One `netsky channel send` process, end to end, and a bare process start.
@@ -362,7 +371,7 @@ fn human(r: &Report) -> String {
         r.bus.batch, r.bus.durable_batched_per_s, r.bus.batched_vs_floor
     ));
     s.push_str(&format!(
-        "  the same, writer and deliverer at once  {:.0} envelopes/s ({:.1}x the floor rate)\n",
+        "  the same, writer and deliverer at once  {:.0} envelopes/s ({:.1}x the floor rate; median of {PIPELINE_RUNS})\n",
         r.bus.durable_pipelined_per_s, r.bus.pipelined_vs_floor
     ));
     s.push_str(&format!(
