@@ -9,13 +9,12 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// An open folder and the path it was opened by (for errors).
+/// An open folder (the caller keeps its path, for errors).
 #[derive(Debug)]
 pub(crate) struct Dir {
     fd: OwnedFd,
-    path: PathBuf,
 }
 
 fn c_name(name: &str) -> io::Result<CString> {
@@ -42,12 +41,7 @@ impl Dir {
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
         // SAFETY: `c` is a valid C string; the fd returned is ours alone.
         let fd = cvt(unsafe { libc::open(c.as_ptr(), flags) })?;
-        Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) }, path: path.to_path_buf() })
-    }
-
-    /// The path it was opened by.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+        Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
     /// Whether an entry `name` exists here (of any type; links not followed).

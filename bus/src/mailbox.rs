@@ -350,7 +350,7 @@ impl Mailbox {
                 }
                 moved.push((name, adopted));
             }
-            let verdicts = self.check_all(guard, &moved);
+            let verdicts = self.check_all(dirs, guard, &moved);
             for ((name, adopted), verdict) in moved.into_iter().zip(verdicts) {
                 match verdict {
                     Ok(env) => claimed.push(Claimed { env, adopted }),
@@ -373,15 +373,21 @@ impl Mailbox {
     /// The guard's verdict on each file just moved into `claimed/`, in order.
     ///
     /// Signature checks dominate a big claim, so they run on several threads.
-    fn check_all(&self, guard: &Guard<'_>, moved: &[(String, bool)]) -> Vec<Result<Envelope, Refusal>> {
+    fn check_all(
+        &self,
+        dirs: &Dirs,
+        guard: &Guard<'_>,
+        moved: &[(String, bool)],
+    ) -> Vec<Result<Envelope, Refusal>> {
         // A chunk's signatures are checked as one batch (a third of the cost each at 256).
         let check_chunk = |chunk: &[(String, bool)]| -> Vec<Result<Envelope, Refusal>> {
             let names: Vec<&str> = chunk.iter().map(|(n, _)| n.as_str()).collect();
-            let verdicts = match self.dirs.get() {
-                Some(d) => guard.check_in(&d.claimed, &names),
-                None => guard.check_files(&names.iter().map(|n| self.claimed.join(n)).collect::<Vec<_>>()),
-            };
-            verdicts.into_iter().zip(chunk).map(|(v, (n, _))| v.and_then(|env| self.keep(n, env))).collect()
+            let verdicts = guard.check_in(&dirs.claimed, &names);
+            verdicts
+                .into_iter()
+                .zip(chunk)
+                .map(|(v, (n, _))| v.and_then(|env| self.keep(dirs, n, env)))
+                .collect()
         };
         // One at a time, each under its own catch: a check that panics costs
         // only its own file (poisoned, with the reason), never its neighbours.
@@ -389,10 +395,12 @@ impl Mailbox {
             chunk
                 .iter()
                 .map(|(n, _)| {
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.check_claimed(guard, n)))
-                        .unwrap_or_else(|_| {
-                            Err(Refusal::new(RefusalKind::Unreadable, "the check of this file panicked"))
-                        })
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.check_claimed(dirs, guard, n)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(Refusal::new(RefusalKind::Unreadable, "the check of this file panicked"))
+                    })
                 })
                 .collect()
         };
@@ -407,17 +415,16 @@ impl Mailbox {
     }
 
     /// The guard's verdict on `claimed/<name>`, plus dedupe and recipient.
-    fn check_claimed(&self, guard: &Guard<'_>, name: &str) -> Result<Envelope, Refusal> {
-        self.keep(name, guard.check_file(&self.claimed.join(name))?)
+    fn check_claimed(&self, dirs: &Dirs, guard: &Guard<'_>, name: &str) -> Result<Envelope, Refusal> {
+        let verdict = guard.check_in(&dirs.claimed, &[name]).pop().unwrap_or_else(|| {
+            Err(Refusal::new(RefusalKind::Unreadable, "no verdict (a bug in check_claimed)"))
+        });
+        self.keep(dirs, name, verdict?)
     }
 
     /// After the guard passed `claimed/<name>`: not delivered before, and for this mailbox.
-    fn keep(&self, name: &str, env: Envelope) -> Result<Envelope, Refusal> {
-        let delivered = match self.dirs.get() {
-            Some(d) => d.delivered.has(name),
-            None => self.delivered.join(name).symlink_metadata().is_ok(),
-        };
-        if delivered {
+    fn keep(&self, dirs: &Dirs, name: &str, env: Envelope) -> Result<Envelope, Refusal> {
+        if dirs.delivered.has(name) {
             return Err(Refusal::new(RefusalKind::Duplicate, format!("id {} was already delivered", env.id)));
         }
         let ok = env.to.agent_name() == Some(self.agent) && env.to.node() == Some(&self.node);
@@ -440,7 +447,7 @@ impl Mailbox {
             let name = c.env.file_name();
             dirs.claimed.rename(&name, &dirs.delivered, &name).map_err(|e| BusError::Io {
                 op: "deliver",
-                path: dirs.delivered.path().join(&name),
+                path: self.delivered.join(&name),
                 source: e,
             })?;
         }
