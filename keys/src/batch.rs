@@ -67,9 +67,6 @@ pub fn verify_all(items: &[ToVerify<'_>]) -> bool {
     let mut ss: Vec<Scalar> = Vec::with_capacity(n);
     let mut rs: Vec<EdwardsPoint> = Vec::with_capacity(n);
     for i in items {
-        if i.verifier.key.is_weak() {
-            return false;
-        }
         let bytes = i.sig.to_bytes();
         let (mut r_bytes, mut s_bytes) = ([0u8; 32], [0u8; 32]);
         r_bytes.copy_from_slice(&bytes[..32]);
@@ -126,6 +123,8 @@ pub fn verify_all(items: &[ToVerify<'_>]) -> bool {
         let k = i.verifier.key.as_bytes();
         match keys.iter_mut().find(|e| e.0 == k) {
             Some(e) => e.2 += zh,
+            // Weak (small-order) keys are refused, once per key.
+            None if i.verifier.key.is_weak() => return false,
             None => keys.push((k, i.verifier.key.to_edwards(), zh)),
         }
     }
@@ -291,6 +290,15 @@ mod tests {
         let small = raw_sign(a, &v, torsion, Scalar::ZERO, body);
         assert!(v.verify(A, body, &small).is_err());
         assert!(!check(&[(&v, A, body, &good), (&v, A, body, &small)]), "small-order R");
+
+        // A weak (small-order) key: s = r passes [8] of the equation whatever the body.
+        let weak = Verifier::new(NodeId::from_bytes(&torsion.compress().to_bytes()).unwrap()).unwrap();
+        let mut b = [0u8; 64];
+        b[..32].copy_from_slice((ED25519_BASEPOINT_POINT * nonce).compress().as_bytes());
+        b[32..].copy_from_slice(nonce.as_bytes());
+        let forged = Signature::from_bytes(&b);
+        assert!(weak.verify(A, body, &forged).is_err());
+        assert!(!check(&[(&v, A, body, &good), (&weak, A, body, &forged)]), "weak key");
     }
 
     #[test]
