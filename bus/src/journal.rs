@@ -594,12 +594,22 @@ fn find(places: Places<'_>, name: &str) -> Result<Option<PathBuf>, BusError> {
 
 /// Writes again, durably, each record missing from the mailbox (into the
 /// inbox) and, with `compare`, each whose file differs from it (in place).
-/// Records that do not parse (a torn line) are skipped. Returns how many.
+/// Records that do not parse (a torn line) are skipped, and so are those a
+/// [`segment::Void`] took back. Returns how many.
 fn restore(records: &[Vec<u8>], places: Places<'_>, compare: bool) -> Result<usize, BusError> {
+    let voided: std::collections::HashSet<String> = records
+        .iter()
+        .filter(|r| r.starts_with(b"{\"void\""))
+        .filter_map(|r| serde_json::from_slice::<segment::Void>(r).ok())
+        .flat_map(|v| v.void)
+        .collect();
     let mut n = 0;
     for rec in records {
         let Ok(env) = Envelope::from_json(rec) else { continue };
         let name = env.file_name();
+        if voided.contains(&name) {
+            continue;
+        }
         match find(places, &name)? {
             None => {
                 durable::write_durable(places.lay_out, &name, rec)?;

@@ -1065,6 +1065,38 @@ mod tests {
     }
 
     #[test]
+    fn a_put_whose_barrier_fails_is_taken_back_and_never_delivered() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        mb.put(&env(&w, "agent1@work", "m0")).unwrap();
+        let jdir = mb.journal_dir();
+        let seen = jdir.clone();
+        // Other tests append meanwhile: only this mailbox's barrier fails.
+        *crate::segment::FAIL_BARRIER.lock().unwrap() = Some(Box::new(move |seg| seg.starts_with(&seen)));
+        let r = mb.put(&env(&w, "agent1@work", "lost"));
+        *crate::segment::FAIL_BARRIER.lock().unwrap() = None;
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("fdatasync"), "{e}");
+        let seg =
+            String::from_utf8(std::fs::read(jdir.join(crate::segment::current(boot()))).unwrap()).unwrap();
+        assert!(
+            seg.contains("\"lost\"") && seg.contains("{\"void\":["),
+            "the record and its void are there: {seg}"
+        );
+        mb.put(&env(&w, "agent1@work", "m1")).unwrap();
+        // A forced settle lays out what the segment holds and the inbox lacks: not the voided one.
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        for f in std::fs::read_dir(mb.inbox_dir()).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        let s = mb.settle(&lock).unwrap();
+        assert_eq!(s.relaid, 2, "{s:?}");
+        drop(lock);
+        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        assert_eq!(texts, ["m0", "m1"]);
+    }
+
+    #[test]
     fn a_segment_s_name_is_marked_durable_by_whoever_fsyncs_it() {
         use std::os::unix::fs::PermissionsExt;
         let w = world();

@@ -16,6 +16,9 @@
 //!   be durable yet". Any writer that finds the bit clear fsyncs `.journal/`
 //!   and the folder above it before it returns, then sets the bit; so no
 //!   record is acknowledged in a segment whose name could be lost.
+//! - A barrier that fails (EIO, a full disk) leaves the record in the file:
+//!   the writer appends a `{"void":[names]}` line after it, and a settle
+//!   lays out no envelope a void names. The put fails and nothing arrives.
 //! - A checkpoint (see [`crate::journal`]'s settle) takes the lock
 //!   exclusively, renames the segment `old-<boot>-<stamp>.seg` (new writers
 //!   start a new one), lays out again what a writer killed between its
@@ -150,14 +153,11 @@ pub(crate) fn append(
                 source: std::io::Error::from_raw_os_error(libc::ENOSPC),
             });
         }
-        f.sync_data().map_err(io("fdatasync"))?;
-        if held.mode() & NAMED_DURABLY == 0 {
-            durable::fsync_dir(jdir)?;
-            if let Some(above) = jdir.parent() {
-                durable::fsync_dir(above)?;
-            }
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600 | NAMED_DURABLY)).map_err(io("chmod"))?;
+        // The record is in the file now: a failed barrier must void it, or the
+        // next checkpoint would lay out a put that was reported failed.
+        if let Err(e) = barrier(&f, &path, jdir, held.mode()) {
+            void(&f, &path, items);
+            return Err(e);
         }
         // Durable. Laid out under the shared lock, so no checkpoint judges
         // these records missing while we are still at it. A failure now is
@@ -173,6 +173,69 @@ pub(crate) fn append(
     }
     durable::write_durable_batch(inbox, items)
 }
+
+/// Makes an appended record durable: the segment's data, and its name the
+/// first time (see [`NAMED_DURABLY`]).
+fn barrier(f: &File, path: &Path, jdir: &Path, mode: u32) -> Result<(), BusError> {
+    #[cfg(test)]
+    if FAIL_BARRIER.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|fail| fail(path)) {
+        return Err(BusError::Io {
+            op: "fdatasync",
+            path: path.into(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        });
+    }
+    f.sync_data().map_err(BusError::io("fdatasync", path))?;
+    if mode & NAMED_DURABLY == 0 {
+        durable::fsync_dir(jdir)?;
+        if let Some(above) = jdir.parent() {
+            durable::fsync_dir(above)?;
+        }
+        // Only a hint for the next writer: without it, that one fsyncs the folders again.
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = f.set_permissions(std::fs::Permissions::from_mode(0o600 | NAMED_DURABLY)) {
+            tracing::debug!(segment = %path.display(), error = %e, "cannot mark the segment's name durable");
+        }
+    }
+    Ok(())
+}
+
+/// A record that takes back the envelopes of an earlier one whose barrier
+/// failed: a settle lays none of them out.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Void {
+    /// The file names (`<id>.json`) taken back.
+    pub(crate) void: Vec<String>,
+}
+
+/// Appends the [`Void`] of `items` to the segment `f`, in one write. If even
+/// that fails, the put's error stands but the envelopes may still arrive:
+/// said loudly, with their names, for whoever reads the log.
+fn void(f: &File, path: &Path, items: &[(String, Vec<u8>)]) {
+    let names: Vec<String> = items.iter().map(|(n, _)| n.clone()).collect();
+    let mut line = b"\n".to_vec();
+    let written = serde_json::to_writer(&mut line, &Void { void: names.clone() })
+        .map_err(std::io::Error::other)
+        .and_then(|()| {
+            line.push(b'\n');
+            match (&*f).write(&line)? {
+                n if n == line.len() => Ok(()),
+                _ => Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            }
+        });
+    if let Err(e) = written {
+        tracing::error!(segment = %path.display(), envelopes = ?names, error = %e, "a failed put could not be taken back: a settle may still deliver it");
+    }
+}
+
+/// A test's failure of the barrier of segments for which it says true.
+#[cfg(test)]
+pub(crate) static FAIL_BARRIER: std::sync::Mutex<Option<FailWhen>> = std::sync::Mutex::new(None);
+
+/// Says, for a segment's path, whether its barrier fails.
+#[cfg(test)]
+pub(crate) type FailWhen = Box<dyn Fn(&Path) -> bool + Send>;
 
 /// A test's look between a writer's open of the segment and its lock.
 #[cfg(test)]
