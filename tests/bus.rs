@@ -304,7 +304,14 @@ fn the_bus_bench_runs_small_and_reports_every_figure_beside_its_floor() {
     for f in ["fsync_ms", "fsync_lone_ms", "sign_us", "verify_us", "batch_verify_us", "process_start_ms"] {
         positive(&r["floor"][f], f);
     }
-    for f in ["durable_batched_per_s", "durable_pipelined_per_s", "pipelined_cpu_us", "cpu_ceiling_per_s"] {
+    for f in [
+        "durable_batched_per_s",
+        "durable_pipelined_per_s",
+        "pipelined_cpu_us",
+        "cpu_ceiling_per_s",
+        "file_work_us",
+        "file_ceiling_per_s",
+    ] {
         positive(&r["bus"][f], f);
     }
     positive(&r["send_process_ms"], "send_process_ms");

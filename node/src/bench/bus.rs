@@ -69,6 +69,12 @@ struct BusFigures {
     cpu_ceiling_per_s: f64,
     /// This machine's cores.
     cores: usize,
+    /// The file work of the lifecycle alone, per envelope, on one thread:
+    /// create, list, read, two renames; no fsync, no journal, no signature.
+    file_work_us: f64,
+    /// The most that file work plus a batched signature check allow on this
+    /// machine's cores, per second: no file-per-envelope bus goes faster here.
+    file_ceiling_per_s: f64,
 }
 
 #[derive(Serialize)]
@@ -233,6 +239,8 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
     piped.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (pipelined, cpu_us) = piped[piped.len() / 2];
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let file_us = file_work_us(&base.join("file-work"), n, batch)?;
+    let file_ceiling = cores as f64 * 1e6 / (file_us + floor.batch_verify_us);
 
     // One `netsky channel send` process, end to end, and a bare process start.
     let exe = std::env::current_exe()?;
@@ -322,6 +330,8 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
             pipelined_cpu_us: cpu_us,
             cpu_ceiling_per_s: cores as f64 * 1e6 / cpu_us,
             cores,
+            file_work_us: file_us,
+            file_ceiling_per_s: file_ceiling,
         },
         send_process_ms: send_p50,
         send_process_p90_ms: send_p90,
@@ -329,6 +339,83 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
     };
     emit(ctx, &report, || human(&report))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Microseconds per envelope of the least file work any bus with a file per
+/// envelope and state does, on one thread: create and write a file in the
+/// inbox, list the inbox once a batch, read the file back, rename it to
+/// claimed and to delivered. Nothing fsynced, nothing checked: a lower bound
+/// on what the real lifecycle costs.
+fn file_work_us(dir: &Path, n: usize, batch: usize) -> Result<f64> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let open_dir = |name: &str| -> Result<(PathBuf, OwnedFd)> {
+        let p = dir.join(name);
+        std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
+        let f = std::fs::File::open(&p).with_context(|| format!("cannot open {}", p.display()))?;
+        Ok((p, f.into()))
+    };
+    let (inbox_path, inbox) = open_dir("inbox")?;
+    let (_, claimed) = open_dir("claimed")?;
+    let (_, delivered) = open_dir("delivered")?;
+    let names: Vec<CString> =
+        (0..n).map(|i| CString::new(format!("01JDQ7FILEWORK{i:012}.json"))).collect::<Result<_, _>>()?;
+    let body = vec![b'x'; 420];
+    let mut buf = vec![0u8; 4096];
+    let fail = |op: &str| anyhow::anyhow!("file work: {op}: {}", std::io::Error::last_os_error());
+    let t = Instant::now();
+    for chunk in names.chunks(batch) {
+        for name in chunk {
+            // SAFETY: a valid descriptor and a NUL-terminated name; the buffers outlive the calls.
+            unsafe {
+                let fd = libc::openat(
+                    inbox.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                    0o600,
+                );
+                if fd < 0 {
+                    return Err(fail("create"));
+                }
+                let w = libc::write(fd, body.as_ptr().cast(), body.len());
+                libc::close(fd);
+                if w != body.len() as isize {
+                    return Err(fail("write"));
+                }
+            }
+        }
+        let listed = std::fs::read_dir(&inbox_path)?.count();
+        if listed < chunk.len() {
+            bail!("file work: {listed} files listed, {} written", chunk.len());
+        }
+        for name in chunk {
+            // SAFETY: as above.
+            unsafe {
+                let fd = libc::openat(inbox.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(fail("open"));
+                }
+                let r = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                libc::close(fd);
+                if r != body.len() as isize {
+                    return Err(fail("read"));
+                }
+                if libc::renameat(inbox.as_raw_fd(), name.as_ptr(), claimed.as_raw_fd(), name.as_ptr()) != 0 {
+                    return Err(fail("rename to claimed"));
+                }
+            }
+        }
+        for name in chunk {
+            // SAFETY: as above.
+            if unsafe {
+                libc::renameat(claimed.as_raw_fd(), name.as_ptr(), delivered.as_raw_fd(), name.as_ptr())
+            } != 0
+            {
+                return Err(fail("rename to delivered"));
+            }
+        }
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
 }
 
 /// CPU time this process has used so far, user and system, all threads.
@@ -380,6 +467,14 @@ fn human(r: &Report) -> String {
         r.bus.cores,
         r.bus.cpu_ceiling_per_s,
         r.bus.cpu_ceiling_per_s / r.floor.fsync_writes_per_s
+    ));
+    s.push_str(&format!(
+        "    file work alone (create, list, read, 2 renames; no fsync) {:.0} us, + batched check {:.0} us: {} cores allow at most {:.0}/s ({:.1}x)\n",
+        r.bus.file_work_us,
+        r.floor.batch_verify_us,
+        r.bus.cores,
+        r.bus.file_ceiling_per_s,
+        r.bus.file_ceiling_per_s / r.floor.fsync_writes_per_s
     ));
     s.push_str(&format!(
         "  one `channel send` process       p50 {:.2} ms  p90 {:.2} ms\n  the same, node daemon running    p50 {:.2} ms (spares; its work on each landing shares the cores)\n",
