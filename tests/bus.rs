@@ -150,37 +150,64 @@ fn a_home_that_was_never_initialised_says_how_to_start() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("netsky init"));
 }
 
-/// Needs root (to mount a small tmpfs); CI runs as root.
+/// A small tmpfs of its own (root only, as CI runs), unmounted on drop;
+/// `None` where this machine cannot mount one.
+struct SmallDisk {
+    _dir: tempfile::TempDir,
+    mnt: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        if unsafe_geteuid() != 0 {
+            eprintln!("skipped: needs root to mount a tmpfs");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("small");
+        std::fs::create_dir(&mnt).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mnt)
+            .status();
+        if !st.map(|s| s.success()).unwrap_or(false) {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return None;
+        }
+        Some(SmallDisk { _dir: dir, mnt })
+    }
+
+    /// Remounts it read-only (`true`) or writable again.
+    fn read_only(&self, ro: bool) {
+        let opt = if ro { "remount,ro" } else { "remount,rw" };
+        let st = std::process::Command::new("mount").args(["-o", opt]).arg(&self.mnt).status().unwrap();
+        assert!(st.success(), "mount -o {opt}");
+    }
+
+    /// Runs netsky on the home `home` inside it.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(common::exe())
+            .arg("--home")
+            .arg(self.mnt.join("home"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
+
 #[test]
 fn a_full_disk_fails_the_send_clearly_and_leaves_no_half_written_envelope() {
-    if unsafe_geteuid() != 0 {
-        eprintln!("skipped: needs root to mount a tmpfs");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .status();
-    if !st.map(|s| s.success()).unwrap_or(false) {
-        eprintln!("skipped: cannot mount a tmpfs here");
-        return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _u = Unmount(mnt.clone());
+    let Some(disk) = SmallDisk::mount("1m") else { return };
+    let mnt = &disk.mnt;
     let home = mnt.join("home");
-    let run = |args: &[&str]| {
-        std::process::Command::new(common::exe()).arg("--home").arg(&home).args(args).output().unwrap()
-    };
-    assert!(run(&["init", "--name", "full", "--relay", "disabled"]).status.success());
-    assert!(run(&["channel", "send", "agent1", "fits"]).status.success());
+    assert!(disk.run(&["init", "--name", "full", "--relay", "disabled"]).status.success());
+    assert!(disk.run(&["channel", "send", "agent1", "fits"]).status.success());
     // Fill the disk to the last byte.
     let mut filler = std::fs::File::create(mnt.join("filler")).unwrap();
     let chunk = vec![0u8; 64 * 1024];
@@ -196,7 +223,7 @@ fn a_full_disk_fails_the_send_clearly_and_leaves_no_half_written_envelope() {
             break;
         }
     }
-    let o = run(&["channel", "send", "agent1", &"x".repeat(4000)]);
+    let o = disk.run(&["channel", "send", "agent1", &"x".repeat(4000)]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("No space left"), "{err}");
@@ -206,6 +233,34 @@ fn a_full_disk_fails_the_send_clearly_and_leaves_no_half_written_envelope() {
         .map(|e| e.file_name())
         .collect();
     assert_eq!(inbox.len(), 1, "only the first envelope, no temp or half file: {inbox:?}");
+}
+
+#[test]
+fn a_home_that_is_not_writable_fails_sends_and_drains_in_one_clear_line_and_loses_nothing() {
+    let Some(disk) = SmallDisk::mount("4m") else { return };
+    assert!(disk.run(&["init", "--name", "ro", "--relay", "disabled"]).status.success());
+    assert!(disk.run(&["channel", "send", "agent1", "before"]).status.success());
+    disk.read_only(true);
+    for args in [&["channel", "send", "agent1", "refused"][..], &["channel", "drain", "agent1"]] {
+        let o = disk.run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert_eq!(err.matches("Read-only file system").count(), 1, "{args:?}: the cause once: {err}");
+        assert!(err.contains(disk.mnt.join("home").to_str().unwrap()), "{args:?}: names the path: {err}");
+    }
+    // Reading still works, and shows the one envelope that made it.
+    let o = disk.run(&["channel", "ls", "agent1", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let counts: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((counts["inbox"].as_u64(), counts["delivered"].as_u64()), (Some(1), Some(0)), "{counts}");
+    assert!(disk.run(&["keys", "show"]).status.success());
+    // Writable again: the envelope from before is there, the refused one never was.
+    disk.read_only(false);
+    let o = disk.run(&["channel", "drain", "agent1", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("\"before\"") && !out.contains("refused"), "{out}");
 }
 
 fn unsafe_geteuid() -> u32 {

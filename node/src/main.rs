@@ -28,7 +28,9 @@ fn main() -> ExitCode {
         1 => tracing::Level::INFO,
         _ => tracing::Level::DEBUG,
     };
-    let fmt = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false);
+    // Colours only for a person at a terminal, never into a daemon's log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     // RUST_LOG's directives when given; else a plain level, which skips
     // building an EnvFilter (tens of microseconds on every short command).
     match std::env::var_os("RUST_LOG") {
@@ -43,9 +45,41 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            let line = format!("{e:#}").replace('\n', " ");
-            eprintln!("netsky: {line}");
+            eprintln!("netsky: {}", one_line(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// An error and its causes on one line, each cause once: library errors
+/// that name their cause in their own message are not followed by it again.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+    use anyhow::Context;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::from_raw_os_error(30);
+        let bus = netsky_bus::BusError::Io { op: "lock", path: "/h/.lock".into(), source: io };
+        let e = Err::<(), _>(bus).context("envelope X not sent").unwrap_err();
+        assert_eq!(one_line(&e), "envelope X not sent: lock /h/.lock: Read-only file system (os error 30)");
+        let plain = Err::<(), _>(std::io::Error::other("disk\ngone")).context("cannot write").unwrap_err();
+        assert_eq!(one_line(&plain), "cannot write: disk gone");
     }
 }
