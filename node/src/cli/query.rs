@@ -13,6 +13,19 @@ use crate::store::open_read_only;
 /// A query may run this long before it is interrupted.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a failed query says: interrupted, refused as a write, or SQLite's own words.
+fn explain(e: rusqlite::Error) -> anyhow::Error {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::OperationInterrupted) => {
+            anyhow::anyhow!("query interrupted: it ran past {} s", QUERY_TIMEOUT.as_secs())
+        }
+        Some(rusqlite::ErrorCode::ReadOnly) => {
+            anyhow::anyhow!("query refused: netsky query is read-only ({e})")
+        }
+        _ => anyhow::anyhow!("query failed: {e}"),
+    }
+}
+
 /// Arguments of `netsky query`.
 #[derive(Debug, Args)]
 pub struct QueryArgs {
@@ -29,19 +42,19 @@ pub fn run(ctx: &Ctx, a: QueryArgs) -> Result<ExitCode> {
     let conn = open_read_only(&ctx.home.db_path())?;
     let deadline = Instant::now() + QUERY_TIMEOUT;
     conn.progress_handler(10_000, Some(move || Instant::now() > deadline));
-    let mut stmt = conn.prepare(&a.sql).context("query")?;
+    let mut stmt = conn.prepare(&a.sql).map_err(explain)?;
     let names: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
-    let mut rows = stmt.query([]).context("query")?;
+    let mut rows = stmt.query([]).map_err(explain)?;
     let mut out: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
     let mut truncated = false;
-    while let Some(row) = rows.next().context("query (interrupted after 10 s, or failed)")? {
+    while let Some(row) = rows.next().map_err(explain)? {
         if out.len() == a.limit {
             truncated = true;
             break;
         }
         let mut m = serde_json::Map::new();
         for (i, n) in names.iter().enumerate() {
-            let v = match row.get_ref(i)? {
+            let v = match row.get_ref(i).with_context(|| format!("column {n}"))? {
                 ValueRef::Null => serde_json::Value::Null,
                 ValueRef::Integer(i) => i.into(),
                 ValueRef::Real(f) => {
@@ -74,4 +87,26 @@ pub fn run(ctx: &Ctx, a: QueryArgs) -> Result<ExitCode> {
         s
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_say_which_kind_they_are() {
+        let failure = |code: i32, msg: &str| {
+            explain(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(msg.into())))
+                .to_string()
+        };
+        assert_eq!(
+            failure(rusqlite::ffi::SQLITE_INTERRUPT, "interrupted"),
+            "query interrupted: it ran past 10 s"
+        );
+        assert!(failure(rusqlite::ffi::SQLITE_READONLY, "attempt to write").contains("read-only"));
+        assert_eq!(
+            failure(rusqlite::ffi::SQLITE_ERROR, "no such table: x"),
+            "query failed: no such table: x"
+        );
+    }
 }
