@@ -362,6 +362,7 @@ fn the_bus_bench_runs_small_and_reports_every_figure_beside_its_floor() {
     for f in [
         "durable_batched_per_s",
         "durable_pipelined_per_s",
+        "pipelined_floor_per_s",
         "pipelined_cpu_us",
         "cpu_ceiling_per_s",
         "file_work_us",

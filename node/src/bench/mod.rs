@@ -105,16 +105,31 @@ struct DurableFloor {
 const LONE_PAUSE: Duration = Duration::from_millis(2);
 
 impl DurableFloor {
+    /// Milliseconds of each of 200 durable writes back to back, in a fresh folder `dir`.
+    fn back_to_back(dir: &Path) -> Result<Vec<f64>> {
+        std::fs::create_dir_all(dir)?;
+        let body = vec![b'x'; 420];
+        (0..200)
+            .map(|i| {
+                let t = Instant::now();
+                netsky_bus::write_durable(dir, &format!("{i}.json"), &body)?;
+                Ok(ms(t.elapsed()))
+            })
+            .collect()
+    }
+
+    /// Durable writes per second back to back, measured now in `dir`: the
+    /// floor rate beside a throughput run, as the machine is at that moment.
+    fn rate_now(dir: &Path) -> Result<f64> {
+        let w = Self::back_to_back(dir)?;
+        Ok(1e3 * w.len() as f64 / w.iter().sum::<f64>())
+    }
+
     fn measure(base: &Path) -> Result<DurableFloor> {
         let dir = base.join("floor");
         std::fs::create_dir_all(&dir)?;
         let body = vec![b'x'; 420];
-        let mut w = Vec::new();
-        for i in 0..200 {
-            let t = Instant::now();
-            netsky_bus::write_durable(&dir, &format!("{i}.json"), &body)?;
-            w.push(ms(t.elapsed()));
-        }
+        let mut w = Self::back_to_back(&dir)?;
         let mut lone = Vec::new();
         for i in 0..100 {
             std::thread::sleep(LONE_PAUSE);
