@@ -597,19 +597,14 @@ fn find(places: Places<'_>, name: &str) -> Result<Option<PathBuf>, BusError> {
 /// Records that do not parse (a torn line) are skipped, and so are those a
 /// [`segment::Void`] took back. Returns how many.
 fn restore(records: &[Vec<u8>], places: Places<'_>, compare: bool) -> Result<usize, BusError> {
-    let voided: std::collections::HashSet<String> = records
-        .iter()
-        .filter(|r| r.starts_with(b"{\"void\""))
-        .filter_map(|r| serde_json::from_slice::<segment::Void>(r).ok())
-        .flat_map(|v| v.void)
-        .collect();
+    let voided = voided(records);
     let mut n = 0;
-    for rec in records {
+    for (rec, voided) in records.iter().zip(voided) {
         let Ok(env) = Envelope::from_json(rec) else { continue };
-        let name = env.file_name();
-        if voided.contains(&name) {
+        if voided {
             continue;
         }
+        let name = env.file_name();
         match find(places, &name)? {
             None => {
                 durable::write_durable(places.lay_out, &name, rec)?;
@@ -626,6 +621,27 @@ fn restore(records: &[Vec<u8>], places: Places<'_>, compare: bool) -> Result<usi
         }
     }
     Ok(n)
+}
+
+/// For each record, whether a [`segment::Void`] after it takes it back: a
+/// void names the envelopes of the put just before it (other writers may
+/// have appended in between), so it takes back the nearest earlier record of
+/// each name and no later one (a retry of the same id that succeeded).
+fn voided(records: &[Vec<u8>]) -> Vec<bool> {
+    let mut out = vec![false; records.len()];
+    let mut pending: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for (i, rec) in records.iter().enumerate().rev() {
+        if rec.starts_with(b"{\"void\"") {
+            if let Ok(v) = serde_json::from_slice::<segment::Void>(rec) {
+                pending.extend(v.void);
+            }
+        } else if !pending.is_empty()
+            && let Ok(env) = Envelope::from_json(rec)
+        {
+            out[i] = pending.remove(&env.file_name());
+        }
+    }
+    out
 }
 
 /// Makes the files of `laid` journals durable on their own, then removes the journals.

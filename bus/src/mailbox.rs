@@ -1073,27 +1073,33 @@ mod tests {
         let seen = jdir.clone();
         // Other tests append meanwhile: only this mailbox's barrier fails.
         *crate::segment::FAIL_BARRIER.lock().unwrap() = Some(Box::new(move |seg| seg.starts_with(&seen)));
-        let r = mb.put(&env(&w, "agent1@work", "lost"));
+        let (lost, retried) = (env(&w, "agent1@work", "lost"), env(&w, "agent1@work", "retried"));
+        let results = [mb.put(&lost), mb.put(&retried)];
         *crate::segment::FAIL_BARRIER.lock().unwrap() = None;
-        let e = r.unwrap_err().to_string();
-        assert!(e.contains("fdatasync"), "{e}");
+        for r in results {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("fdatasync"), "{e}");
+        }
         let seg =
             String::from_utf8(std::fs::read(jdir.join(crate::segment::current(boot()))).unwrap()).unwrap();
         assert!(
             seg.contains("\"lost\"") && seg.contains("{\"void\":["),
             "the record and its void are there: {seg}"
         );
+        // A retry of the same envelope (as a peer retransmits it) succeeds after its void.
+        assert_eq!(mb.put(&retried).unwrap(), PutOutcome::Stored);
         mb.put(&env(&w, "agent1@work", "m1")).unwrap();
-        // A forced settle lays out what the segment holds and the inbox lacks: not the voided one.
+        // A forced settle lays out what the segment holds and the inbox lacks:
+        // not the voided puts, but the retry that followed its void.
         let lock = mb.lock(Duration::from_secs(1)).unwrap();
         for f in std::fs::read_dir(mb.inbox_dir()).unwrap() {
             std::fs::remove_file(f.unwrap().path()).unwrap();
         }
         let s = mb.settle(&lock).unwrap();
-        assert_eq!(s.relaid, 2, "{s:?}");
+        assert_eq!(s.relaid, 3, "{s:?}");
         drop(lock);
         let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
-        assert_eq!(texts, ["m0", "m1"]);
+        assert_eq!(texts, ["m0", "retried", "m1"]);
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //!   record is acknowledged in a segment whose name could be lost.
 //! - A barrier that fails (EIO, a full disk) leaves the record in the file:
 //!   the writer appends a `{"void":[names]}` line after it, and a settle
-//!   lays out no envelope a void names. The put fails and nothing arrives.
+//!   lays out no record a void takes back (the nearest earlier one of each
+//!   name: a retry of the same id after it stands). The put fails and
+//!   nothing arrives.
 //! - A checkpoint (see [`crate::journal`]'s settle) takes the lock
 //!   exclusively, renames the segment `old-<boot>-<stamp>.seg` (new writers
 //!   start a new one), lays out again what a writer killed between its
