@@ -461,8 +461,9 @@ impl Settling<'_> {
 
     /// One segment (see [`crate::segment`]): an earlier boot's is compared
     /// file by file; the current one is moved aside when due (`force`, or
-    /// grown past [`segment::ROTATE_BYTES`]) and no writer holds it; one
-    /// moved aside has what a killed writer left only there laid out again.
+    /// grown past [`segment::ROTATE_BYTES`]), and taken whole at once if no
+    /// writer holds it; one moved aside has what a killed writer left only
+    /// there laid out again.
     fn segment(&mut self, name: &str, sg: &SegmentName) -> Result<(), BusError> {
         let (jdir, boot) = (self.jdir, self.boot);
         let path = jdir.join(name);
@@ -475,8 +476,19 @@ impl Settling<'_> {
                 if len == 0 || !(self.force || len >= segment::ROTATE_BYTES) {
                     return Ok(());
                 }
-                // Exclusive and never waiting: a writer mid-append keeps it till next time.
-                let Some((held, records)) = open_journal(&path, true, &mut self.out)? else { return Ok(()) };
+                // Exclusive and never waiting: a writer mid-append keeps it whole till next time.
+                let Some((held, records)) = open_journal(&path, true, &mut self.out)? else {
+                    // Under a steady stream of writers it may never be free: moved
+                    // aside anyway. No writer appends to it once it has lost the
+                    // current name (each checks, after locking, that it holds the
+                    // current segment); those holding it finish, and a later
+                    // settle takes it whole as an old one.
+                    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+                        let to = jdir.join(segment::old_name(boot));
+                        rename_new(&path, &to).map_err(BusError::io("rename", &to))?;
+                    }
+                    return Ok(());
+                };
                 let to = jdir.join(segment::old_name(boot));
                 rename_new(&path, &to).map_err(BusError::io("rename", &to))?;
                 // Unnamed as current: no writer uses it any more.

@@ -1103,6 +1103,106 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_a_writer_holds_is_still_moved_aside_and_taken_whole_once_free() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let e0 = env(&w, "agent1@work", "m0");
+        mb.put(&e0).unwrap();
+        let jdir = mb.journal_dir();
+        let cur = jdir.join(crate::segment::current(boot()));
+        let segments = || -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(&jdir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.ends_with(".seg"))
+                .collect();
+            v.sort();
+            v
+        };
+        // A writer mid-append holds it, as one always does under a steady stream.
+        let writer = std::fs::File::open(&cur).unwrap();
+        writer.lock_shared().unwrap();
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        let s = mb.settle(&lock).unwrap();
+        assert_eq!(s.checkpointed, 0, "{s:?}");
+        let aside = segments();
+        assert!(aside.len() == 1 && aside[0].starts_with("old-"), "moved aside though held: {aside:?}");
+        drop(lock);
+        // New puts go to a new current segment meanwhile.
+        mb.put(&env(&w, "agent1@work", "m1")).unwrap();
+        assert!(cur.exists());
+        // Free now: the next settle takes the old one whole, laying out what only it holds.
+        writer.unlock().unwrap();
+        std::fs::remove_file(mb.inbox_dir().join(e0.file_name())).unwrap();
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        let s = mb.settle(&lock).unwrap();
+        assert_eq!((s.relaid, s.checkpointed), (1, 2), "{s:?}");
+        assert!(segments().is_empty(), "{:?}", segments());
+        drop(lock);
+        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        assert_eq!(texts, ["m0", "m1"]);
+    }
+
+    #[test]
+    fn writers_in_a_steady_stream_with_settles_and_claims_among_them_lose_and_double_nothing() {
+        let w = world();
+        let agent: AgentName = "agent1".parse().unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (acked, delivered) = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..4)
+                .map(|t| {
+                    let w = &w;
+                    s.spawn(move || {
+                        // A mailbox each, as separate processes have.
+                        let mb = Mailbox::open(&w.layout, &w.node, agent).unwrap();
+                        (0..120)
+                            .map(|i| {
+                                let e = env(w, "agent1@work", &format!("w{t}-{i}"));
+                                assert_eq!(mb.put(&e).unwrap(), PutOutcome::Stored);
+                                e.id
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let deliverer = s.spawn(|| {
+                let mb = Mailbox::open(&w.layout, &w.node, agent).unwrap();
+                let mut got = Vec::new();
+                let mut round = |force: bool| {
+                    let lock = mb.lock(Duration::from_secs(5)).unwrap();
+                    if force {
+                        mb.settle(&lock).unwrap();
+                    }
+                    let Claim { claimed, poisoned, .. } =
+                        mb.claim(&lock, &Guard::new(&w.roster), usize::MAX).unwrap();
+                    assert!(poisoned.is_empty(), "{:?}", poisoned.first().map(|p| &p.refusal));
+                    mb.deliver(&lock, &claimed).unwrap();
+                    got.extend(claimed.into_iter().map(|c| c.env.id));
+                };
+                let mut n = 0u32;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Every other round forces a checkpoint, with writers mid-append.
+                    round(n.is_multiple_of(2));
+                    n += 1;
+                }
+                round(true);
+                round(true);
+                got
+            });
+            let acked: Vec<_> = writers.into_iter().flat_map(|h| h.join().unwrap()).collect();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            (acked, deliverer.join().unwrap())
+        });
+        let unique: std::collections::HashSet<_> = delivered.iter().collect();
+        assert_eq!(unique.len(), delivered.len(), "delivered twice");
+        assert_eq!(unique, acked.iter().collect(), "every acked put delivered, nothing else");
+        let mb = Mailbox::open(&w.layout, &w.node, agent).unwrap();
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        mb.settle(&lock).unwrap();
+        assert!(journals(&mb).is_empty(), "{:?}", journals(&mb));
+    }
+
+    #[test]
     fn a_segment_s_name_is_marked_durable_by_whoever_fsyncs_it() {
         use std::os::unix::fs::PermissionsExt;
         let w = world();
@@ -1151,22 +1251,6 @@ mod tests {
         let e = env(&w, "agent1@work", "m1");
         mb.put(&e).unwrap();
         assert!(mb.inbox_dir().join(e.file_name()).exists());
-    }
-
-    #[test]
-    fn a_segment_a_writer_holds_is_not_moved_aside_under_it() {
-        let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
-        mb.put(&env(&w, "agent1@work", "m0")).unwrap();
-        let seg = mb.journal_dir().join(crate::segment::current(boot()));
-        let writer = std::fs::File::open(&seg).unwrap();
-        writer.lock_shared().unwrap();
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        assert_eq!(mb.settle(&lock).unwrap(), crate::Settled::default());
-        assert!(seg.exists(), "still the current segment");
-        drop(writer);
-        assert_eq!(mb.settle(&lock).unwrap().checkpointed, 1);
-        assert!(journals(&mb).is_empty());
     }
 
     #[test]

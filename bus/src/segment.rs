@@ -21,12 +21,15 @@
 //!   lays out no record a void takes back (the nearest earlier one of each
 //!   name: a retry of the same id after it stands). The put fails and
 //!   nothing arrives.
-//! - A checkpoint (see [`crate::journal`]'s settle) takes the lock
-//!   exclusively, renames the segment `old-<boot>-<stamp>.seg` (new writers
-//!   start a new one), lays out again what a writer killed between its
+//! - A checkpoint (see [`crate::journal`]'s settle) renames the segment
+//!   `old-<boot>-<stamp>.seg` (new writers start a new one), then, holding
+//!   the lock exclusively, lays out again what a writer killed between its
 //!   barrier and its layout left only there, makes the files durable on
-//!   their own and removes the segment. A segment of an earlier boot has
-//!   every file compared with its record, as a batch journal has.
+//!   their own and removes the segment. While a writer holds it, the rename
+//!   still happens (so a steady stream of writers cannot keep it current
+//!   forever) and the rest waits for a later settle. A segment of an
+//!   earlier boot has every file compared with its record, as a batch
+//!   journal has.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
