@@ -472,8 +472,9 @@ impl Settling<'_> {
         }
         match sg {
             SegmentName::Current { .. } => {
-                let len = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
-                if len == 0 || !(self.force || len >= segment::ROTATE_BYTES) {
+                let (len, mode) = std::fs::symlink_metadata(&path).map_or((0, 0), |m| (m.len(), m.mode()));
+                let unlaid = mode & segment::UNLAID != 0;
+                if len == 0 || !(self.force || unlaid || len >= segment::ROTATE_BYTES) {
                     return Ok(());
                 }
                 // Exclusive and never waiting: a writer mid-append keeps it whole till next time.
@@ -484,8 +485,22 @@ impl Settling<'_> {
                     // current segment); those holding it finish, and a later
                     // settle takes it whole as an old one.
                     if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-                        let to = jdir.join(segment::old_name(boot));
+                        let old = segment::old_name(boot);
+                        let to = jdir.join(&old);
                         rename_new(&path, &to).map_err(BusError::io("rename", &to))?;
+                        // A record it holds unlaid must be in the inbox before this
+                        // claim lists it: its holders finish within moments.
+                        if unlaid {
+                            let sg = SegmentName::Old { boot: boot.to_string() };
+                            for _ in 0..50 {
+                                let before = self.segments.len();
+                                self.segment(&old, &sg)?;
+                                if self.segments.len() > before {
+                                    break;
+                                }
+                                std::thread::sleep(Duration::from_millis(2));
+                            }
+                        }
                     }
                     return Ok(());
                 };
@@ -639,18 +654,28 @@ fn restore(records: &[Vec<u8>], places: Places<'_>, compare: bool) -> Result<usi
 /// void names the envelopes of the put just before it (other writers may
 /// have appended in between), so it takes back the nearest earlier record of
 /// each name and no later one (a retry of the same id that succeeded).
+///
+/// Voids are counted per name: two failed puts of one id (a peer resending
+/// while the first still syncs) leave two records and two voids.
 fn voided(records: &[Vec<u8>]) -> Vec<bool> {
     let mut out = vec![false; records.len()];
-    let mut pending: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut pending: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (i, rec) in records.iter().enumerate().rev() {
         if rec.starts_with(b"{\"void\"") {
             if let Ok(v) = serde_json::from_slice::<segment::Void>(rec) {
-                pending.extend(v.void);
+                for name in v.void {
+                    *pending.entry(name).or_default() += 1;
+                }
             }
         } else if !pending.is_empty()
             && let Ok(env) = Envelope::from_json(rec)
+            && let Some(left) = pending.get_mut(&env.file_name())
         {
-            out[i] = pending.remove(&env.file_name());
+            out[i] = true;
+            *left -= 1;
+            if *left == 0 {
+                pending.remove(&env.file_name());
+            }
         }
     }
     out
@@ -724,6 +749,31 @@ pub(crate) fn sync_each_file(places: Places<'_>, laid: &[PathBuf]) -> Result<usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_void_takes_back_the_nearest_earlier_record_of_each_name_once_per_void() {
+        let key = netsky_keys::SecretKey::generate();
+        let env = |text: &str| {
+            let (from, to) = ("agent0@work".parse().unwrap(), "agent1@work".parse().unwrap());
+            Envelope::new(&key, crate::Kind::Message, from, to, text, None).unwrap()
+        };
+        let (x, y) = (env("x"), env("y"));
+        let rec = |e: &Envelope| e.to_json();
+        let void = |es: &[&Envelope]| {
+            let names = es.iter().map(|e| e.file_name()).collect();
+            let mut v = serde_json::to_vec(&segment::Void { void: names }).unwrap();
+            v.push(b'\n');
+            v
+        };
+        // Two failed puts of one id: both records go.
+        assert_eq!(voided(&[rec(&x), rec(&x), void(&[&x]), void(&[&x])]), [true, true, false, false]);
+        // One failed put, then a retry of the same id that succeeded: the retry stays.
+        assert_eq!(voided(&[rec(&x), void(&[&x]), rec(&x)]), [true, false, false]);
+        // Another writer's record between a put and its void is not taken back.
+        assert_eq!(voided(&[rec(&x), rec(&y), void(&[&x])]), [true, false, false]);
+        // A torn or foreign line is neither a record nor a void.
+        assert_eq!(voided(&[rec(&x), b"{\"void\":[\n".to_vec()]), [false, false]);
+    }
 
     #[test]
     fn journal_names_round_trip_and_junk_is_not_one() {

@@ -1203,6 +1203,24 @@ mod tests {
     }
 
     #[test]
+    fn a_put_whose_layout_failed_is_claimed_before_later_mail_by_the_next_claim() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let (e0, e1) = (env(&w, "agent1@work", "first"), env(&w, "agent1@work", "second"));
+        let seen = mb.journal_dir();
+        *crate::segment::FAIL_LAYOUT.lock().unwrap() = Some(Box::new(move |seg| seg.starts_with(&seen)));
+        let r = mb.put(&e0);
+        *crate::segment::FAIL_LAYOUT.lock().unwrap() = None;
+        // Durable in the segment: the put has succeeded, though no file is in the inbox yet.
+        assert_eq!(r.unwrap(), PutOutcome::Stored);
+        assert!(!mb.inbox_dir().join(e0.file_name()).exists());
+        mb.put(&e1).unwrap();
+        // A claim (not a forced settle) lays it out first, so it comes first.
+        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        assert_eq!(texts, ["first", "second"]);
+    }
+
+    #[test]
     fn a_segment_s_name_is_marked_durable_by_whoever_fsyncs_it() {
         use std::os::unix::fs::PermissionsExt;
         let w = world();
@@ -1418,12 +1436,11 @@ mod tests {
         std::fs::remove_file(&mb.inbox).unwrap();
         std::fs::rename(&away, &mb.inbox).unwrap();
         assert_eq!(list(&mb.inbox).unwrap().0.len(), 0, "nothing laid out yet");
-        // A claim lays out the batch; the daemon's settle, the segment's record.
+        // The next claim lays out both: the batch from its journal, the single
+        // put from the segment it marked as holding an unlaid record.
         let (c, p) = drain(&mb, &w);
-        assert_eq!((c.len(), p.len()), (6, 0), "{p:?}");
-        mb.settle(&mb.lock(Duration::from_secs(1)).unwrap()).unwrap();
-        let (c, p) = drain(&mb, &w);
-        assert_eq!(c.iter().map(|c| c.env.id).collect::<Vec<_>>(), vec![one.id], "{p:?}");
+        assert_eq!((c.len(), p.len()), (7, 0), "{p:?}");
+        assert_eq!(c.last().map(|c| c.env.id), Some(one.id), "oldest first");
     }
 
     #[test]

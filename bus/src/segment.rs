@@ -21,6 +21,10 @@
 //!   lays out no record a void takes back (the nearest earlier one of each
 //!   name: a retry of the same id after it stands). The put fails and
 //!   nothing arrives.
+//! - A writer that cannot lay out a record it made durable (the put has
+//!   succeeded) marks the segment [`UNLAID`]; the next claim's settle then
+//!   moves it aside and lays the record out before the claim lists the
+//!   inbox, so the sender's later mail cannot overtake it.
 //! - A checkpoint (see [`crate::journal`]'s settle) renames the segment
 //!   `old-<boot>-<stamp>.seg` (new writers start a new one), then, holding
 //!   the lock exclusively, lays out again what a writer killed between its
@@ -150,8 +154,10 @@ pub(crate) fn append(
         // where a second call could land behind someone else's record.
         let n = (&f).write(&record).map_err(io("append"))?;
         if n != record.len() {
-            // A short write to a regular file means no room (or a size limit):
-            // the torn record is no record, and the put fails as it would have.
+            // A short write to a regular file means no room (or a size limit).
+            // The torn line is no record, but the lines before it may be whole
+            // envelopes of this put: voided, and the put fails as it would have.
+            void(&f, &path, items);
             return Err(BusError::Io {
                 op: "append (a short write)",
                 path: path.clone(),
@@ -169,8 +175,15 @@ pub(crate) fn append(
         // no failure of the put (a retry would send it twice): the next
         // checkpoint lays out what the segment holds and the inbox lacks.
         for (n, b) in items {
+            #[cfg(test)]
+            if FAIL_LAYOUT.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|fail| fail(&path))
+            {
+                mark_unlaid(&f, &path);
+                break;
+            }
             if let Err(e) = durable::write_unsynced(inbox, n, b, true) {
-                tracing::warn!(segment = %path.display(), error = %e, "a durable put is not laid out yet: the next checkpoint will");
+                tracing::warn!(segment = %path.display(), error = %e, "a durable put is not laid out yet: the next claim will");
+                mark_unlaid(&f, &path);
                 break;
             }
         }
@@ -205,6 +218,24 @@ fn barrier(f: &File, path: &Path, jdir: &Path, mode: u32) -> Result<(), BusError
     Ok(())
 }
 
+/// The mode bit that says a segment holds an acknowledged record whose
+/// file a writer could not lay out: the next claim's settle moves the
+/// segment aside and lays it out first, so later mail from the same sender
+/// cannot be delivered before it.
+pub(crate) const UNLAID: u32 = 0o010;
+
+/// Sets [`UNLAID`] on the segment `f` (a chmod needs no free space). If even
+/// that fails, the daemon's tick lays the record out.
+fn mark_unlaid(f: &File, path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let set = f
+        .metadata()
+        .and_then(|m| f.set_permissions(std::fs::Permissions::from_mode((m.mode() & 0o777) | UNLAID)));
+    if let Err(e) = set {
+        tracing::warn!(segment = %path.display(), error = %e, "cannot mark the segment as holding an unlaid record: the tick will lay it out");
+    }
+}
+
 /// A record that takes back the envelopes of an earlier one whose barrier
 /// failed: a settle lays none of them out.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -214,9 +245,10 @@ pub(crate) struct Void {
     pub(crate) void: Vec<String>,
 }
 
-/// Appends the [`Void`] of `items` to the segment `f`, in one write. If even
-/// that fails, the put's error stands but the envelopes may still arrive:
-/// said loudly, with their names, for whoever reads the log.
+/// Appends the [`Void`] of `items` to the segment `f`, in one write, and
+/// flushes it: the record it takes back may be on disk already. If either
+/// fails, the put's error stands but the envelopes may still arrive: said
+/// loudly, with their names, for whoever reads the log.
 fn void(f: &File, path: &Path, items: &[(String, Vec<u8>)]) {
     let names: Vec<String> = items.iter().map(|(n, _)| n.clone()).collect();
     let mut line = b"\n".to_vec();
@@ -225,7 +257,7 @@ fn void(f: &File, path: &Path, items: &[(String, Vec<u8>)]) {
         .and_then(|()| {
             line.push(b'\n');
             match (&*f).write(&line)? {
-                n if n == line.len() => Ok(()),
+                n if n == line.len() => f.sync_data(),
                 _ => Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
             }
         });
@@ -233,6 +265,10 @@ fn void(f: &File, path: &Path, items: &[(String, Vec<u8>)]) {
         tracing::error!(segment = %path.display(), envelopes = ?names, error = %e, "a failed put could not be taken back: a settle may still deliver it");
     }
 }
+
+/// A test's failure of the layout after the barrier, for segments it says true of.
+#[cfg(test)]
+pub(crate) static FAIL_LAYOUT: std::sync::Mutex<Option<FailWhen>> = std::sync::Mutex::new(None);
 
 /// A test's failure of the barrier of segments for which it says true.
 #[cfg(test)]
