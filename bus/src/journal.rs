@@ -243,6 +243,11 @@ pub(crate) fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 pub(crate) type Look = Box<dyn Fn(&Path) + Send>;
 
+/// A test's failure of a batch journal's barrier, for journals it says true of.
+#[cfg(test)]
+pub(crate) static FAIL_BATCH_BARRIER: std::sync::Mutex<Option<crate::segment::FailWhen>> =
+    std::sync::Mutex::new(None);
+
 /// Where a test puts its [`Look`].
 #[cfg(test)]
 pub(crate) static AFTER_BARRIER: std::sync::Mutex<Option<Look>> = std::sync::Mutex::new(None);
@@ -265,7 +270,7 @@ fn commit_one(jdir: &Path, boot: &str, inbox: &Path, items: &[(String, Vec<u8>)]
     // Locked before it has the name a settle reads: a settle never takes a
     // journal whose writer is alive for one whose writer died.
     let tmp = jdir.join(format!(".{}.tmp", name.id));
-    let mut f = OpenOptions::new()
+    let f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
@@ -285,12 +290,29 @@ fn commit_one(jdir: &Path, boot: &str, inbox: &Path, items: &[(String, Vec<u8>)]
         return Err(fail("lock", &tmp, e, &tmp));
     }
     rename_new(&tmp, &open).map_err(|e| fail("rename", &open, e, &tmp))?;
-    // Before the barrier nothing was promised: a failure removes the journal.
-    f.write_all(&body).map_err(|e| fail("write", &open, e, &open))?;
-    f.sync_data().map_err(|e| fail("fsync", &open, e, &open))?;
-    durable::fsync_dir(jdir).inspect_err(|_| {
+    // Before the barrier nothing was promised: a failure empties the journal
+    // first (a settle lays out nothing from an empty one, should its name
+    // outlive the removal: a failed unlink, a power cut), then removes it.
+    let abandon = || {
+        let _ = f.set_len(0);
+        let _ = f.sync_data();
         let _ = std::fs::remove_file(&open);
-    })?;
+        let _ = durable::fsync_dir(jdir);
+    };
+    let io = |op: &'static str| {
+        let open = open.clone();
+        move |source| {
+            abandon();
+            BusError::Io { op, path: open, source }
+        }
+    };
+    (&f).write_all(&body).map_err(io("write"))?;
+    #[cfg(test)]
+    if FAIL_BATCH_BARRIER.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|fail| fail(&open)) {
+        return Err(io("fsync")(std::io::Error::from_raw_os_error(libc::EIO)));
+    }
+    f.sync_data().map_err(io("fsync"))?;
+    durable::fsync_dir(jdir).inspect_err(|_| abandon())?;
     // Durable. A failure from here on leaves the journal `.open`, unlocked
     // once `f` drops: the next settle lays out what is missing.
     #[cfg(test)]

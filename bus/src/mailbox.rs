@@ -1221,6 +1221,29 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_whose_barrier_fails_leaves_nothing_a_settle_could_lay_out() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let envs: Vec<_> = (0..6).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
+        let jdir = mb.journal_dir();
+        let survivor = jdir.join(format!("01SURVIVOR-1-0.{}.open", boot()));
+        let (seen, keep) = (jdir.clone(), survivor.clone());
+        // The journal's name outlives its removal (a power cut, a failed unlink): kept here as a link.
+        *journal::FAIL_BATCH_BARRIER.lock().unwrap() =
+            Some(Box::new(move |open| open.starts_with(&seen) && std::fs::hard_link(open, &keep).is_ok()));
+        let r = mb.put_batch(&envs);
+        *journal::FAIL_BATCH_BARRIER.lock().unwrap() = None;
+        assert!(r.unwrap_err().to_string().contains("fsync"));
+        assert_eq!(std::fs::metadata(&survivor).unwrap().len(), 0, "emptied before it was removed");
+        assert_eq!(journals(&mb), [survivor.file_name().unwrap().to_str().unwrap()]);
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        assert_eq!(mb.settle(&lock).unwrap().relaid, 0);
+        drop(lock);
+        assert_eq!(drain(&mb, &w).0.len(), 0, "a failed put is never delivered");
+        assert!(journals(&mb).is_empty(), "{:?}", journals(&mb));
+    }
+
+    #[test]
     fn a_segment_s_name_is_marked_durable_by_whoever_fsyncs_it() {
         use std::os::unix::fs::PermissionsExt;
         let w = world();
