@@ -77,6 +77,11 @@ pub struct Places<'a> {
 /// to lay the files out is logged, not returned (a caller told "failed"
 /// would send again), and the next settle lays them out.
 pub fn write_journaled(jdir: &Path, dir: &Path, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
+    // A journal folder that is a link (or not a folder) is never followed out
+    // of the home: the old way, a durable write per file, still works.
+    if std::fs::symlink_metadata(jdir).is_ok_and(|m| !m.is_dir()) {
+        return durable::write_durable_batch(dir, items);
+    }
     match boot_id() {
         Some(boot) if items.len() >= MIN_BATCH => commit(jdir, boot, dir, items),
         Some(boot) => segment::append(jdir, boot, dir, items),
@@ -363,6 +368,12 @@ fn lay_out(inbox: &Path, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
 /// home for its outbox); files move on only forward through `places` meanwhile.
 pub fn settle(jdir: &Path, places: Places<'_>, force: bool) -> Result<Settled, BusError> {
     let out = Settled::default();
+    // Never followed: no writer journals into a folder that is a link, so
+    // whatever it points at is nobody's journal (see `write_journaled`).
+    if std::fs::symlink_metadata(jdir).is_ok_and(|m| !m.is_dir()) {
+        tracing::warn!(journal = %jdir.display(), "a journal folder that is not a folder (a link?) is left alone");
+        return Ok(out);
+    }
     let rd = match std::fs::read_dir(jdir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
@@ -419,6 +430,9 @@ pub fn settle(jdir: &Path, places: Places<'_>, force: bool) -> Result<Settled, B
 /// not judge (and poison) them.
 pub(crate) fn earlier_boot_left(jdir: &Path) -> bool {
     let Some(boot) = boot_id() else { return false };
+    if !std::fs::symlink_metadata(jdir).is_ok_and(|m| m.is_dir()) {
+        return false;
+    }
     let Ok(rd) = std::fs::read_dir(jdir) else { return false };
     rd.flatten().filter_map(|e| e.file_name().into_string().ok()).any(|n| {
         JournalName::parse(&n).is_some_and(|j| j.boot != boot)

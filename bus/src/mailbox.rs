@@ -1244,6 +1244,30 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_folder_that_is_a_link_is_never_followed() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        // Elsewhere, a file that reads as a dead writer's batch journal.
+        let elsewhere = w._dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let planted = env(&w, "agent1@work", "planted");
+        let name = format!("01PLANTED-1-0.{}.open", boot());
+        std::fs::write(elsewhere.join(&name), planted.to_json()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, mb.journal_dir()).unwrap();
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        assert_eq!(mb.settle(&lock).unwrap(), crate::Settled::default());
+        drop(lock);
+        // Puts, small and batched, still work: a durable write per file.
+        mb.put(&env(&w, "agent1@work", "one")).unwrap();
+        let batch: Vec<_> = (0..5).map(|i| env(&w, "agent1@work", &format!("b{i}"))).collect();
+        mb.put_batch(&batch).unwrap();
+        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        assert_eq!(texts, ["one", "b0", "b1", "b2", "b3", "b4"]);
+        let left: Vec<_> = std::fs::read_dir(&elsewhere).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [std::ffi::OsString::from(name)], "nothing written, renamed or removed there");
+    }
+
+    #[test]
     fn a_segment_s_name_is_marked_durable_by_whoever_fsyncs_it() {
         use std::os::unix::fs::PermissionsExt;
         let w = world();
