@@ -62,8 +62,20 @@ fn fill_temp(mut f: File, tmp: &Path, bytes: &[u8]) -> Result<File, BusError> {
 
 /// Fsyncs a directory, making renames and creations inside it durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), BusError> {
+    #[cfg(test)]
+    if FAIL_DIR_SYNC.lock().unwrap_or_else(|p| p.into_inner()).as_deref() == Some(dir) {
+        return Err(BusError::Io {
+            op: "fsync dir",
+            path: dir.into(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        });
+    }
     File::open(dir).and_then(|d| d.sync_all()).map_err(BusError::io("fsync dir", dir))
 }
+
+/// A test's folder whose fsync fails.
+#[cfg(test)]
+pub(crate) static FAIL_DIR_SYNC: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
 
 /// A spare of `dir` taken as `tmp` (see [`crate::spares`]), else a new file.
 fn write_temp_spare(dir: &Path, tmp: &Path, bytes: &[u8]) -> Result<File, BusError> {
@@ -83,7 +95,24 @@ pub fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Bu
     }
     drop(f);
     let dst = install(&tmp, dir, name)?;
-    fsync_dir(dir)?;
+    if let Err(e) = fsync_dir(dir) {
+        // Visible, but its name may not survive a crash: taken back, so that
+        // an error means "not written" and a retry sends it once.
+        match std::fs::remove_file(&dst) {
+            Ok(()) => {
+                let _ = fsync_dir(dir);
+            }
+            // Moved on already (a claim took it): on its way, so no failure to report.
+            Err(r) if r.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(file = %dst.display(), error = %e, "a folder fsync failed after the file was taken on");
+                return Ok(dst);
+            }
+            Err(r) => {
+                tracing::error!(file = %dst.display(), error = %r, "a file whose folder fsync failed cannot be taken back");
+            }
+        }
+        return Err(e);
+    }
     Ok(dst)
 }
 
@@ -235,6 +264,17 @@ fn start_writeback(_dir: &Path, _temps: &[(PathBuf, File)]) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_durable_write_whose_folder_sync_fails_takes_its_file_back() {
+        let d = tempfile::tempdir().unwrap();
+        *FAIL_DIR_SYNC.lock().unwrap() = Some(d.path().to_path_buf());
+        let r = write_durable(d.path(), "a.json", b"{}\n");
+        *FAIL_DIR_SYNC.lock().unwrap() = None;
+        assert!(r.unwrap_err().to_string().contains("fsync dir"));
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "neither the file nor a temp is left");
+        write_durable(d.path(), "a.json", b"{}\n").unwrap();
+    }
 
     #[test]
     fn a_durable_write_leaves_only_the_final_file() {
