@@ -1,7 +1,8 @@
 //! Recovery from a batch journal or a segment on arbitrary bytes, as a
 //! crashed writer or a damaged disk could leave one: settling may lay out envelopes that parse
 //! and refuse the rest, never panic, and never write outside the mailbox or
-//! under a name that is not `<id>.json` of a record it parsed.
+//! under a name that is not `<id>.json` of a record it parsed and no void
+//! took back.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -9,6 +10,13 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use netsky_bus::{AgentName, Envelope, Layout, Mailbox, NodeName};
+
+/// A segment's take-back line, as the bus writes it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Void {
+    void: Vec<String>,
+}
 
 fn boot() -> &'static str {
     static B: OnceLock<String> = OnceLock::new();
@@ -36,12 +44,25 @@ fn settle_as(name: &str, data: &[u8]) {
     std::fs::write(mb.journal_dir().join(name), data).expect("the journal");
     let lock = mb.lock(Duration::from_secs(1)).expect("the mailbox lock");
     let settled = mb.settle(&lock).expect("settling a journal in a healthy folder");
-    // Whatever was laid out is exactly the records that parse as envelopes.
-    let expected: std::collections::BTreeSet<String> = data
-        .split_inclusive(|&c| c == b'\n')
-        .filter(|l| l.len() > 1 && l.ends_with(b"\n"))
-        .filter_map(|l| Envelope::from_json(l).ok().map(|e| e.file_name()))
-        .collect();
+    // Whatever was laid out is exactly the records that parse as envelopes,
+    // less those a void after them took back (each void name, the nearest
+    // earlier record of it not yet taken back).
+    let mut records: Vec<(String, bool)> = Vec::new();
+    for l in data.split_inclusive(|&c| c == b'\n').filter(|l| l.len() > 1 && l.ends_with(b"\n")) {
+        if let Ok(e) = Envelope::from_json(l) {
+            records.push((e.file_name(), false));
+        } else if l.starts_with(b"{\"void\"")
+            && let Ok(v) = serde_json::from_slice::<Void>(l)
+        {
+            for name in v.void {
+                if let Some(r) = records.iter_mut().rev().find(|(n, voided)| *n == name && !voided) {
+                    r.1 = true;
+                }
+            }
+        }
+    }
+    let expected: std::collections::BTreeSet<String> =
+        records.into_iter().filter(|(_, voided)| !voided).map(|(n, _)| n).collect();
     let laid: std::collections::BTreeSet<String> = std::fs::read_dir(mb.inbox_dir())
         .expect("the inbox")
         .map(|e| e.expect("an entry").file_name().into_string().expect("a UTF-8 name"))
