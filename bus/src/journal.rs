@@ -510,8 +510,11 @@ impl Settling<'_> {
             SegmentName::Current { .. } => {
                 let (len, mode) = std::fs::symlink_metadata(&path).map_or((0, 0), |m| (m.len(), m.mode()));
                 let unlaid = mode & segment::UNLAID != 0;
-                if len == 0 || !(self.force || unlaid || len >= segment::ROTATE_BYTES) {
+                if len == 0 {
                     return Ok(());
+                }
+                if !(self.force || unlaid || len >= segment::ROTATE_BYTES) {
+                    return self.catch_up(&path);
                 }
                 // Exclusive and never waiting: a writer mid-append keeps it whole till next time.
                 let Some((held, records)) = open_journal(&path, true, &mut self.out)? else {
@@ -568,6 +571,69 @@ impl Settling<'_> {
     }
 }
 
+impl Settling<'_> {
+    /// Lays out what writers killed between their barrier and their layout
+    /// left only in the current segment, without moving it aside (which
+    /// waits for a forced settle: the tick, a drain). Only what was appended
+    /// since this process last looked is read, and only while no writer
+    /// holds the segment, so every record in it belongs to a writer that
+    /// finished or died: the next claim delivers such a record, in order
+    /// with what the same sender sent after it.
+    fn catch_up(&mut self, path: &Path) -> Result<(), BusError> {
+        let io = |e: std::io::Error| BusError::Io { op: "read segment", path: path.to_path_buf(), source: e };
+        let f = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(f) => f,
+            // Gone, a link, not ours to read now: the forced settle deals with it.
+            Err(_) => return Ok(()),
+        };
+        if f.try_lock().is_err() {
+            return Ok(());
+        }
+        let m = f.metadata().map_err(io)?;
+        if !m.is_file() {
+            return Ok(());
+        }
+        let key = (m.dev(), m.ino());
+        let mut seen = CAUGHT_UP.lock().unwrap_or_else(|p| p.into_inner());
+        let from = seen.get(&key).copied().unwrap_or(0).min(m.len());
+        if from == m.len() || m.len() - from > MAX_READ_BYTES {
+            return Ok(());
+        }
+        use std::io::Seek;
+        let mut bytes = Vec::with_capacity((m.len() - from) as usize);
+        (&f).seek(std::io::SeekFrom::Start(from)).map_err(io)?;
+        (&f).take(m.len() - from).read_to_end(&mut bytes).map_err(io)?;
+        let records = records_of(&bytes);
+        self.out.relaid += restore(&records, self.places, false)?;
+        // Bounded: a process sees a handful of segments; past that, it reads whole again.
+        if seen.len() >= 1024 {
+            seen.clear();
+        }
+        seen.insert(key, m.len());
+        Ok(())
+    }
+}
+
+/// How far this process has read each current segment (device, inode) in
+/// [`Settling::catch_up`].
+static CAUGHT_UP: std::sync::Mutex<std::collections::BTreeMap<(u64, u64), u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The records of a journal's bytes: each line with its newline, as the
+/// envelope's file holds it; a torn last line (a writer that died before its
+/// barrier) is no record.
+fn records_of(bytes: &[u8]) -> Vec<Vec<u8>> {
+    bytes
+        .split_inclusive(|&c| c == b'\n')
+        .filter(|l| l.len() > 1 && l.ends_with(b"\n"))
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
 /// A journal read whole: its open file (holding the lock, if taken) and its records.
 type Opened = (File, Vec<Vec<u8>>);
 
@@ -609,14 +675,7 @@ fn open_journal(path: &Path, lock: bool, out: &mut Settled) -> Result<Option<Ope
     }
     let mut bytes = Vec::with_capacity(m.len() as usize);
     (&f).take(m.len()).read_to_end(&mut bytes).map_err(io)?;
-    // Each record with its newline, as the envelope's file holds it; a torn
-    // last line (a writer that died before its barrier) is no record.
-    let records = bytes
-        .split_inclusive(|&c| c == b'\n')
-        .filter(|l| l.len() > 1 && l.ends_with(b"\n"))
-        .map(<[u8]>::to_vec)
-        .collect();
-    Ok(Some((f, records)))
+    Ok(Some((f, records_of(&bytes))))
 }
 
 /// Renames a journal that is not a readable file to `<name>.bad`, kept as evidence.

@@ -1268,6 +1268,27 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_lays_out_what_a_killed_writer_left_only_in_the_segment_in_order() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let envs: Vec<_> = (0..3).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
+        for e in &envs {
+            mb.put(e).unwrap();
+        }
+        // The writer of m1 was killed after its barrier, before its layout.
+        std::fs::remove_file(mb.inbox_dir().join(envs[1].file_name())).unwrap();
+        // A plain claim (no forced settle, the segment stays current) brings it back, in order.
+        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        assert_eq!(texts, ["m0", "m1", "m2"]);
+        assert!(mb.journal_dir().join(crate::segment::current(boot())).exists(), "not moved aside");
+        // Later claims read only what was appended since, and deliver nothing twice.
+        mb.put(&env(&w, "agent1@work", "m3")).unwrap();
+        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        assert_eq!(texts, ["m3"]);
+        assert!(drain(&mb, &w).0.is_empty());
+    }
+
+    #[test]
     fn a_segment_s_name_is_marked_durable_by_whoever_fsyncs_it() {
         use std::os::unix::fs::PermissionsExt;
         let w = world();

@@ -21,6 +21,10 @@
 //!   lays out no record a void takes back (the nearest earlier one of each
 //!   name: a retry of the same id after it stands). The put fails and
 //!   nothing arrives.
+//! - Every claim's settle also reads, while no writer holds the segment,
+//!   what was appended since that process last looked, and lays out what a
+//!   writer killed between its barrier and its layout left only there: it
+//!   arrives with the next claim, in order, not with the next forced settle.
 //! - A writer that cannot lay out a record it made durable (the put has
 //!   succeeded) marks the segment [`UNLAID`]; the next claim's settle then
 //!   moves it aside and lays the record out before the claim lists the
