@@ -1289,6 +1289,25 @@ mod tests {
     }
 
     #[test]
+    fn a_small_put_cut_short_by_a_full_disk_leaves_none_of_its_envelopes() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        mb.put(&env(&w, "agent1@work", "m0")).unwrap();
+        let pair = [env(&w, "agent1@work", "cut-a"), env(&w, "agent1@work", "cut-b")];
+        let seen = mb.journal_dir();
+        *crate::segment::SHORT_WRITE.lock().unwrap() = Some(Box::new(move |seg| seg.starts_with(&seen)));
+        let r = mb.put_batch(&pair);
+        *crate::segment::SHORT_WRITE.lock().unwrap() = None;
+        assert!(r.unwrap_err().to_string().contains("short write"));
+        // The first envelope's line reached the segment whole; a forced settle must not lay it out.
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        assert_eq!(mb.settle(&lock).unwrap().relaid, 0);
+        drop(lock);
+        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        assert_eq!(texts, ["m0"]);
+    }
+
+    #[test]
     fn a_segment_s_name_is_marked_durable_by_whoever_fsyncs_it() {
         use std::os::unix::fs::PermissionsExt;
         let w = world();

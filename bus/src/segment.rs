@@ -152,8 +152,15 @@ pub(crate) fn append(
         }
         // One write: O_APPEND places it whole after every other writer's,
         // where a second call could land behind someone else's record.
+        let want = record.len();
+        #[cfg(test)]
+        let record = match SHORT_WRITE.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            // As a filling disk cuts it: the first envelope's line whole, the next one torn.
+            Some(cut) if cut(&path) && items.len() > 1 => record[..items[0].1.len() + 10].to_vec(),
+            _ => record,
+        };
         let n = (&f).write(&record).map_err(io("append"))?;
-        if n != record.len() {
+        if n != want {
             // A short write to a regular file means no room (or a size limit).
             // The torn line is no record, but the lines before it may be whole
             // envelopes of this put: voided, and the put fails as it would have.
@@ -265,6 +272,10 @@ fn void(f: &File, path: &Path, items: &[(String, Vec<u8>)]) {
         tracing::error!(segment = %path.display(), envelopes = ?names, error = %e, "a failed put could not be taken back: a settle may still deliver it");
     }
 }
+
+/// A test's short write of a put's record, for segments it says true of.
+#[cfg(test)]
+pub(crate) static SHORT_WRITE: std::sync::Mutex<Option<FailWhen>> = std::sync::Mutex::new(None);
 
 /// A test's failure of the layout after the barrier, for segments it says true of.
 #[cfg(test)]
