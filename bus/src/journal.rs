@@ -597,9 +597,13 @@ impl Settling<'_> {
         if !m.is_file() {
             return Ok(());
         }
-        let key = (m.dev(), m.ino());
+        // An inode number is reused once its file is gone: its birth time
+        // tells a new segment from the one read before. Without one, every
+        // claim reads the segment whole (bounded by its rotation size).
+        let born = m.created().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        let key = born.map(|b| (m.dev(), m.ino(), b.as_nanos()));
         let mut seen = CAUGHT_UP.lock().unwrap_or_else(|p| p.into_inner());
-        let from = seen.get(&key).copied().unwrap_or(0).min(m.len());
+        let from = key.and_then(|k| seen.get(&k).copied()).unwrap_or(0).min(m.len());
         if from == m.len() || m.len() - from > MAX_READ_BYTES {
             return Ok(());
         }
@@ -613,14 +617,16 @@ impl Settling<'_> {
         if seen.len() >= 1024 {
             seen.clear();
         }
-        seen.insert(key, m.len());
+        if let Some(k) = key {
+            seen.insert(k, m.len());
+        }
         Ok(())
     }
 }
 
-/// How far this process has read each current segment (device, inode) in
-/// [`Settling::catch_up`].
-static CAUGHT_UP: std::sync::Mutex<std::collections::BTreeMap<(u64, u64), u64>> =
+/// How far this process has read each current segment (device, inode,
+/// birth time in nanoseconds) in [`Settling::catch_up`].
+static CAUGHT_UP: std::sync::Mutex<std::collections::BTreeMap<(u64, u64, u128), u64>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 /// The records of a journal's bytes: each line with its newline, as the
