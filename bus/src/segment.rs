@@ -154,10 +154,11 @@ pub(crate) fn append(
         // where a second call could land behind someone else's record.
         let want = record.len();
         #[cfg(test)]
-        let record = match SHORT_WRITE.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        let record = if says(&SHORT_WRITE, &path) && items.len() > 1 {
             // As a filling disk cuts it: the first envelope's line whole, the next one torn.
-            Some(cut) if cut(&path) && items.len() > 1 => record[..items[0].1.len() + 10].to_vec(),
-            _ => record,
+            record[..items[0].1.len() + 10].to_vec()
+        } else {
+            record
         };
         let n = (&f).write(&record).map_err(io("append"))?;
         if n != want {
@@ -183,8 +184,7 @@ pub(crate) fn append(
         // checkpoint lays out what the segment holds and the inbox lacks.
         for (n, b) in items {
             #[cfg(test)]
-            if FAIL_LAYOUT.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|fail| fail(&path))
-            {
+            if says(&FAIL_LAYOUT, &path) {
                 mark_unlaid(&f, &path);
                 break;
             }
@@ -203,7 +203,7 @@ pub(crate) fn append(
 /// first time (see [`NAMED_DURABLY`]).
 fn barrier(f: &File, path: &Path, jdir: &Path, mode: u32) -> Result<(), BusError> {
     #[cfg(test)]
-    if FAIL_BARRIER.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|fail| fail(path)) {
+    if says(&FAIL_BARRIER, path) {
         return Err(BusError::Io {
             op: "fdatasync",
             path: path.into(),
@@ -285,9 +285,15 @@ pub(crate) static FAIL_LAYOUT: std::sync::Mutex<Option<FailWhen>> = std::sync::M
 #[cfg(test)]
 pub(crate) static FAIL_BARRIER: std::sync::Mutex<Option<FailWhen>> = std::sync::Mutex::new(None);
 
-/// Says, for a segment's path, whether its barrier fails.
+/// Says, for a journal's or segment's path, whether a test's failure applies to it.
 #[cfg(test)]
 pub(crate) type FailWhen = Box<dyn Fn(&Path) -> bool + Send>;
+
+/// Whether the test hook `hook` is set and says true of `path`.
+#[cfg(test)]
+pub(crate) fn says(hook: &std::sync::Mutex<Option<FailWhen>>, path: &Path) -> bool {
+    hook.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|fail| fail(path))
+}
 
 /// A test's look between a writer's open of the segment and its lock.
 #[cfg(test)]
