@@ -217,8 +217,7 @@ fn barrier(f: &File, path: &Path, jdir: &Path, mode: u32) -> Result<(), BusError
             durable::fsync_dir(above)?;
         }
         // Only a hint for the next writer: without it, that one fsyncs the folders again.
-        use std::os::unix::fs::PermissionsExt;
-        if let Err(e) = f.set_permissions(std::fs::Permissions::from_mode(0o600 | NAMED_DURABLY)) {
+        if let Err(e) = add_mode_bit(f, NAMED_DURABLY) {
             tracing::debug!(segment = %path.display(), error = %e, "cannot mark the segment's name durable");
         }
     }
@@ -234,13 +233,18 @@ pub(crate) const UNLAID: u32 = 0o010;
 /// Sets [`UNLAID`] on the segment `f` (a chmod needs no free space). If even
 /// that fails, the daemon's tick lays the record out.
 fn mark_unlaid(f: &File, path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let set = f
-        .metadata()
-        .and_then(|m| f.set_permissions(std::fs::Permissions::from_mode((m.mode() & 0o777) | UNLAID)));
-    if let Err(e) = set {
+    if let Err(e) = add_mode_bit(f, UNLAID) {
         tracing::warn!(segment = %path.display(), error = %e, "cannot mark the segment as holding an unlaid record: the tick will lay it out");
     }
+}
+
+/// Sets the mode bit `bit` of the segment `f`, keeping the others: the
+/// segment's bits are marks writers leave each other ([`NAMED_DURABLY`],
+/// [`UNLAID`]), and one writer's mark must not wipe another's.
+fn add_mode_bit(f: &File, bit: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = f.metadata()?.mode() & 0o777;
+    f.set_permissions(std::fs::Permissions::from_mode(mode | bit))
 }
 
 /// A record that takes back the envelopes of an earlier one whose barrier
