@@ -524,17 +524,13 @@ impl Settling<'_> {
                     // current segment); those holding it finish, and a later
                     // settle takes it whole as an old one.
                     if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-                        let old = segment::old_name(boot);
-                        let to = jdir.join(&old);
+                        let to = jdir.join(segment::old_name(boot));
                         rename_new(&path, &to).map_err(BusError::io("rename", &to))?;
                         // A record it holds unlaid must be in the inbox before this
                         // claim lists it: its holders finish within moments.
                         if unlaid {
-                            let sg = SegmentName::Old { boot: boot.to_string() };
                             for _ in 0..50 {
-                                let before = self.segments.len();
-                                self.segment(&old, &sg)?;
-                                if self.segments.len() > before {
+                                if self.take_old(to.clone())? {
                                     break;
                                 }
                                 std::thread::sleep(Duration::from_millis(2));
@@ -551,23 +547,31 @@ impl Settling<'_> {
                 self.segments.push(to);
             }
             SegmentName::Old { .. } => {
-                let Some((f, records)) = open_journal(&path, true, &mut self.out)? else { return Ok(()) };
-                // A settle killed between the two names of its rotation left the
-                // current name on this file too: writers could still append
-                // through it. Finished here, under the lock no writer holds now.
-                let held = f.metadata().map_err(BusError::io("stat", &path))?;
-                if held.nlink() > 1 {
-                    let cur = jdir.join(segment::current(boot));
-                    if std::fs::symlink_metadata(&cur).is_ok_and(|m| segment::same_file(&m, &held)) {
-                        remove_journal(&cur)?;
-                    }
-                }
-                drop(f);
-                self.out.relaid += restore(&records, self.places, false)?;
-                self.segments.push(path);
+                self.take_old(path)?;
             }
         }
         Ok(())
+    }
+
+    /// A segment moved aside (`old-*.seg`) taken whole: what a killed writer
+    /// left only there laid out again, and the segment queued for this
+    /// settle's checkpoint. False while a writer still holds it.
+    fn take_old(&mut self, path: PathBuf) -> Result<bool, BusError> {
+        let Some((f, records)) = open_journal(&path, true, &mut self.out)? else { return Ok(false) };
+        // A settle killed between the two names of its rotation left the
+        // current name on this file too: writers could still append
+        // through it. Finished here, under the lock no writer holds now.
+        let held = f.metadata().map_err(BusError::io("stat", &path))?;
+        if held.nlink() > 1 {
+            let cur = self.jdir.join(segment::current(self.boot));
+            if std::fs::symlink_metadata(&cur).is_ok_and(|m| segment::same_file(&m, &held)) {
+                remove_journal(&cur)?;
+            }
+        }
+        drop(f);
+        self.out.relaid += restore(&records, self.places, false)?;
+        self.segments.push(path);
+        Ok(true)
     }
 }
 
