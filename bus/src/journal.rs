@@ -606,8 +606,9 @@ impl Settling<'_> {
         // claim reads the segment whole (bounded by its rotation size).
         let born = m.created().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
         let key = born.map(|b| (m.dev(), m.ino(), b.as_nanos()));
-        let mut seen = CAUGHT_UP.lock().unwrap_or_else(|p| p.into_inner());
-        let from = key.and_then(|k| seen.get(&k).copied()).unwrap_or(0).min(m.len());
+        let caught_up = || CAUGHT_UP.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked up, then let go: the read and the layout below hold no other mailbox up.
+        let from = key.and_then(|k| caught_up().get(&k).copied()).unwrap_or(0).min(m.len());
         if from == m.len() || m.len() - from > MAX_READ_BYTES {
             return Ok(());
         }
@@ -617,11 +618,12 @@ impl Settling<'_> {
         (&f).take(m.len() - from).read_to_end(&mut bytes).map_err(io)?;
         let records = records_of(&bytes);
         self.out.relaid += restore(&records, self.places, false)?;
-        // Bounded: a process sees a handful of segments; past that, it reads whole again.
-        if seen.len() >= 1024 {
-            seen.clear();
-        }
         if let Some(k) = key {
+            let mut seen = caught_up();
+            // Bounded: a process sees a handful of segments; past that, it reads whole again.
+            if seen.len() >= 1024 {
+                seen.clear();
+            }
             seen.insert(k, m.len());
         }
         Ok(())
