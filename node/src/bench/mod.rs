@@ -127,9 +127,9 @@ impl DurableFloor {
 
     fn measure(base: &Path) -> Result<DurableFloor> {
         let dir = base.join("floor");
-        std::fs::create_dir_all(&dir)?;
-        let body = vec![b'x'; 420];
+        // Back to back first: that also makes the folder.
         let mut w = Self::back_to_back(&dir)?;
+        let body = vec![b'x'; 420];
         let mut lone = Vec::new();
         for i in 0..100 {
             std::thread::sleep(LONE_PAUSE);
