@@ -596,6 +596,20 @@ mod tests {
             .unwrap()
     }
 
+    /// Runs `f` with the test failure `hook` set for `mb`'s journal folder
+    /// only: other tests write their own mailboxes meanwhile.
+    fn failing<T>(
+        hook: &std::sync::Mutex<Option<crate::segment::FailWhen>>,
+        mb: &Mailbox,
+        f: impl FnOnce() -> T,
+    ) -> T {
+        let jdir = mb.journal_dir();
+        *hook.lock().unwrap() = Some(Box::new(move |p| p.starts_with(&jdir)));
+        let r = f();
+        *hook.lock().unwrap() = None;
+        r
+    }
+
     fn drain(mb: &Mailbox, w: &World) -> (Vec<Claimed>, Vec<Poisoned>) {
         let lock = mb.lock(Duration::from_secs(1)).unwrap();
         let Claim { claimed: c, poisoned: p, .. } =
@@ -1070,12 +1084,8 @@ mod tests {
         let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
         mb.put(&env(&w, "agent1@work", "m0")).unwrap();
         let jdir = mb.journal_dir();
-        let seen = jdir.clone();
-        // Other tests append meanwhile: only this mailbox's barrier fails.
-        *crate::segment::FAIL_BARRIER.lock().unwrap() = Some(Box::new(move |seg| seg.starts_with(&seen)));
         let (lost, retried) = (env(&w, "agent1@work", "lost"), env(&w, "agent1@work", "retried"));
-        let results = [mb.put(&lost), mb.put(&retried)];
-        *crate::segment::FAIL_BARRIER.lock().unwrap() = None;
+        let results = failing(&crate::segment::FAIL_BARRIER, &mb, || [mb.put(&lost), mb.put(&retried)]);
         for r in results {
             let e = r.unwrap_err().to_string();
             assert!(e.contains("fdatasync"), "{e}");
@@ -1207,10 +1217,7 @@ mod tests {
         let w = world();
         let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
         let (e0, e1) = (env(&w, "agent1@work", "first"), env(&w, "agent1@work", "second"));
-        let seen = mb.journal_dir();
-        *crate::segment::FAIL_LAYOUT.lock().unwrap() = Some(Box::new(move |seg| seg.starts_with(&seen)));
-        let r = mb.put(&e0);
-        *crate::segment::FAIL_LAYOUT.lock().unwrap() = None;
+        let r = failing(&crate::segment::FAIL_LAYOUT, &mb, || mb.put(&e0));
         // Durable in the segment: the put has succeeded, though no file is in the inbox yet.
         assert_eq!(r.unwrap(), PutOutcome::Stored);
         assert!(!mb.inbox_dir().join(e0.file_name()).exists());
@@ -1294,10 +1301,7 @@ mod tests {
         let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
         mb.put(&env(&w, "agent1@work", "m0")).unwrap();
         let pair = [env(&w, "agent1@work", "cut-a"), env(&w, "agent1@work", "cut-b")];
-        let seen = mb.journal_dir();
-        *crate::segment::SHORT_WRITE.lock().unwrap() = Some(Box::new(move |seg| seg.starts_with(&seen)));
-        let r = mb.put_batch(&pair);
-        *crate::segment::SHORT_WRITE.lock().unwrap() = None;
+        let r = failing(&crate::segment::SHORT_WRITE, &mb, || mb.put_batch(&pair));
         assert!(r.unwrap_err().to_string().contains("short write"));
         // The first envelope's line reached the segment whole; a forced settle must not lay it out.
         let lock = mb.lock(Duration::from_secs(1)).unwrap();
