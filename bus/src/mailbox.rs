@@ -105,7 +105,7 @@ pub struct Mailbox {
     /// `claimed/`, `delivered/`: where an inbox file moves on to (for the journal).
     moved_on: Vec<PathBuf>,
     /// The lifecycle folders held open, once a batch needs them (a single
-    /// put costs fewer syscalls by path).
+    /// put costs fewer syscalls by path); shared by a mailbox's clones.
     dirs: std::sync::OnceLock<std::sync::Arc<Dirs>>,
 }
 
