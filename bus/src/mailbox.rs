@@ -610,6 +610,11 @@ mod tests {
         r
     }
 
+    /// The texts one [`drain`] delivers, in order.
+    fn drain_texts(mb: &Mailbox, w: &World) -> Vec<String> {
+        drain(mb, w).0.into_iter().map(|c| c.env.text).collect()
+    }
+
     fn drain(mb: &Mailbox, w: &World) -> (Vec<Claimed>, Vec<Poisoned>) {
         let lock = mb.lock(Duration::from_secs(1)).unwrap();
         let Claim { claimed: c, poisoned: p, .. } =
@@ -1049,7 +1054,7 @@ mod tests {
         let s = mb.settle(&lock).unwrap();
         assert_eq!((s.relaid, s.checkpointed, s.bad), (2, 1, 0), "{s:?}");
         drop(lock);
-        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m0", "m1", "m2"]);
     }
 
@@ -1108,7 +1113,7 @@ mod tests {
         let s = mb.settle(&lock).unwrap();
         assert_eq!(s.relaid, 3, "{s:?}");
         drop(lock);
-        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m0", "retried", "m1"]);
     }
 
@@ -1149,7 +1154,7 @@ mod tests {
         assert_eq!((s.relaid, s.checkpointed), (1, 2), "{s:?}");
         assert!(segments().is_empty(), "{:?}", segments());
         drop(lock);
-        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m0", "m1"]);
     }
 
@@ -1223,7 +1228,7 @@ mod tests {
         assert!(!mb.inbox_dir().join(e0.file_name()).exists());
         mb.put(&e1).unwrap();
         // A claim (not a forced settle) lays it out first, so it comes first.
-        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["first", "second"]);
     }
 
@@ -1268,7 +1273,7 @@ mod tests {
         mb.put(&env(&w, "agent1@work", "one")).unwrap();
         let batch: Vec<_> = (0..5).map(|i| env(&w, "agent1@work", &format!("b{i}"))).collect();
         mb.put_batch(&batch).unwrap();
-        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["one", "b0", "b1", "b2", "b3", "b4"]);
         let left: Vec<_> = std::fs::read_dir(&elsewhere).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, [std::ffi::OsString::from(name)], "nothing written, renamed or removed there");
@@ -1285,12 +1290,12 @@ mod tests {
         // The writer of m1 was killed after its barrier, before its layout.
         std::fs::remove_file(mb.inbox_dir().join(envs[1].file_name())).unwrap();
         // A plain claim (no forced settle, the segment stays current) brings it back, in order.
-        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m0", "m1", "m2"]);
         assert!(mb.journal_dir().join(crate::segment::current(boot())).exists(), "not moved aside");
         // Later claims read only what was appended since, and deliver nothing twice.
         mb.put(&env(&w, "agent1@work", "m3")).unwrap();
-        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m3"]);
         assert!(drain(&mb, &w).0.is_empty());
     }
@@ -1307,7 +1312,7 @@ mod tests {
         let lock = mb.lock(Duration::from_secs(1)).unwrap();
         assert_eq!(mb.settle(&lock).unwrap().relaid, 0);
         drop(lock);
-        let texts: Vec<_> = drain(&mb, &w).0.into_iter().map(|c| c.env.text).collect();
+        let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m0"]);
     }
 
