@@ -365,8 +365,8 @@ fn the_bus_bench_runs_small_and_reports_every_figure_beside_its_floor() {
         "pipelined_floor_per_s",
         "pipelined_cpu_us",
         "cpu_ceiling_per_s",
-        "file_work_us",
-        "file_ceiling_per_s",
+        "bare_lifecycle_per_s",
+        "bare_lifecycle_vs_floor",
     ] {
         positive(&r["bus"][f], f);
     }
