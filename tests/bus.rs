@@ -273,6 +273,16 @@ unsafe extern "C" {
     fn libc_geteuid() -> u32;
 }
 
+/// This boot's id as journal names carry it (Linux: read from /proc).
+#[cfg(target_os = "linux")]
+fn boot() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect()
+}
+
 /// Sends `n` envelopes to agent1, then leaves them only in a batch journal,
 /// as a batch writer (the daemon's mesh ingest) leaves them when it is
 /// killed between its barrier and laying the files out. (Linux: the boot id
@@ -291,14 +301,9 @@ fn journal_only(h: &TestHome, n: usize) -> Vec<String> {
         body.extend(std::fs::read(&p).unwrap());
         std::fs::remove_file(p).unwrap();
     }
-    let boot: String = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap()
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
     let jdir = h.join("channels/agent/agent1/.journal");
     std::fs::create_dir_all(&jdir).unwrap();
-    std::fs::write(jdir.join(format!("x-1-0.{boot}.open")), body).unwrap();
+    std::fs::write(jdir.join(format!("x-1-0.{}.open", boot())), body).unwrap();
     assert!(h.files("channels/agent/agent1/inbox").is_empty());
     texts
 }
@@ -325,6 +330,41 @@ fn one_drain_delivers_what_a_send_killed_before_laying_out_left_only_in_the_segm
     std::fs::remove_file(h.join(&format!("channels/agent/agent1/inbox/{}", names[1]))).unwrap();
     assert_eq!(h.drain_texts("agent1"), ["first", "cut short"], "both, in one drain");
     assert!(h.drain_texts("agent1").is_empty());
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_daemon_lays_out_at_once_what_a_send_killed_before_its_layout_left_in_the_segment() {
+    use std::io::Write;
+    let h = TestHome::init("work");
+    // A signed envelope for agent1, taken out of the bus before the daemon starts.
+    h.ok(&["channel", "send", "agent1", "cut short"]);
+    let inbox = "channels/agent/agent1/inbox";
+    let name = h.files(inbox).pop().unwrap();
+    let record = std::fs::read(h.join(&format!("{inbox}/{name}"))).unwrap();
+    std::fs::remove_file(h.join(&format!("{inbox}/{name}"))).unwrap();
+    std::fs::remove_dir_all(h.join("channels/agent/agent1/.journal")).unwrap();
+    let d = h.start();
+    // Past the start tick, which settles every journal: the next is a minute away.
+    common::wait_for("the start tick", std::time::Duration::from_secs(20), || {
+        h.join("state/tick.json").exists().then_some(()).ok_or_else(|| "no state/tick.json".to_string())
+    });
+    h.ok(&["channel", "send", "agent1", "first"]);
+    // What the killed send left: its record appended and flushed, no file laid out.
+    let seg = h.join(&format!("channels/agent/agent1/.journal/cur-{}.seg", boot()));
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&[b"\n".as_slice(), &record].concat()).unwrap();
+    f.sync_data().unwrap();
+    drop(f);
+    common::wait_for("the record laid out", std::time::Duration::from_secs(10), || {
+        let files = h.files(inbox);
+        files.contains(&name).then_some(()).ok_or_else(|| format!("inbox {files:?}"))
+    });
+    let ev = h.events();
+    let e = ev.iter().find(|e| e.0 == "journal-recovered").unwrap_or_else(|| panic!("{ev:?}"));
+    assert!(e.2.starts_with("1 laid out again"), "{e:?}");
+    d.stop();
+    assert_eq!(h.drain_texts("agent1"), ["cut short", "first"], "each once, oldest first");
 }
 
 #[cfg(target_os = "linux")]

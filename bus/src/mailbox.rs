@@ -263,6 +263,13 @@ impl Mailbox {
         journal::settle(&self.journal_dir(), self.places(), true)
     }
 
+    /// What a claim does first, on its own: lays out what writers killed
+    /// before laying out left only in the journal, with no checkpoint (no
+    /// `syncfs`). For a daemon that saw a journal written and no envelope land.
+    pub fn recover(&self, _lock: &MailboxLock) -> Result<crate::Settled, BusError> {
+        journal::settle(&self.journal_dir(), self.places(), false)
+    }
+
     /// Takes the mailbox lock, waiting up to `wait` for another holder.
     pub fn lock(&self, wait: Duration) -> Result<MailboxLock, BusError> {
         let path = self.dir.join(".lock");
@@ -1298,6 +1305,25 @@ mod tests {
         let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m3"]);
         assert!(drain(&mb, &w).0.is_empty());
+    }
+
+    #[test]
+    fn a_recovery_lays_out_what_a_killed_writer_left_without_claiming_or_checkpointing() {
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let envs: Vec<_> = (0..3).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
+        for e in &envs {
+            mb.put(e).unwrap();
+        }
+        std::fs::remove_file(mb.inbox_dir().join(envs[1].file_name())).unwrap();
+        let lock = mb.lock(Duration::ZERO).unwrap();
+        let s = mb.recover(&lock).unwrap();
+        assert_eq!(s.relaid, 1, "{s:?}");
+        assert_eq!(mb.counts().unwrap(), Counts { inbox: 3, ..Counts::default() }, "laid out, not claimed");
+        assert!(mb.journal_dir().join(crate::segment::current(boot())).exists(), "no checkpoint");
+        assert_eq!(mb.recover(&lock).unwrap().relaid, 0, "each record once");
+        drop(lock);
+        assert_eq!(drain_texts(&mb, &w), ["m0", "m1", "m2"]);
     }
 
     #[test]

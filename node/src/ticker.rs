@@ -7,6 +7,9 @@
 //! then runs a delivery round at once instead of waiting for the next tick
 //! (rounds at most every [`MIN_ROUND_GAP`], so a stream shares them).
 //! [`Waker`] lets anyone else (the daemon after a mesh delivery) do the same.
+//! A write to a mailbox's journal sends [`Wake::Journal`]: [`JOURNAL_GRACE`]
+//! later the thread lays out what a writer killed between its barrier and its
+//! layout left only there, so that envelope waits for no tick.
 //!
 //! The thread does all its work synchronously; every tmux call in it is
 //! bounded, so a tick is too. [`Wake::Shutdown`] (or [`Ticker::stop`]) is
@@ -30,6 +33,9 @@ use crate::record::Recorder;
 pub enum Wake {
     /// New envelopes may be waiting: run a delivery round now.
     Inbox,
+    /// A mailbox's journal was written: look, a moment later, for what a
+    /// writer killed before laying it out left only there.
+    Journal,
     /// Finish the current work and exit.
     Shutdown,
 }
@@ -133,6 +139,17 @@ fn landed_in_inboxes(ev: &notify::Event) -> impl Iterator<Item = AgentName> + '_
     })
 }
 
+/// The agents whose journal (`agent/<agent>/.journal/`) a watcher event says was written.
+fn written_journals(ev: &notify::Event) -> impl Iterator<Item = AgentName> + '_ {
+    use notify::EventKind;
+    let relevant =
+        matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(notify::event::ModifyKind::Data(_)));
+    ev.paths.iter().filter(move |_| relevant).filter_map(|p| {
+        let jdir = p.parent().filter(|d| d.file_name().is_some_and(|n| n == netsky_bus::JOURNAL_DIR))?;
+        jdir.parent()?.file_name()?.to_str()?.parse().ok()
+    })
+}
+
 /// The agent whose mailbox (`agent/<agent>/`) or inbox (`.../inbox/`) a
 /// watcher event says was just made. The watcher starts watching a new
 /// folder only after it reports it, so mail can land there unseen.
@@ -167,6 +184,8 @@ struct LandedSince {
     mail: BTreeSet<AgentName>,
     /// Mailboxes (or their inboxes) just made.
     made: BTreeSet<AgentName>,
+    /// Mailboxes whose journal was written.
+    journal: BTreeSet<AgentName>,
 }
 
 impl Landed {
@@ -189,6 +208,15 @@ impl Landed {
         let mut since = self.lock();
         Self::insert_bounded(&mut since.mail, agent);
         Self::insert_bounded(&mut since.made, agent);
+    }
+
+    fn note_journal(&self, agent: AgentName) {
+        Self::insert_bounded(&mut self.lock().journal, agent);
+    }
+
+    /// The journals written since the last take of them.
+    fn take_journal(&self) -> BTreeSet<AgentName> {
+        std::mem::take(&mut self.lock().journal)
     }
 
     /// All gathered since the last take.
@@ -216,7 +244,16 @@ fn watch_inboxes(
             landed.note_new(agent);
             any = true;
         }
-        if any && let Err(TrySendError::Disconnected(_)) = tx.try_send(Wake::Inbox) {
+        let mut journal = false;
+        for agent in written_journals(&ev) {
+            landed.note_journal(agent);
+            journal = true;
+        }
+        // A full queue already holds a wake, which takes every note gathered.
+        let wake = if any { Some(Wake::Inbox) } else { journal.then_some(Wake::Journal) };
+        if let Some(w) = wake
+            && let Err(TrySendError::Disconnected(_)) = tx.try_send(w)
+        {
             tracing::debug!("ticker gone; inbox wake dropped");
         }
     })
@@ -233,6 +270,8 @@ enum Step {
     Tick,
     /// A second delivery round for mailboxes just made.
     Recheck,
+    /// A look at journals written a moment ago, for what killed writers left.
+    Recover,
     /// A delivery round for a wake.
     Round,
 }
@@ -240,6 +279,11 @@ enum Step {
 /// The least time from the end of one wake's delivery round to the start of
 /// the next. The first landing after a quiet moment is delivered at once.
 const MIN_ROUND_GAP: Duration = Duration::from_millis(50);
+
+/// How long after a journal write the ticker looks for what a killed writer
+/// left there: a live writer lays its envelope out within moments (and holds
+/// the journal while it does), so by then only a dead one's is missing.
+const JOURNAL_GRACE: Duration = Duration::from_millis(250);
 
 /// Mailboxes whose inboxes get spares (a bound on the work of one round).
 const SPARE_MAILBOXES: usize = 64;
@@ -272,6 +316,35 @@ fn settle_journals(node: &Node, agents: &[AgentName]) {
         if let Some(ev) = rec.settled(agent, &settled) {
             rec.record(&[ev]);
         }
+    }
+}
+
+/// Lays out what writers killed before their layout left in the journals
+/// of `agents` (see [`netsky_bus::Mailbox::recover`]); the inbox watcher then
+/// wakes a delivery round for it. A mailbox another process holds is left to
+/// that holder's claim, which does the same first.
+fn recover_journals(node: &Node, agents: &BTreeSet<AgentName>) {
+    let layout = node.home.layout();
+    for &agent in agents {
+        let rec = &node.recorder;
+        let recovered = netsky_bus::Mailbox::open(&layout, &node.config.node.name, agent).and_then(|mb| {
+            let lock = mb.lock(Duration::ZERO)?;
+            mb.recover(&lock)
+        });
+        if let Some(ev) = rec.settled(agent, &recovered) {
+            rec.record(&[ev]);
+        }
+    }
+}
+
+/// Adds `agents` to the look at journals due at `at` (or sets one up).
+fn look_at_journals(due: &mut Option<(Instant, BTreeSet<AgentName>)>, agents: BTreeSet<AgentName>) {
+    if agents.is_empty() {
+        return;
+    }
+    match due {
+        Some((_, pending)) => pending.extend(agents),
+        None => *due = Some((Instant::now() + JOURNAL_GRACE, agents)),
     }
 }
 
@@ -317,6 +390,8 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
     let mut last_round: Option<Instant> = None;
     // A second look at mailboxes just made, once the watcher watches them.
     let mut recheck: Option<(Instant, BTreeSet<AgentName>)> = None;
+    // Journals written, to look at once their writers had time to lay out.
+    let mut recover: Option<(Instant, BTreeSet<AgentName>)> = None;
     loop {
         // What is due comes first: a steady stream of wakes (one waits in the
         // channel after every round) must not starve the tick and its watchdog.
@@ -325,11 +400,17 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
             Step::Tick
         } else if recheck.as_ref().is_some_and(|(at, _)| *at <= now) {
             Step::Recheck
+        } else if recover.as_ref().is_some_and(|(at, _)| *at <= now) {
+            Step::Recover
         } else {
-            let due = recheck.as_ref().map_or(next, |(at, _)| next.min(*at));
+            let due = [&recheck, &recover].into_iter().flatten().fold(next, |d, (at, _)| d.min(*at));
             match rx.recv_timeout(due.saturating_duration_since(now)) {
                 Ok(Wake::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(Wake::Inbox) => Step::Round,
+                Ok(Wake::Journal) => {
+                    look_at_journals(&mut recover, landed.take_journal());
+                    continue;
+                }
                 // Whatever fell due: decided at the top.
                 Err(RecvTimeoutError::Timeout) => continue,
             }
@@ -347,14 +428,15 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                             stop = true;
                             break;
                         }
-                        Ok(Wake::Inbox) | Err(RecvTimeoutError::Timeout) => {}
+                        Ok(Wake::Inbox | Wake::Journal) | Err(RecvTimeoutError::Timeout) => {}
                     }
                 }
                 // Coalesce a burst of wakes into one round, but never swallow a shutdown.
                 while let Ok(w) = rx.try_recv() {
                     stop |= w == Wake::Shutdown;
                 }
-                let LandedSince { mail, made } = landed.take();
+                let LandedSince { mail, made, journal } = landed.take();
+                look_at_journals(&mut recover, journal);
                 delivery_round(&node, mail);
                 last_round = Some(Instant::now());
                 if !made.is_empty() {
@@ -371,6 +453,11 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                 if let Some((_, agents)) = recheck.take() {
                     delivery_round(&node, agents);
                     last_round = Some(Instant::now());
+                }
+            }
+            Step::Recover => {
+                if let Some((_, agents)) = recover.take() {
+                    recover_journals(&node, &agents);
                 }
             }
             Step::Tick => {
@@ -487,11 +574,33 @@ mod tests {
             l.note(AgentName::Numbered(n));
         }
         l.note_new(AgentName::Numbered(500));
-        let LandedSince { mail, made } = l.take();
+        l.note_journal(AgentName::Numbered(2));
+        let LandedSince { mail, made, journal } = l.take();
         assert_eq!(mail.len(), SPARE_MAILBOXES);
         assert_eq!(made.into_iter().collect::<Vec<_>>(), [AgentName::Numbered(500)]);
-        let LandedSince { mail, made } = l.take();
-        assert!(mail.is_empty() && made.is_empty());
+        assert_eq!(journal.into_iter().collect::<Vec<_>>(), [AgentName::Numbered(2)]);
+        let LandedSince { mail, made, journal } = l.take();
+        assert!(mail.is_empty() && made.is_empty() && journal.is_empty());
+        l.note_journal(AgentName::Numbered(3));
+        assert_eq!(l.take_journal().into_iter().collect::<Vec<_>>(), [AgentName::Numbered(3)]);
+        assert!(l.take().journal.is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_write_to_a_mailbox_s_journal_names_its_agent_and_nothing_else_does() {
+        use notify::event::{CreateKind, DataChange, EventKind, ModifyKind, RemoveKind};
+        let ev = |kind, p: &str| notify::Event { kind, paths: vec![p.into()], attrs: Default::default() };
+        let written = |kind, p| written_journals(&ev(kind, p)).map(|a| a.to_string()).collect::<Vec<_>>();
+        let append = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert_eq!(written(append, "/h/channels/agent/agent4/.journal/cur-b.seg"), ["agent4"]);
+        let made = EventKind::Create(CreateKind::File);
+        assert_eq!(written(made, "/h/channels/agent/agentinfinity/.journal/x-1-0.b.open"), ["agentinfinity"]);
+        assert!(written(append, "/h/channels/agent/agent4/inbox/01A.json").is_empty());
+        assert!(written(append, "/h/channels/agent/nobody/.journal/cur-b.seg").is_empty());
+        assert!(
+            written(EventKind::Remove(RemoveKind::File), "/h/channels/agent/agent4/.journal/cur-b.seg")
+                .is_empty()
+        );
     }
 
     #[test]
