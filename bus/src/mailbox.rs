@@ -1286,16 +1286,22 @@ mod tests {
         assert_eq!(left, [std::ffi::OsString::from(name)], "nothing written, renamed or removed there");
     }
 
-    #[test]
-    fn a_claim_lays_out_what_a_killed_writer_left_only_in_the_segment_in_order() {
-        let w = world();
+    /// Puts m0, m1, m2 in agent1's mailbox, then removes m1's file, as its
+    /// writer leaves it when killed after its barrier, before its layout.
+    fn middle_writer_killed(w: &World) -> Mailbox {
         let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
-        let envs: Vec<_> = (0..3).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
+        let envs: Vec<_> = (0..3).map(|i| env(w, "agent1@work", &format!("m{i}"))).collect();
         for e in &envs {
             mb.put(e).unwrap();
         }
-        // The writer of m1 was killed after its barrier, before its layout.
         std::fs::remove_file(mb.inbox_dir().join(envs[1].file_name())).unwrap();
+        mb
+    }
+
+    #[test]
+    fn a_claim_lays_out_what_a_killed_writer_left_only_in_the_segment_in_order() {
+        let w = world();
+        let mb = middle_writer_killed(&w);
         // A plain claim (no forced settle, the segment stays current) brings it back, in order.
         let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m0", "m1", "m2"]);
@@ -1310,12 +1316,7 @@ mod tests {
     #[test]
     fn a_recovery_lays_out_what_a_killed_writer_left_without_claiming_or_checkpointing() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
-        let envs: Vec<_> = (0..3).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
-        for e in &envs {
-            mb.put(e).unwrap();
-        }
-        std::fs::remove_file(mb.inbox_dir().join(envs[1].file_name())).unwrap();
+        let mb = middle_writer_killed(&w);
         let lock = mb.lock(Duration::ZERO).unwrap();
         let s = mb.recover(&lock).unwrap();
         assert_eq!(s.relaid, 1, "{s:?}");

@@ -302,21 +302,7 @@ fn refill_spares(node: &Node, agents: impl Iterator<Item = AgentName>) {
 /// laid-out batches are checkpointed. A mailbox another process holds is
 /// left for the next tick.
 fn settle_journals(node: &Node, agents: &[AgentName]) {
-    let layout = node.home.layout();
-    for &agent in agents {
-        if !layout.journal_dir(agent).is_dir() {
-            continue;
-        }
-        let rec = &node.recorder;
-        let settled = netsky_bus::Mailbox::open(&layout, &node.config.node.name, agent).and_then(|mb| {
-            // Never waits: a busy mailbox is settled by its claimer, or next tick.
-            let lock = mb.lock(Duration::ZERO)?;
-            mb.settle(&lock)
-        });
-        if let Some(ev) = rec.settled(agent, &settled) {
-            rec.record(&[ev]);
-        }
-    }
+    each_journal(node, agents.iter().copied(), netsky_bus::Mailbox::settle);
 }
 
 /// Lays out what writers killed before their layout left in the journals
@@ -324,14 +310,31 @@ fn settle_journals(node: &Node, agents: &[AgentName]) {
 /// wakes a delivery round for it. A mailbox another process holds is left to
 /// that holder's claim, which does the same first.
 fn recover_journals(node: &Node, agents: &BTreeSet<AgentName>) {
+    each_journal(node, agents.iter().copied(), netsky_bus::Mailbox::recover);
+}
+
+/// Runs `settle` on the journal of each of `agents` that has one, under its
+/// mailbox lock (never waited for), and records what it recovered or why it failed.
+fn each_journal(
+    node: &Node,
+    agents: impl Iterator<Item = AgentName>,
+    settle: fn(
+        &netsky_bus::Mailbox,
+        &netsky_bus::MailboxLock,
+    ) -> Result<netsky_bus::Settled, netsky_bus::BusError>,
+) {
     let layout = node.home.layout();
-    for &agent in agents {
+    for agent in agents {
+        if !layout.journal_dir(agent).is_dir() {
+            continue;
+        }
         let rec = &node.recorder;
-        let recovered = netsky_bus::Mailbox::open(&layout, &node.config.node.name, agent).and_then(|mb| {
+        let settled = netsky_bus::Mailbox::open(&layout, &node.config.node.name, agent).and_then(|mb| {
+            // Never waits: a busy mailbox is settled by its claimer, or later.
             let lock = mb.lock(Duration::ZERO)?;
-            mb.recover(&lock)
+            settle(&mb, &lock)
         });
-        if let Some(ev) = rec.settled(agent, &recovered) {
+        if let Some(ev) = rec.settled(agent, &settled) {
             rec.record(&[ev]);
         }
     }
