@@ -219,6 +219,12 @@ impl Landed {
         std::mem::take(&mut self.lock().journal)
     }
 
+    /// Whether landings or new mailboxes wait for a delivery round.
+    fn has_mail(&self) -> bool {
+        let since = self.lock();
+        !since.mail.is_empty() || !since.made.is_empty()
+    }
+
     /// All gathered since the last take.
     fn take(&self) -> LandedSince {
         std::mem::take(&mut *self.lock())
@@ -249,7 +255,8 @@ fn watch_inboxes(
             landed.note_journal(agent);
             journal = true;
         }
-        // A full queue already holds a wake, which takes every note gathered.
+        // A full queue already holds a wake, which takes every note gathered
+        // (a journal wake runs a round too when landings wait).
         let wake = if any { Some(Wake::Inbox) } else { journal.then_some(Wake::Journal) };
         if let Some(w) = wake
             && let Err(TrySendError::Disconnected(_)) = tx.try_send(w)
@@ -412,7 +419,9 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                 Ok(Wake::Inbox) => Step::Round,
                 Ok(Wake::Journal) => {
                     look_at_journals(&mut recover, landed.take_journal());
-                    continue;
+                    // A landing whose wake found the queue full of journal wakes
+                    // has only its note: it must not wait for the next tick.
+                    if landed.has_mail() { Step::Round } else { continue }
                 }
                 // Whatever fell due: decided at the top.
                 Err(RecvTimeoutError::Timeout) => continue,
@@ -585,8 +594,14 @@ mod tests {
         let LandedSince { mail, made, journal } = l.take();
         assert!(mail.is_empty() && made.is_empty() && journal.is_empty());
         l.note_journal(AgentName::Numbered(3));
+        assert!(!l.has_mail(), "a journal write alone is no landing");
         assert_eq!(l.take_journal().into_iter().collect::<Vec<_>>(), [AgentName::Numbered(3)]);
         assert!(l.take().journal.is_empty(), "taken once");
+        l.note(AgentName::Numbered(4));
+        assert!(l.has_mail());
+        l.take();
+        l.note_new(AgentName::Numbered(5));
+        assert!(l.has_mail());
     }
 
     #[test]
