@@ -100,6 +100,9 @@ pub struct Settled {
     pub checkpointed: usize,
     /// Journals that could not be read, renamed `*.bad` and kept as evidence.
     pub bad: usize,
+    /// Files whose writeback failed (their fsync said so), written again
+    /// durably from their records before the journal went.
+    pub rewritten: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,11 +415,11 @@ pub fn settle(jdir: &Path, places: Places<'_>, force: bool) -> Result<Settled, B
     if !earlier.is_empty() {
         // What compared equal may still be page cache only (a boot id that
         // changed without a reboot): made durable before the journals go.
-        checkpoint(jdir, places, &earlier)?;
+        out.rewritten += checkpoint(jdir, places, &earlier)?;
     }
     if !segments.is_empty() || (!laid.is_empty() && (force || laid.len() >= CHECKPOINT_AT)) {
         laid.extend(segments);
-        checkpoint(jdir, places, &laid)?;
+        out.rewritten += checkpoint(jdir, places, &laid)?;
         out.checkpointed = laid.len();
     }
     match first_error {
@@ -788,25 +791,52 @@ fn voided(records: &[Vec<u8>]) -> Vec<bool> {
     out
 }
 
-/// Makes the files of `laid` journals durable on their own, then removes the journals.
-fn checkpoint(jdir: &Path, places: Places<'_>, laid: &[PathBuf]) -> Result<(), BusError> {
+/// Makes the files of `laid` journals durable on their own, then removes
+/// the journals; returns how many files it had to write again.
+///
+/// Linux: one `syncfs`. It reports a writeback error of any file on the
+/// filesystem, and only once: when it fails, each journaled file is fsynced
+/// on its own instead, which tells ours from another program's, and a file
+/// of ours whose writeback failed is written again from its record.
+fn checkpoint(jdir: &Path, places: Places<'_>, laid: &[PathBuf]) -> Result<usize, BusError> {
     #[cfg(target_os = "linux")]
-    sync_filesystem(jdir)?;
+    let rewritten = match sync_filesystem(jdir) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "syncfs failed; syncing the journaled files one by one");
+            sync_each_file(places, laid)?.1
+        }
+    };
     #[cfg(not(target_os = "linux"))]
-    sync_each_file(places, laid).map(|_| ())?;
-    let _ = places;
+    let rewritten = sync_each_file(places, laid)?.1;
     for j in laid {
         remove_journal(j)?;
     }
     // Not for safety (a journal that comes back is checkpointed again), for tidiness.
-    durable::fsync_dir(jdir)
+    durable::fsync_dir(jdir)?;
+    Ok(rewritten)
 }
+
+/// A test's failure of the `syncfs` of a checkpoint, for journal folders it says true of.
+#[cfg(test)]
+pub(crate) static FAIL_SYNCFS: std::sync::Mutex<Option<crate::segment::FailWhen>> =
+    std::sync::Mutex::new(None);
+
+/// A test's failure of a journaled file's fsync, for files it says true of.
+#[cfg(test)]
+pub(crate) static FAIL_FILE_FSYNC: std::sync::Mutex<Option<crate::segment::FailWhen>> =
+    std::sync::Mutex::new(None);
 
 /// One `syncfs` for the filesystem that holds `dir`: every file laid out
 /// before it is durable after it, for one flush.
 #[cfg(target_os = "linux")]
 fn sync_filesystem(dir: &Path) -> Result<(), BusError> {
     use std::os::fd::AsRawFd;
+    #[cfg(test)]
+    if segment::says(&FAIL_SYNCFS, dir) {
+        let e = std::io::Error::from_raw_os_error(libc::EIO);
+        return Err(BusError::Io { op: "syncfs", path: dir.to_path_buf(), source: e });
+    }
     let d = File::open(dir).map_err(BusError::io("open", dir))?;
     // SAFETY: syncfs only reads the descriptor it is given.
     if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
@@ -819,13 +849,15 @@ fn sync_filesystem(dir: &Path) -> Result<(), BusError> {
     Ok(())
 }
 
-/// Where there is no `syncfs`: each journaled file fsynced where it is now,
-/// then its folders, whose fsync (a full flush on macOS) seals them all.
-/// Returns how many files it synced.
-#[cfg_attr(target_os = "linux", allow(dead_code))]
-pub(crate) fn sync_each_file(places: Places<'_>, laid: &[PathBuf]) -> Result<usize, BusError> {
+/// Where there is no `syncfs`, or it failed: each journaled file fsynced
+/// where it is now, then its folders, whose fsync (a full flush on macOS)
+/// seals them all. A file whose fsync fails (its writeback failed: the page
+/// cache may no longer match the disk) is written again from its record,
+/// durably, in place. Returns how many files it synced, and how many of
+/// those it wrote again.
+pub(crate) fn sync_each_file(places: Places<'_>, laid: &[PathBuf]) -> Result<(usize, usize), BusError> {
     use std::os::fd::AsRawFd;
-    let mut synced = 0;
+    let (mut synced, mut rewritten) = (0, 0);
     for j in laid {
         let mut ignored = Settled::default();
         let Some((_f, records)) = open_journal(j, false, &mut ignored)? else { continue };
@@ -839,9 +871,18 @@ pub(crate) fn sync_each_file(places: Places<'_>, laid: &[PathBuf]) -> Result<usi
             };
             // SAFETY: fsync only reads the descriptor. Plain fsync: the
             // folders' sync below flushes the drive once for all of them.
-            if unsafe { libc::fsync(f.as_raw_fd()) } != 0 {
+            let failed = unsafe { libc::fsync(f.as_raw_fd()) } != 0;
+            #[cfg(test)]
+            let failed = failed || segment::says(&FAIL_FILE_FSYNC, &p);
+            if failed {
                 let e = std::io::Error::last_os_error();
-                return Err(BusError::Io { op: "fsync", path: p, source: e });
+                // A refused copy is evidence, not mail: it is not ours to rewrite.
+                let Some(dir) = p.parent().filter(|d| !d.starts_with(places.refused)) else {
+                    return Err(BusError::Io { op: "fsync", path: p, source: e });
+                };
+                tracing::warn!(file = %p.display(), error = %e, "writeback failed; writing the envelope again from its journal");
+                durable::write_durable(dir, &env.file_name(), rec)?;
+                rewritten += 1;
             }
             synced += 1;
         }
@@ -850,7 +891,7 @@ pub(crate) fn sync_each_file(places: Places<'_>, laid: &[PathBuf]) -> Result<usi
     for d in places.moved_on {
         durable::fsync_dir(d)?;
     }
-    Ok(synced)
+    Ok((synced, rewritten))
 }
 
 #[cfg(test)]

@@ -1537,7 +1537,35 @@ mod tests {
         mb.deliver(&lock, &c).unwrap();
         let laid: Vec<_> = journals(&mb).iter().map(|j| mb.journal_dir().join(j)).collect();
         // Five in the inbox, three delivered: all found where they are now.
-        assert_eq!(journal::sync_each_file(mb.places(), &laid).unwrap(), 8);
+        assert_eq!(journal::sync_each_file(mb.places(), &laid).unwrap(), (8, 0));
+    }
+
+    #[test]
+    fn a_checkpoint_whose_syncfs_fails_syncs_each_file_and_writes_again_one_whose_writeback_failed() {
+        use std::os::unix::fs::MetadataExt;
+        let w = world();
+        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let envs: Vec<_> = (0..8).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
+        mb.put_batch(&envs).unwrap();
+        let bad = mb.inbox_dir().join(envs[3].file_name());
+        let (bytes, ino) = (std::fs::read(&bad).unwrap(), std::fs::metadata(&bad).unwrap().ino());
+        let jdir = mb.journal_dir();
+        *journal::FAIL_SYNCFS.lock().unwrap() = Some(Box::new(move |d| d == jdir));
+        let target = bad.clone();
+        *journal::FAIL_FILE_FSYNC.lock().unwrap() = Some(Box::new(move |p| p == target));
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        let s = mb.settle(&lock);
+        *journal::FAIL_SYNCFS.lock().unwrap() = None;
+        *journal::FAIL_FILE_FSYNC.lock().unwrap() = None;
+        let s = s.unwrap();
+        assert_eq!((s.checkpointed, s.rewritten), (1, 1), "{s:?}");
+        assert!(journals(&mb).is_empty(), "the journal went once its files were durable");
+        let m = std::fs::metadata(&bad).unwrap();
+        assert_ne!(m.ino(), ino, "written again, not trusted");
+        assert_eq!(std::fs::read(&bad).unwrap(), bytes);
+        drop(lock);
+        let texts: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
+        assert_eq!(drain_texts(&mb, &w), texts);
     }
 
     #[test]

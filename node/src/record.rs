@@ -116,10 +116,10 @@ impl Recorder {
         res: &Result<netsky_bus::Settled, netsky_bus::BusError>,
     ) -> Option<Event> {
         match res {
-            Ok(s) if s.relaid + s.restored + s.bad > 0 => {
+            Ok(s) if s.relaid + s.restored + s.bad + s.rewritten > 0 => {
                 let what = format!(
-                    "{} laid out again after a crashed writer, {} restored after a restart, {} unreadable journals set aside",
-                    s.relaid, s.restored, s.bad
+                    "{} laid out again after a crashed writer, {} restored after a restart, {} unreadable journals set aside, {} written again after a failed writeback",
+                    s.relaid, s.restored, s.bad, s.rewritten
                 );
                 Some(self.event("journal-recovered", Some(agent), None, Some(what)))
             }
