@@ -603,6 +603,19 @@ mod tests {
             .unwrap()
     }
 
+    /// Runs `f` with the test failure `hook` set to fail where `when` says,
+    /// and cleared after.
+    fn with_hook<T>(
+        hook: &std::sync::Mutex<Option<crate::segment::FailWhen>>,
+        when: impl Fn(&Path) -> bool + Send + 'static,
+        f: impl FnOnce() -> T,
+    ) -> T {
+        *hook.lock().unwrap() = Some(Box::new(when));
+        let r = f();
+        *hook.lock().unwrap() = None;
+        r
+    }
+
     /// Runs `f` with the test failure `hook` set for `mb`'s journal folder
     /// only: other tests write their own mailboxes meanwhile.
     fn failing<T>(
@@ -611,10 +624,12 @@ mod tests {
         f: impl FnOnce() -> T,
     ) -> T {
         let jdir = mb.journal_dir();
-        *hook.lock().unwrap() = Some(Box::new(move |p| p.starts_with(&jdir)));
-        let r = f();
-        *hook.lock().unwrap() = None;
-        r
+        with_hook(hook, move |p| p.starts_with(&jdir), f)
+    }
+
+    /// A forced settle of `mb` under its lock, taken for it and let go after.
+    fn settle_now(mb: &Mailbox) -> Result<crate::Settled, BusError> {
+        mb.settle(&mb.lock(Duration::from_secs(1)).unwrap())
     }
 
     /// The texts one [`drain`] delivers, in order.
@@ -1001,8 +1016,7 @@ mod tests {
         let (c, p) = drain(&mb, &w);
         assert_eq!((c.len(), p.len()), (10, 0));
         assert_eq!(journals(&mb).len(), 1);
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        let s = mb.settle(&lock).unwrap();
+        let s = settle_now(&mb).unwrap();
         assert_eq!(s, crate::Settled { checkpointed: 1, ..Default::default() });
         assert!(journals(&mb).is_empty());
         // Small puts are not a batch of their own: they go to the mailbox's segment.
@@ -1033,8 +1047,7 @@ mod tests {
         let (c, _) = drain(&mb, &w);
         assert_eq!(c.len(), 5);
         assert_eq!(journals(&mb).len(), 1);
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        assert_eq!(mb.settle(&lock).unwrap(), crate::Settled { checkpointed: 1, ..Default::default() });
+        assert_eq!(settle_now(&mb).unwrap(), crate::Settled { checkpointed: 1, ..Default::default() });
         assert!(journals(&mb).is_empty());
         // The next put starts a new segment.
         mb.put(&env(&w, "agent1@work", "after")).unwrap();
@@ -1057,10 +1070,8 @@ mod tests {
             f.write_all(&e.to_json()).unwrap();
         }
         drop(f);
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        let s = mb.settle(&lock).unwrap();
+        let s = settle_now(&mb).unwrap();
         assert_eq!((s.relaid, s.checkpointed, s.bad), (2, 1, 0), "{s:?}");
-        drop(lock);
         let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m0", "m1", "m2"]);
     }
@@ -1113,13 +1124,11 @@ mod tests {
         mb.put(&env(&w, "agent1@work", "m1")).unwrap();
         // A forced settle lays out what the segment holds and the inbox lacks:
         // not the voided puts, but the retry that followed its void.
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
         for f in std::fs::read_dir(mb.inbox_dir()).unwrap() {
             std::fs::remove_file(f.unwrap().path()).unwrap();
         }
-        let s = mb.settle(&lock).unwrap();
+        let s = settle_now(&mb).unwrap();
         assert_eq!(s.relaid, 3, "{s:?}");
-        drop(lock);
         let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m0", "retried", "m1"]);
     }
@@ -1144,23 +1153,19 @@ mod tests {
         // A writer mid-append holds it, as one always does under a steady stream.
         let writer = std::fs::File::open(&cur).unwrap();
         writer.lock_shared().unwrap();
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        let s = mb.settle(&lock).unwrap();
+        let s = settle_now(&mb).unwrap();
         assert_eq!(s.checkpointed, 0, "{s:?}");
         let aside = segments();
         assert!(aside.len() == 1 && aside[0].starts_with("old-"), "moved aside though held: {aside:?}");
-        drop(lock);
         // New puts go to a new current segment meanwhile.
         mb.put(&env(&w, "agent1@work", "m1")).unwrap();
         assert!(cur.exists());
         // Free now: the next settle takes the old one whole, laying out what only it holds.
         writer.unlock().unwrap();
         std::fs::remove_file(mb.inbox_dir().join(e0.file_name())).unwrap();
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        let s = mb.settle(&lock).unwrap();
+        let s = settle_now(&mb).unwrap();
         assert_eq!((s.relaid, s.checkpointed), (1, 2), "{s:?}");
         assert!(segments().is_empty(), "{:?}", segments());
-        drop(lock);
         let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m0", "m1"]);
     }
@@ -1219,8 +1224,7 @@ mod tests {
         assert_eq!(unique.len(), delivered.len(), "delivered twice");
         assert_eq!(unique, acked.iter().collect(), "every acked put delivered, nothing else");
         let mb = Mailbox::open(&w.layout, &w.node, agent).unwrap();
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        mb.settle(&lock).unwrap();
+        settle_now(&mb).unwrap();
         assert!(journals(&mb).is_empty(), "{:?}", journals(&mb));
     }
 
@@ -1248,16 +1252,12 @@ mod tests {
         let survivor = jdir.join(format!("01SURVIVOR-1-0.{}.open", boot()));
         let (seen, keep) = (jdir.clone(), survivor.clone());
         // The journal's name outlives its removal (a power cut, a failed unlink): kept here as a link.
-        *journal::FAIL_BATCH_BARRIER.lock().unwrap() =
-            Some(Box::new(move |open| open.starts_with(&seen) && std::fs::hard_link(open, &keep).is_ok()));
-        let r = mb.put_batch(&envs);
-        *journal::FAIL_BATCH_BARRIER.lock().unwrap() = None;
+        let when = move |open: &Path| open.starts_with(&seen) && std::fs::hard_link(open, &keep).is_ok();
+        let r = with_hook(&journal::FAIL_BATCH_BARRIER, when, || mb.put_batch(&envs));
         assert!(r.unwrap_err().to_string().contains("fsync"));
         assert_eq!(std::fs::metadata(&survivor).unwrap().len(), 0, "emptied before it was removed");
         assert_eq!(journals(&mb), [survivor.file_name().unwrap().to_str().unwrap()]);
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        assert_eq!(mb.settle(&lock).unwrap().relaid, 0);
-        drop(lock);
+        assert_eq!(settle_now(&mb).unwrap().relaid, 0);
         assert_eq!(drain(&mb, &w).0.len(), 0, "a failed put is never delivered");
         assert!(journals(&mb).is_empty(), "{:?}", journals(&mb));
     }
@@ -1273,9 +1273,7 @@ mod tests {
         let name = format!("01PLANTED-1-0.{}.open", boot());
         std::fs::write(elsewhere.join(&name), planted.to_json()).unwrap();
         std::os::unix::fs::symlink(&elsewhere, mb.journal_dir()).unwrap();
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        assert_eq!(mb.settle(&lock).unwrap(), crate::Settled::default());
-        drop(lock);
+        assert_eq!(settle_now(&mb).unwrap(), crate::Settled::default());
         // Puts, small and batched, still work: a durable write per file.
         mb.put(&env(&w, "agent1@work", "one")).unwrap();
         let batch: Vec<_> = (0..5).map(|i| env(&w, "agent1@work", &format!("b{i}"))).collect();
@@ -1336,9 +1334,7 @@ mod tests {
         let r = failing(&crate::segment::SHORT_WRITE, &mb, || mb.put_batch(&pair));
         assert!(r.unwrap_err().to_string().contains("short write"));
         // The first envelope's line reached the segment whole; a forced settle must not lay it out.
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        assert_eq!(mb.settle(&lock).unwrap().relaid, 0);
-        drop(lock);
+        assert_eq!(settle_now(&mb).unwrap().relaid, 0);
         let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m0"]);
     }
@@ -1383,11 +1379,9 @@ mod tests {
         let seg = mb.journal_dir().join(crate::segment::current(boot()));
         // Sparse: far past any bound, without writing it.
         std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(1 << 30).unwrap();
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        assert!(mb.settle(&lock).is_err());
+        assert!(settle_now(&mb).is_err());
         assert!(seg.exists(), "kept where it was: it may hold acknowledged records");
         assert!(journals(&mb).iter().all(|j| !j.ends_with(".bad")));
-        drop(lock);
         // Writers no longer add to it: the next put goes file by file, and is there.
         let e = env(&w, "agent1@work", "m1");
         mb.put(&e).unwrap();
@@ -1406,8 +1400,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(mb.inbox_dir().join(e.file_name()), b"").unwrap();
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        assert_eq!(mb.settle(&lock).unwrap().restored, 1);
+        assert_eq!(settle_now(&mb).unwrap().restored, 1);
         assert!(journals(&mb).is_empty());
         assert_eq!(std::fs::read(mb.inbox_dir().join(e.file_name())).unwrap(), e.to_json());
     }
@@ -1452,11 +1445,9 @@ mod tests {
         let laid = journals(&mb).remove(0);
         let open = laid.replace(".laid", ".open");
         std::fs::hard_link(mb.journal_dir().join(&laid), mb.journal_dir().join(&open)).unwrap();
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        let s = mb.settle(&lock).unwrap();
+        let s = settle_now(&mb).unwrap();
         assert_eq!((s.relaid, s.checkpointed), (0, 1), "{s:?}");
         assert!(journals(&mb).is_empty());
-        drop(lock);
         assert_eq!(drain(&mb, &w).0.len(), 5);
     }
 
@@ -1468,11 +1459,10 @@ mod tests {
         let p = write_journal(&mb, &format!("x-1-0.{}.open", boot()), &envs);
         let held = std::fs::File::open(&p).unwrap();
         held.lock().unwrap();
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        assert_eq!(mb.settle(&lock).unwrap(), crate::Settled::default());
+        assert_eq!(settle_now(&mb).unwrap(), crate::Settled::default());
         assert_eq!(mb.counts().unwrap().inbox, 0, "nothing laid out behind the writer's back");
         drop(held);
-        let s = mb.settle(&lock).unwrap();
+        let s = settle_now(&mb).unwrap();
         assert_eq!((s.relaid, s.checkpointed), (4, 1));
         assert_eq!(mb.counts().unwrap().inbox, 4);
     }
@@ -1492,8 +1482,7 @@ mod tests {
         std::fs::write(mb.inbox_dir().join(envs[1].file_name()), b"").unwrap();
         std::fs::write(mb.delivered.join(envs[2].file_name()), envs[2].to_json()).unwrap();
         std::fs::write(mb.poison.join(envs[4].file_name()), b"whatever it was").unwrap();
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        let s = mb.settle(&lock).unwrap();
+        let s = settle_now(&mb).unwrap();
         // Checkpointed: the segment m0's put went through (a settle's force moves it aside).
         assert_eq!((s.restored, s.relaid, s.checkpointed, s.bad), (2, 0, 1, 0), "{s:?}");
         assert!(journals(&mb).is_empty(), "an earlier boot's journal is done with");
@@ -1502,7 +1491,6 @@ mod tests {
         }
         assert_eq!(std::fs::read(mb.inbox_dir().join(envs[3].file_name())).unwrap(), envs[3].to_json());
         assert_eq!(std::fs::read(mb.poison.join(envs[4].file_name())).unwrap(), b"whatever it was");
-        drop(lock);
         let (c, p) = drain(&mb, &w);
         assert_eq!((c.len(), p.len()), (3, 0), "m0, m1, m3; m2 was delivered before: {p:?}");
     }
@@ -1518,8 +1506,7 @@ mod tests {
         let boot = boot();
         std::os::unix::fs::symlink(&outside, mb.journal_dir().join(format!("a-1-0.{boot}.open"))).unwrap();
         std::fs::create_dir(mb.journal_dir().join(format!("b-1-0.{boot}.open"))).unwrap();
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        let s = mb.settle(&lock).unwrap();
+        let s = settle_now(&mb).unwrap();
         assert_eq!(s.bad, 2, "{s:?}");
         assert_eq!(mb.counts().unwrap().inbox, 0, "nothing read through the link");
         let js = journals(&mb);
@@ -1549,21 +1536,18 @@ mod tests {
         mb.put_batch(&envs).unwrap();
         let bad = mb.inbox_dir().join(envs[3].file_name());
         let (bytes, ino) = (std::fs::read(&bad).unwrap(), std::fs::metadata(&bad).unwrap().ino());
-        let jdir = mb.journal_dir();
-        *journal::FAIL_SYNCFS.lock().unwrap() = Some(Box::new(move |d| d == jdir));
         let target = bad.clone();
-        *journal::FAIL_FILE_FSYNC.lock().unwrap() = Some(Box::new(move |p| p == target));
-        let lock = mb.lock(Duration::from_secs(1)).unwrap();
-        let s = mb.settle(&lock);
-        *journal::FAIL_SYNCFS.lock().unwrap() = None;
-        *journal::FAIL_FILE_FSYNC.lock().unwrap() = None;
-        let s = s.unwrap();
+        let s = with_hook(
+            &journal::FAIL_FILE_FSYNC,
+            move |p| p == target,
+            || failing(&journal::FAIL_SYNCFS, &mb, || settle_now(&mb)),
+        )
+        .unwrap();
         assert_eq!((s.checkpointed, s.rewritten), (1, 1), "{s:?}");
         assert!(journals(&mb).is_empty(), "the journal went once its files were durable");
         let m = std::fs::metadata(&bad).unwrap();
         assert_ne!(m.ino(), ino, "written again, not trusted");
         assert_eq!(std::fs::read(&bad).unwrap(), bytes);
-        drop(lock);
         let texts: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
         assert_eq!(drain_texts(&mb, &w), texts);
     }
