@@ -60,22 +60,24 @@ fn fill_temp(mut f: File, tmp: &Path, bytes: &[u8]) -> Result<File, BusError> {
     Ok(f)
 }
 
+/// Opens `path` to read, never through a link nor blocking on a FIFO.
+pub(crate) fn open_unfollowed(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
+}
+
 /// Fsyncs a directory, making renames and creations inside it durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), BusError> {
     #[cfg(test)]
-    if FAIL_DIR_SYNC.lock().unwrap_or_else(|p| p.into_inner()).as_deref() == Some(dir) {
-        return Err(BusError::Io {
-            op: "fsync dir",
-            path: dir.into(),
-            source: std::io::Error::from_raw_os_error(libc::EIO),
-        });
+    if crate::hooks::says(&FAIL_DIR_SYNC, dir) {
+        return Err(crate::hooks::eio("fsync dir", dir));
     }
     File::open(dir).and_then(|d| d.sync_all()).map_err(BusError::io("fsync dir", dir))
 }
 
 /// A test's folder whose fsync fails.
 #[cfg(test)]
-pub(crate) static FAIL_DIR_SYNC: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+pub(crate) static FAIL_DIR_SYNC: crate::hooks::Hook = crate::hooks::Hook::new(None);
 
 /// A spare of `dir` taken as `tmp` (see [`crate::spares`]), else a new file.
 fn write_temp_spare(dir: &Path, tmp: &Path, bytes: &[u8]) -> Result<File, BusError> {
@@ -268,7 +270,8 @@ mod tests {
     #[test]
     fn a_durable_write_whose_folder_sync_fails_takes_its_file_back() {
         let d = tempfile::tempdir().unwrap();
-        *FAIL_DIR_SYNC.lock().unwrap() = Some(d.path().to_path_buf());
+        let dir = d.path().to_path_buf();
+        *FAIL_DIR_SYNC.lock().unwrap() = Some(Box::new(move |p| p == dir));
         let r = write_durable(d.path(), "a.json", b"{}\n");
         *FAIL_DIR_SYNC.lock().unwrap() = None;
         assert!(r.unwrap_err().to_string().contains("fsync dir"));

@@ -9,9 +9,7 @@
 //! mailbox's call, since only it knows what was delivered.
 
 use std::fmt;
-use std::fs::OpenOptions;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use time::{Duration, OffsetDateTime};
@@ -316,12 +314,7 @@ fn open_refusal(e: std::io::Error) -> Refusal {
 /// Reads an envelope file without following symlinks or blocking on FIFOs,
 /// and without reading more than the size limit.
 pub fn read_envelope_file(path: &Path) -> Result<Vec<u8>, Refusal> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(open_refusal)?;
-    read_open(f)
+    read_open(crate::durable::open_unfollowed(path).map_err(open_refusal)?)
 }
 
 /// Reads an envelope file opened without following links: a regular file,

@@ -253,8 +253,7 @@ pub(crate) type Look = Box<dyn Fn(&Path) + Send>;
 
 /// A test's failure of a batch journal's barrier, for journals it says true of.
 #[cfg(test)]
-pub(crate) static FAIL_BATCH_BARRIER: std::sync::Mutex<Option<crate::segment::FailWhen>> =
-    std::sync::Mutex::new(None);
+pub(crate) static FAIL_BATCH_BARRIER: crate::hooks::Hook = crate::hooks::Hook::new(None);
 
 /// Where a test puts its [`Look`].
 #[cfg(test)]
@@ -316,7 +315,7 @@ fn commit_one(jdir: &Path, boot: &str, inbox: &Path, items: &[(String, Vec<u8>)]
     };
     (&f).write_all(&body).map_err(io("write"))?;
     #[cfg(test)]
-    if segment::says(&FAIL_BATCH_BARRIER, &open) {
+    if crate::hooks::says(&FAIL_BATCH_BARRIER, &open) {
         return Err(io("fsync")(std::io::Error::from_raw_os_error(libc::EIO)));
     }
     f.sync_data().map_err(io("fsync"))?;
@@ -576,9 +575,7 @@ impl Settling<'_> {
         self.segments.push(path);
         Ok(true)
     }
-}
 
-impl Settling<'_> {
     /// Lays out what writers killed between their barrier and their layout
     /// left only in the current segment, without moving it aside (which
     /// waits for a forced settle: the tick, a drain). Only what was appended
@@ -588,11 +585,7 @@ impl Settling<'_> {
     /// with what the same sender sent after it.
     fn catch_up(&mut self, path: &Path) -> Result<(), BusError> {
         let io = |e: std::io::Error| BusError::Io { op: "read segment", path: path.to_path_buf(), source: e };
-        let f = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-        {
+        let f = match durable::open_unfollowed(path) {
             Ok(f) => f,
             // Gone, a link, not ours to read now: the forced settle deals with it.
             Err(_) => return Ok(()),
@@ -657,7 +650,7 @@ type Opened = (File, Vec<Vec<u8>>);
 /// `*.bad` and counted, not an error.
 fn open_journal(path: &Path, lock: bool, out: &mut Settled) -> Result<Option<Opened>, BusError> {
     let io = |e: std::io::Error| BusError::Io { op: "read journal", path: path.to_path_buf(), source: e };
-    let f = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path) {
+    let f = match durable::open_unfollowed(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         // A symlink is never ours (never followed); any other failure may
@@ -819,13 +812,11 @@ fn checkpoint(jdir: &Path, places: Places<'_>, laid: &[PathBuf]) -> Result<usize
 
 /// A test's failure of the `syncfs` of a checkpoint, for journal folders it says true of.
 #[cfg(test)]
-pub(crate) static FAIL_SYNCFS: std::sync::Mutex<Option<crate::segment::FailWhen>> =
-    std::sync::Mutex::new(None);
+pub(crate) static FAIL_SYNCFS: crate::hooks::Hook = crate::hooks::Hook::new(None);
 
 /// A test's failure of a journaled file's fsync, for files it says true of.
 #[cfg(test)]
-pub(crate) static FAIL_FILE_FSYNC: std::sync::Mutex<Option<crate::segment::FailWhen>> =
-    std::sync::Mutex::new(None);
+pub(crate) static FAIL_FILE_FSYNC: crate::hooks::Hook = crate::hooks::Hook::new(None);
 
 /// One `syncfs` for the filesystem that holds `dir`: every file laid out
 /// before it is durable after it, for one flush.
@@ -833,9 +824,8 @@ pub(crate) static FAIL_FILE_FSYNC: std::sync::Mutex<Option<crate::segment::FailW
 fn sync_filesystem(dir: &Path) -> Result<(), BusError> {
     use std::os::fd::AsRawFd;
     #[cfg(test)]
-    if segment::says(&FAIL_SYNCFS, dir) {
-        let e = std::io::Error::from_raw_os_error(libc::EIO);
-        return Err(BusError::Io { op: "syncfs", path: dir.to_path_buf(), source: e });
+    if crate::hooks::says(&FAIL_SYNCFS, dir) {
+        return Err(crate::hooks::eio("syncfs", dir));
     }
     let d = File::open(dir).map_err(BusError::io("open", dir))?;
     // SAFETY: syncfs only reads the descriptor it is given.
@@ -873,7 +863,7 @@ pub(crate) fn sync_each_file(places: Places<'_>, laid: &[PathBuf]) -> Result<(us
             // folders' sync below flushes the drive once for all of them.
             let failed = unsafe { libc::fsync(f.as_raw_fd()) } != 0;
             #[cfg(test)]
-            let failed = failed || segment::says(&FAIL_FILE_FSYNC, &p);
+            let failed = failed || crate::hooks::says(&FAIL_FILE_FSYNC, &p);
             if failed {
                 let e = std::io::Error::last_os_error();
                 // A refused copy is evidence, not mail: it is not ours to rewrite.

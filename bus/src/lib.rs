@@ -16,6 +16,8 @@ mod envelope;
 mod error;
 mod filelock;
 mod guard;
+#[cfg(test)]
+mod hooks;
 mod journal;
 mod layout;
 mod mailbox;

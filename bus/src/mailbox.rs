@@ -606,7 +606,7 @@ mod tests {
     /// Runs `f` with the test failure `hook` set to fail where `when` says,
     /// and cleared after.
     fn with_hook<T>(
-        hook: &std::sync::Mutex<Option<crate::segment::FailWhen>>,
+        hook: &crate::hooks::Hook,
         when: impl Fn(&Path) -> bool + Send + 'static,
         f: impl FnOnce() -> T,
     ) -> T {
@@ -618,11 +618,7 @@ mod tests {
 
     /// Runs `f` with the test failure `hook` set for `mb`'s journal folder
     /// only: other tests write their own mailboxes meanwhile.
-    fn failing<T>(
-        hook: &std::sync::Mutex<Option<crate::segment::FailWhen>>,
-        mb: &Mailbox,
-        f: impl FnOnce() -> T,
-    ) -> T {
+    fn failing<T>(hook: &crate::hooks::Hook, mb: &Mailbox, f: impl FnOnce() -> T) -> T {
         let jdir = mb.journal_dir();
         with_hook(hook, move |p| p.starts_with(&jdir), f)
     }

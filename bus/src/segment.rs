@@ -45,6 +45,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+#[cfg(test)]
+use crate::hooks::{Hook, says};
 use crate::{BusError, durable};
 
 /// A current segment this big is rotated by the next claim, not only by the tick.
@@ -204,11 +206,7 @@ pub(crate) fn append(
 fn barrier(f: &File, path: &Path, jdir: &Path, mode: u32) -> Result<(), BusError> {
     #[cfg(test)]
     if says(&FAIL_BARRIER, path) {
-        return Err(BusError::Io {
-            op: "fdatasync",
-            path: path.into(),
-            source: std::io::Error::from_raw_os_error(libc::EIO),
-        });
+        return Err(crate::hooks::eio("fdatasync", path));
     }
     f.sync_data().map_err(BusError::io("fdatasync", path))?;
     if mode & NAMED_DURABLY == 0 {
@@ -279,25 +277,15 @@ fn void(f: &File, path: &Path, items: &[(String, Vec<u8>)]) {
 
 /// A test's short write of a put's record, for segments it says true of.
 #[cfg(test)]
-pub(crate) static SHORT_WRITE: std::sync::Mutex<Option<FailWhen>> = std::sync::Mutex::new(None);
+pub(crate) static SHORT_WRITE: Hook = Hook::new(None);
 
 /// A test's failure of the layout after the barrier, for segments it says true of.
 #[cfg(test)]
-pub(crate) static FAIL_LAYOUT: std::sync::Mutex<Option<FailWhen>> = std::sync::Mutex::new(None);
+pub(crate) static FAIL_LAYOUT: Hook = Hook::new(None);
 
 /// A test's failure of the barrier of segments for which it says true.
 #[cfg(test)]
-pub(crate) static FAIL_BARRIER: std::sync::Mutex<Option<FailWhen>> = std::sync::Mutex::new(None);
-
-/// Says, for a journal's or segment's path, whether a test's failure applies to it.
-#[cfg(test)]
-pub(crate) type FailWhen = Box<dyn Fn(&Path) -> bool + Send>;
-
-/// Whether the test hook `hook` is set and says true of `path`.
-#[cfg(test)]
-pub(crate) fn says(hook: &std::sync::Mutex<Option<FailWhen>>, path: &Path) -> bool {
-    hook.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|fail| fail(path))
-}
+pub(crate) static FAIL_BARRIER: Hook = Hook::new(None);
 
 /// A test's look between a writer's open of the segment and its lock.
 #[cfg(test)]
