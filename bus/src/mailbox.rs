@@ -616,6 +616,11 @@ mod tests {
         r
     }
 
+    /// agent1's mailbox on the test node.
+    fn agent1(w: &World) -> Mailbox {
+        Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap()
+    }
+
     /// Runs `f` with the test failure `hook` set for `mb`'s journal folder
     /// only: other tests write their own mailboxes meanwhile.
     fn failing<T>(hook: &crate::hooks::Hook, mb: &Mailbox, f: impl FnOnce() -> T) -> T {
@@ -644,7 +649,7 @@ mod tests {
     #[test]
     fn a_claim_leaves_a_writer_s_fresh_temp_file_alone() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let e = env(&w, "agent1@work", "m0");
         mb.put(&e).unwrap();
         // A send in the middle of its write: neither claimed nor swept.
@@ -674,7 +679,7 @@ mod tests {
     #[test]
     fn pending_sees_the_inbox_and_claimed_leftovers_but_not_our_dotfiles() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         assert!(!mb.pending().unwrap());
         std::fs::write(mb.inbox.join(".spare.tmp"), b"").unwrap();
         assert!(!mb.pending().unwrap(), "a dotfile is no envelope");
@@ -690,7 +695,7 @@ mod tests {
     #[test]
     fn envelopes_flow_inbox_to_delivered_oldest_first() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let envs: Vec<_> = (0..5).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
         // Put them in reverse so directory order cannot fake the sort.
         for e in envs.iter().rev() {
@@ -706,7 +711,7 @@ mod tests {
     #[test]
     fn a_big_claim_checked_on_several_threads_keeps_order_and_fills_past_refusals() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let envs: Vec<_> = (0..120).map(|i| env(&w, "agent1@work", &format!("m{i:03}"))).collect();
         assert!(mb.put_batch(&envs).unwrap().iter().all(|o| *o == PutOutcome::Stored));
         // Every tenth is tampered with on disk: the guard must refuse exactly those.
@@ -739,7 +744,7 @@ mod tests {
     #[test]
     fn a_bad_claimed_leftover_does_not_cost_the_good_inbox_copy_of_its_id() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let e = env(&w, "agent1@work", "the real one");
         let later = env(&w, "agent1@work", "sent after it");
         mb.put(&e).unwrap();
@@ -760,13 +765,13 @@ mod tests {
     #[test]
     fn a_second_put_of_the_same_id_is_a_duplicate_even_after_delivery() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let e = env(&w, "agent1@work", "once");
         assert_eq!(mb.put(&e).unwrap(), PutOutcome::Stored);
         assert_eq!(mb.put(&e).unwrap(), PutOutcome::Duplicate);
         drain(&mb, &w);
         // A fresh handle (a restart) still remembers: delivered/ is durable.
-        let mb2 = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb2 = agent1(&w);
         assert_eq!(mb2.put(&e).unwrap(), PutOutcome::Duplicate);
         assert_eq!(mb2.put_batch(std::slice::from_ref(&e)).unwrap(), vec![PutOutcome::Duplicate]);
         assert_eq!(mb2.counts().unwrap().delivered, 1);
@@ -775,7 +780,7 @@ mod tests {
     #[test]
     fn a_copy_of_a_delivered_envelope_dropped_into_the_inbox_is_poisoned_as_duplicate() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let e = env(&w, "agent1@work", "once");
         mb.put(&e).unwrap();
         drain(&mb, &w);
@@ -788,7 +793,7 @@ mod tests {
     #[test]
     fn claimed_leftovers_of_a_crash_are_adopted_before_the_inbox() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let first = env(&w, "agent1@work", "first");
         let second = env(&w, "agent1@work", "second");
         mb.put(&first).unwrap();
@@ -813,7 +818,7 @@ mod tests {
     #[test]
     fn the_lock_is_exclusive_and_times_out_with_busy() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let _held = mb.lock(Duration::from_secs(1)).unwrap();
         assert!(matches!(mb.lock(Duration::from_millis(30)), Err(BusError::Busy { .. })));
     }
@@ -821,7 +826,7 @@ mod tests {
     #[test]
     fn put_refuses_an_envelope_for_another_agent() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         assert!(mb.put(&env(&w, "agent2@work", "x")).is_err());
         assert!(mb.put(&env(&w, "agent1@elsewhere", "x")).is_err());
         assert_eq!(mb.counts().unwrap().inbox, 0);
@@ -832,7 +837,7 @@ mod tests {
     #[test]
     fn every_bad_input_is_poisoned_with_a_reason_and_never_blocks_the_rest() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let stranger = SecretKey::generate();
         let good = env(&w, "agent1@work", "good");
         let signed_by = |k: &SecretKey, from: &str, to: &str, text: &str| {
@@ -999,7 +1004,7 @@ mod tests {
     #[test]
     fn a_batch_put_goes_through_one_journal_that_a_checkpoint_retires() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let envs: Vec<_> = (0..10).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
         assert!(mb.put_batch(&envs).unwrap().iter().all(|o| *o == PutOutcome::Stored));
         let js = journals(&mb);
@@ -1023,7 +1028,7 @@ mod tests {
     #[test]
     fn small_puts_share_one_segment_that_a_checkpoint_moves_aside_and_retires() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let envs: Vec<_> = (0..5).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
         for e in &envs[..3] {
             assert_eq!(mb.put(e).unwrap(), PutOutcome::Stored);
@@ -1053,7 +1058,7 @@ mod tests {
     #[test]
     fn a_segment_record_whose_writer_died_before_laying_out_is_laid_out_after_a_torn_one() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let envs: Vec<_> = (0..3).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
         // m0 laid out; a record torn by a full disk; m1 and m2 durable but
         // never laid out (their writer was killed after its barrier).
@@ -1075,7 +1080,7 @@ mod tests {
     #[test]
     fn a_writer_whose_segment_is_moved_aside_before_it_locks_appends_to_the_new_one() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         mb.put(&env(&w, "agent1@work", "m0")).unwrap();
         let jdir = mb.journal_dir();
         let aside = jdir.join("old-x-1.seg");
@@ -1100,7 +1105,7 @@ mod tests {
     #[test]
     fn a_put_whose_barrier_fails_is_taken_back_and_never_delivered() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         mb.put(&env(&w, "agent1@work", "m0")).unwrap();
         let jdir = mb.journal_dir();
         let (lost, retried) = (env(&w, "agent1@work", "lost"), env(&w, "agent1@work", "retried"));
@@ -1132,7 +1137,7 @@ mod tests {
     #[test]
     fn a_segment_a_writer_holds_is_still_moved_aside_and_taken_whole_once_free() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let e0 = env(&w, "agent1@work", "m0");
         mb.put(&e0).unwrap();
         let jdir = mb.journal_dir();
@@ -1227,7 +1232,7 @@ mod tests {
     #[test]
     fn a_put_whose_layout_failed_is_claimed_before_later_mail_by_the_next_claim() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let (e0, e1) = (env(&w, "agent1@work", "first"), env(&w, "agent1@work", "second"));
         let r = failing(&crate::segment::FAIL_LAYOUT, &mb, || mb.put(&e0));
         // Durable in the segment: the put has succeeded, though no file is in the inbox yet.
@@ -1242,7 +1247,7 @@ mod tests {
     #[test]
     fn a_batch_whose_barrier_fails_leaves_nothing_a_settle_could_lay_out() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let envs: Vec<_> = (0..6).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
         let jdir = mb.journal_dir();
         let survivor = jdir.join(format!("01SURVIVOR-1-0.{}.open", boot()));
@@ -1261,7 +1266,7 @@ mod tests {
     #[test]
     fn a_journal_folder_that_is_a_link_is_never_followed() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         // Elsewhere, a file that reads as a dead writer's batch journal.
         let elsewhere = w._dir.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).unwrap();
@@ -1283,7 +1288,7 @@ mod tests {
     /// Puts m0, m1, m2 in agent1's mailbox, then removes m1's file, as its
     /// writer leaves it when killed after its barrier, before its layout.
     fn middle_writer_killed(w: &World) -> Mailbox {
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(w);
         let envs: Vec<_> = (0..3).map(|i| env(w, "agent1@work", &format!("m{i}"))).collect();
         for e in &envs {
             mb.put(e).unwrap();
@@ -1324,7 +1329,7 @@ mod tests {
     #[test]
     fn a_small_put_cut_short_by_a_full_disk_leaves_none_of_its_envelopes() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         mb.put(&env(&w, "agent1@work", "m0")).unwrap();
         let pair = [env(&w, "agent1@work", "cut-a"), env(&w, "agent1@work", "cut-b")];
         let r = failing(&crate::segment::SHORT_WRITE, &mb, || mb.put_batch(&pair));
@@ -1339,7 +1344,7 @@ mod tests {
     fn a_segment_s_name_is_marked_durable_by_whoever_fsyncs_it() {
         use std::os::unix::fs::PermissionsExt;
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         mb.put(&env(&w, "agent1@work", "m0")).unwrap();
         let seg = mb.journal_dir().join(crate::segment::current(boot()));
         let mode = || std::fs::metadata(&seg).unwrap().permissions().mode() & 0o777;
@@ -1354,7 +1359,7 @@ mod tests {
     #[test]
     fn a_settle_killed_between_the_two_names_of_a_rotation_is_finished_by_the_next() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         mb.put(&env(&w, "agent1@work", "m0")).unwrap();
         let jdir = mb.journal_dir();
         let cur = jdir.join(crate::segment::current(boot()));
@@ -1370,7 +1375,7 @@ mod tests {
     #[test]
     fn a_segment_too_big_to_read_is_an_error_and_never_set_aside() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         mb.put(&env(&w, "agent1@work", "m0")).unwrap();
         let seg = mb.journal_dir().join(crate::segment::current(boot()));
         // Sparse: far past any bound, without writing it.
@@ -1387,7 +1392,7 @@ mod tests {
     #[test]
     fn an_earlier_boot_s_segment_restores_a_damaged_file() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let e = env(&w, "agent1@work", "m0");
         std::fs::create_dir_all(mb.journal_dir()).unwrap();
         std::fs::write(
@@ -1404,7 +1409,7 @@ mod tests {
     #[test]
     fn a_journal_whose_writer_died_before_laying_out_is_recovered_in_order_once() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let envs: Vec<_> = (0..6).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
         // The writer got past its barrier and laid out three files, and one
         // of them was claimed and delivered already; then it died (its lock
@@ -1435,7 +1440,7 @@ mod tests {
     #[test]
     fn a_writer_killed_between_the_two_names_of_its_last_rename_leaves_nothing_to_fix() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let envs: Vec<_> = (0..5).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
         mb.put_batch(&envs).unwrap();
         let laid = journals(&mb).remove(0);
@@ -1450,7 +1455,7 @@ mod tests {
     #[test]
     fn a_journal_a_live_writer_holds_is_left_alone() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let envs: Vec<_> = (0..4).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
         let p = write_journal(&mb, &format!("x-1-0.{}.open", boot()), &envs);
         let held = std::fs::File::open(&p).unwrap();
@@ -1466,7 +1471,7 @@ mod tests {
     #[test]
     fn an_earlier_boot_s_journal_restores_missing_and_damaged_files_only() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let envs: Vec<_> = (0..5).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
         let j = write_journal(&mb, "x-1-0.someotherboot.laid", &envs);
         // A torn last line: the part of a record a writer wrote before dying.
@@ -1494,7 +1499,7 @@ mod tests {
     #[test]
     fn a_journal_that_is_not_a_readable_file_is_set_aside_and_never_followed() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         std::fs::create_dir_all(mb.journal_dir()).unwrap();
         let outside = w.layout.root().join("elsewhere.json");
         let e = env(&w, "agent1@work", "smuggled");
@@ -1512,7 +1517,7 @@ mod tests {
     #[test]
     fn a_checkpoint_by_files_syncs_each_journaled_file_where_it_is_now() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let envs: Vec<_> = (0..8).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
         mb.put_batch(&envs).unwrap();
         let lock = mb.lock(Duration::from_secs(1)).unwrap();
@@ -1527,7 +1532,7 @@ mod tests {
     fn a_checkpoint_whose_syncfs_fails_syncs_each_file_and_writes_again_one_whose_writeback_failed() {
         use std::os::unix::fs::MetadataExt;
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let envs: Vec<_> = (0..8).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
         mb.put_batch(&envs).unwrap();
         let bad = mb.inbox_dir().join(envs[3].file_name());
@@ -1551,7 +1556,7 @@ mod tests {
     #[test]
     fn a_put_durable_in_its_journal_succeeds_though_its_layout_fails_and_is_laid_out_later() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let envs: Vec<_> = (0..6).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
         let items: Vec<(String, Vec<u8>)> = envs.iter().map(|e| (e.file_name(), e.to_json())).collect();
         // A batch whose layout cannot even open its folder (a file where it should be).
@@ -1577,7 +1582,7 @@ mod tests {
     #[test]
     fn a_batch_is_in_its_locked_journal_before_any_file_is_laid_out() {
         let w = world();
-        let mb = Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap();
+        let mb = agent1(&w);
         let envs: Vec<_> = (0..6).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
         let (jdir, inbox, lockf) = (mb.journal_dir(), mb.inbox_dir().to_path_buf(), mb.dir.join(".lock"));
