@@ -115,7 +115,10 @@ pub fn give_up_root(paths: &MeshPaths, _lock: &CharterLock) -> Result<(), MeshEr
 /// After a charter naming another root was stored: a mesh key still held
 /// here for that charter's mesh (a handover whose answer was lost) is given
 /// up. Returns whether it was.
-pub fn settle_root(paths: &MeshPaths, self_name: &netsky_bus::NodeName) -> Result<bool, MeshError> {
+pub fn finish_handover_if_taken(
+    paths: &MeshPaths,
+    self_name: &netsky_bus::NodeName,
+) -> Result<bool, MeshError> {
     let l = lock(paths)?;
     let Some(held) = load(paths)? else { return Ok(false) };
     if &held.charter.root == self_name {
