@@ -196,7 +196,7 @@ impl Shared {
                 s.charter.claiming.store(false, Ordering::Release);
             });
         } else {
-            self.hello_due(&c.charter.root);
+            self.schedule_hello(&c.charter.root);
         }
     }
 

@@ -135,7 +135,7 @@ impl Shared {
     }
 
     /// Has the sender to the root tell it this node's addresses.
-    pub(super) fn hello_due(&self, root: &NodeName) {
+    pub(super) fn schedule_hello(&self, root: &NodeName) {
         if let Some(p) = lock(&self.dispatch.peers).get(root) {
             let mut q = lock(&p.queue);
             if !q.hello_due {
