@@ -17,10 +17,11 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use crate::cli::{Ctx, emit};
+use crate::output::{Ctx, emit};
 use crate::config;
 use crate::daemon_state::{self, DaemonState};
-use crate::home::{Node, agent_in_constellation, clones_of};
+use crate::constellation::agents;
+use crate::home::Node;
 use crate::record::{Event, Recorder};
 use crate::ticker::{Ticker, Waker};
 
@@ -88,7 +89,7 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
         listen: node.config.node.listen,
         relay: relay_of(&node.config.node.relay),
         mdns: node.config.node.mdns,
-        agent_exists: Arc::new(move |a| agent_in_constellation(a, clones_of(&home, &config))),
+        agent_exists: Arc::new(move |a| agents::answered_for(&home, &config).contains(a)),
         events: sink,
     };
     // An unpinned port: reuse the last one, so peers' charters stay right across restarts.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::cli::Ctx;
+use crate::output::Ctx;
 use crate::proc::{Daemon, run_bounded};
 
 /// Arguments of `netsky demo`.

@@ -71,7 +71,7 @@ impl Home {
         self.state_dir().join("prompts")
     }
     /// `state/agents/<agent>/`: the watchdog's markers for one agent.
-    pub fn agent_state_dir(&self, agent: netsky_bus::AgentName) -> PathBuf {
+    pub fn agent_state_dir(&self, agent: AgentName) -> PathBuf {
         self.state_dir().join("agents").join(agent.to_string())
     }
     /// `prompts/addendum.md`: the operator's optional addendum to every prompt.
@@ -138,16 +138,6 @@ impl Node {
         let charter = netsky_mesh::charter_file::load(&self.home.mesh_paths())?;
         roster_under(charter.as_ref(), &self.config.node.name, &self.key)
     }
-
-    /// Whether `agent` belongs to this node's constellation (agent0, clones, agentinfinity).
-    pub fn agent_exists(&self, agent: AgentName) -> bool {
-        agent_in_constellation(agent, clones_of(&self.home, &self.config))
-    }
-
-    /// The highest clone number of this node: the config's, or more if `up N` asked for more.
-    pub fn clones(&self) -> u16 {
-        clones_of(&self.home, &self.config)
-    }
 }
 
 /// Whom the bus trusts: the charter's members, or this node alone outside a mesh.
@@ -160,21 +150,6 @@ fn roster_under(
         Some(c) => c.charter.roster(name, key.public())?,
         None => Roster::solo(name.clone(), key.public())?,
     })
-}
-
-/// The config's clone count, or the larger count `netsky up N` last asked for.
-pub fn clones_of(home: &Home, config: &Config) -> u16 {
-    let asked =
-        crate::constellation::agents::load_desired(home).ok().flatten().map(|d| d.clones).unwrap_or(0);
-    config.constellation.clones.max(asked)
-}
-
-/// Whether `agent` is agent0, agentinfinity or a clone numbered 1..=clones.
-pub fn agent_in_constellation(agent: AgentName, clones: u16) -> bool {
-    match agent {
-        AgentName::Infinity => true,
-        AgentName::Numbered(n) => n <= clones,
-    }
 }
 
 impl Node {

@@ -10,7 +10,7 @@ use netsky_bus::{Address, ENVELOPE_DOMAIN, Envelope, Guard, Kind, Layout, Mailbo
 use netsky_keys::SecretKey;
 use serde::Serialize;
 
-use crate::cli::{Ctx, emit};
+use crate::output::{Ctx, emit};
 use crate::proc::run_bounded;
 
 use super::{DurableFloor, Target, ms, pct};

@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::{DurableFloor, Target, ms, pct};
-use crate::cli::{Ctx, emit};
+use crate::output::{Ctx, emit};
 
 /// Arguments of `netsky bench mesh`.
 #[derive(Debug, Args)]

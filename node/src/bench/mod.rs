@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 
-use crate::cli::Ctx;
+use crate::output::Ctx;
 
 /// `netsky bench ...`
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,8 @@ use netsky_bus::{
 };
 use serde::Serialize;
 
-use super::{Ctx, emit};
+use crate::output::{Ctx, emit};
+use crate::constellation::agents;
 use crate::home::Node;
 
 /// How long a drain waits for another holder of the mailbox lock.
@@ -156,11 +157,9 @@ fn send(ctx: &Ctx, node: &Node, o: Outgoing, wait: Option<Duration>) -> Result<E
              send to an agent instead"
         ),
         Address::Agent { agent, node: Some(n) } if n == local => {
-            if !node.agent_exists(*agent) {
-                bail!(
-                    "no agent {agent} on this node (agent0, agent1..agent{}, agentinfinity)",
-                    node.clones()
-                );
+            let here = agents::answered_for(&node.home, &node.config);
+            if !here.contains(*agent) {
+                bail!("no agent {agent} on this node (agent0, agent1..agent{}, agentinfinity)", here.clones);
             }
             *agent
         }
@@ -261,7 +260,7 @@ fn drain(ctx: &Ctx, node: &Node, agent: AgentName, max: usize) -> Result<ExitCod
     std::io::stdout().flush()?;
     mailbox.deliver(&lock, &claimed)?;
     let envs: Vec<&Envelope> = claimed.iter().map(|c| &c.env).collect();
-    if let Err(e) = super::receipt::spool(node, agent, "drained", &envs) {
+    if let Err(e) = crate::receipts::spool(node, agent, "drained", &envs) {
         eprintln!("netsky: delivered, but the receipts for the senders could not be spooled: {e:#}");
     }
     let events: Vec<_> =

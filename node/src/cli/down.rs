@@ -7,7 +7,7 @@ use clap::Args;
 use netsky_bus::AgentName;
 use serde::Serialize;
 
-use super::{Ctx, emit};
+use crate::output::{Ctx, emit};
 use crate::constellation::agents::{self, TICKER_SESSION};
 use crate::constellation::tmux_of;
 use crate::home::Node;

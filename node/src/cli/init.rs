@@ -8,7 +8,7 @@ use clap::Args;
 use netsky_bus::NodeName;
 use serde::Serialize;
 
-use super::{Ctx, emit};
+use crate::output::{Ctx, emit};
 use crate::config::{Config, Relay};
 
 /// Arguments of `netsky init`.

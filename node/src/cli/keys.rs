@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use serde::Serialize;
 
-use super::{Ctx, emit};
+use crate::output::{Ctx, emit};
 use crate::home::Node;
 
 /// `netsky keys ...`

@@ -12,7 +12,7 @@ use netsky_mesh::{Charter, CharterMember, PeerState, SignedCharter, Ticket, Tick
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{Ctx, emit};
+use crate::output::{Ctx, emit};
 use crate::daemon::relay_of;
 use crate::daemon_state;
 use crate::home::Node;

@@ -19,11 +19,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use serde::Serialize;
 
 use crate::home::Home;
-
-pub use receipt::spool as spool_receipts;
+use crate::output::Ctx;
 
 /// netsky: a node of an operator's mesh of AI-agent machines.
 #[derive(Debug, Parser)]
@@ -78,14 +76,6 @@ enum Command {
     Demo(crate::demo::DemoArgs),
 }
 
-/// Global options every command sees.
-pub struct Ctx {
-    /// `--json`
-    pub json: bool,
-    /// The resolved home.
-    pub home: Home,
-}
-
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let ctx = Ctx { json: cli.json, home: Home::resolve(cli.home)? };
@@ -104,21 +94,4 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(c) => crate::bench::run(&ctx, c),
         Command::Demo(a) => crate::demo::run(&ctx, a),
     }
-}
-
-/// Prints `value` as JSON with `--json`, else the human text.
-pub fn emit<T: Serialize>(ctx: &Ctx, value: &T, human: impl FnOnce() -> String) -> Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if ctx.json {
-        serde_json::to_writer(&mut out, value)?;
-        writeln!(out)?;
-    } else {
-        let text = human();
-        if !text.is_empty() {
-            writeln!(out, "{text}")?;
-        }
-    }
-    out.flush()?;
-    Ok(())
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Subcommand;
 
-use super::Ctx;
+use crate::output::Ctx;
 
 /// `netsky node ...`
 #[derive(Debug, Subcommand)]

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use netsky_bus::AgentName;
 use serde::Serialize;
 
-use super::{Ctx, emit};
+use crate::output::{Ctx, emit};
 use crate::constellation::agents;
 use crate::home::Node;
 

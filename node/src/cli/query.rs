@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use rusqlite::types::ValueRef;
 
-use super::{Ctx, emit};
+use crate::output::{Ctx, emit};
 use crate::store::open_read_only;
 
 /// A query may run this long before it is interrupted.

@@ -1,48 +1,17 @@
-//! Receipts: where an envelope is, from the sender's side (`channel status`),
-//! and the delivery receipts a receiving node spools back to senders.
+//! `netsky channel status ID`: where an envelope is, from the sender's side,
+//! told from the outbox, the delivery receipts that came back, the event
+//! record and the local mailboxes.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use netsky_bus::{AgentName, Envelope, format_ts};
-use netsky_mesh::{PeerState, SpooledReceipt, wire::Receipt};
+use netsky_bus::{AgentName, Envelope};
+use netsky_mesh::{PeerState, SpooledReceipt};
 use serde::Serialize;
 
-use super::{Ctx, emit};
+use crate::output::{Ctx, emit};
 use crate::daemon_state;
 use crate::home::Node;
-
-/// Spools a delivery receipt for each envelope that came from another node.
-pub fn spool(node: &Node, agent: AgentName, how: &str, envs: &[&Envelope]) -> Result<()> {
-    if node.charter.is_none() {
-        return Ok(());
-    }
-    let local = &node.config.node.name;
-    let at = format_ts(time::OffsetDateTime::now_utc());
-    let items: Vec<(String, Vec<u8>)> = envs
-        .iter()
-        .filter_map(|e| {
-            let origin = e.from.node().filter(|n| *n != local)?;
-            let r = SpooledReceipt {
-                node: origin.to_string(),
-                receipt: Receipt {
-                    id: e.id.to_string(),
-                    agent: agent.to_string(),
-                    how: how.into(),
-                    at: at.clone(),
-                },
-            };
-            Some((e.file_name(), serde_json::to_vec(&r).ok()?))
-        })
-        .collect();
-    if items.is_empty() {
-        return Ok(());
-    }
-    let paths = node.home.mesh_paths();
-    paths.create()?;
-    netsky_bus::write_durable_batch(&paths.receipts(), &items)?;
-    Ok(())
-}
 
 #[derive(Serialize)]
 struct HistoryRow {

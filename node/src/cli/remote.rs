@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use netsky_bus::{Envelope, NodeName};
 
 use super::channel::SendOut;
-use super::{Ctx, emit};
+use crate::output::{Ctx, emit};
 use crate::daemon_state;
 use crate::home::Node;
 

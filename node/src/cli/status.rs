@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use super::{Ctx, emit};
+use crate::output::{Ctx, emit};
 use crate::constellation;
 use crate::home::Node;
 

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::{Ctx, emit};
+use crate::output::{Ctx, emit};
 use crate::constellation::agents::{self, Desired, Heartbeat};
 use crate::constellation::{tmux_of, watchdog};
 use crate::home::Node;

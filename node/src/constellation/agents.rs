@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::tmux::Tmux;
+use crate::config::Config;
 use crate::home::{Home, Node};
 
 /// The tmux session the stand-alone heartbeat (`netsky ticker`) runs in.
@@ -47,7 +48,7 @@ impl Desired {
         v
     }
 
-    /// Whether `agent` belongs to the constellation.
+    /// Whether `agent` belongs to the constellation: agent0, a clone numbered 1..=clones, or agentinfinity.
     pub fn contains(&self, agent: AgentName) -> bool {
         match agent {
             AgentName::Infinity => true,
@@ -82,6 +83,12 @@ pub fn load_desired(home: &Home) -> Result<Option<Desired>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
     }
+}
+
+/// The agents this node answers for: the config's clones, or more if `netsky up N` last asked for more.
+pub fn answered_for(home: &Home, config: &Config) -> Desired {
+    let asked = load_desired(home).ok().flatten().map(|d| d.clones).unwrap_or(0);
+    Desired { clones: config.constellation.clones.max(asked) }
 }
 
 /// Records what `up` asked for.

@@ -107,7 +107,7 @@ fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Del
         // One at a time: a later failure must not leave a pasted envelope claimed.
         mailbox.deliver(&lock, std::slice::from_ref(c))?;
         out.delivered += 1;
-        if let Err(e) = crate::cli::spool_receipts(node, agent, "pasted", &[&c.env]) {
+        if let Err(e) = crate::receipts::spool(node, agent, "pasted", &[&c.env]) {
             rec.record(&[rec.event("receipt-failed", Some(agent), Some(&c.env), Some(format!("{e:#}")))]);
         }
         rec.record(&[rec.event("delivered", Some(agent), Some(&c.env), Some("pasted into pane".into()))]);
