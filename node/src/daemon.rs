@@ -21,7 +21,7 @@ use crate::output::{Ctx, emit};
 use crate::config;
 use crate::daemon_state::{self, DaemonState};
 use crate::constellation::agents;
-use crate::home::Node;
+use crate::node::Node;
 use crate::record::{Event, Recorder};
 use crate::ticker::{Ticker, Waker};
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use ulid::Ulid;
 
-use crate::home::Node;
+use crate::node::Node;
 use crate::store::EscalationRow;
 
 /// One incident, as written to `state/escalations/<id>.json`.

@@ -1,13 +1,13 @@
-//! `NETSKY_HOME`: where a node's files live, and opening a node from them.
+//! `NETSKY_HOME`: where a node's files live. [`Home`] is the node binary's one
+//! catalog of paths under it; the bus ([`Layout`]) and the mesh
+//! ([`netsky_mesh::MeshPaths`]) keep their own, and `Home` hands them out.
+//!
+//! It knows paths only: opening a node from them is `node.rs`.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use netsky_bus::{AgentName, Layout, NodeName, Roster};
-use netsky_keys::SecretKey;
-
-use crate::config::Config;
-use crate::record::Recorder;
+use anyhow::{Context, Result};
+use netsky_bus::{AgentName, Layout};
 
 /// A home directory and its well-known paths.
 #[derive(Debug, Clone)]
@@ -112,61 +112,5 @@ impl Home {
             b.create(&d).with_context(|| format!("cannot create {}", d.display()))?;
         }
         Ok(())
-    }
-}
-
-/// An initialised node opened from its home: config, key, roster, recorder.
-pub struct Node {
-    /// Where it lives.
-    pub home: Home,
-    /// Its configuration.
-    pub config: Config,
-    /// Its node key.
-    pub key: SecretKey,
-    /// Whom its bus trusts.
-    pub roster: Roster,
-    /// Where its events go.
-    pub recorder: Recorder,
-    /// The mesh charter it holds, verified (none outside a mesh).
-    pub charter: Option<netsky_mesh::SignedCharter>,
-}
-
-impl Node {
-    /// The roster under the charter on disk now (a long-lived holder of a
-    /// `Node`, like the heartbeat, must see members who joined since it opened).
-    pub fn current_roster(&self) -> Result<Roster> {
-        let charter = netsky_mesh::charter_file::load(&self.home.mesh_paths())?;
-        roster_under(charter.as_ref(), &self.config.node.name, &self.key)
-    }
-}
-
-/// Whom the bus trusts: the charter's members, or this node alone outside a mesh.
-fn roster_under(
-    charter: Option<&netsky_mesh::SignedCharter>,
-    name: &NodeName,
-    key: &SecretKey,
-) -> Result<Roster> {
-    Ok(match charter {
-        Some(c) => c.charter.roster(name, key.public())?,
-        None => Roster::solo(name.clone(), key.public())?,
-    })
-}
-
-impl Node {
-    /// Opens the node in `home`; a clear error if it was never initialised.
-    pub fn open(home: Home) -> Result<Node> {
-        let cfg_path = home.config_path();
-        if !cfg_path.exists() {
-            bail!(
-                "{} is not a netsky home (no config.toml); run `netsky init --name NAME` first",
-                home.root().display()
-            );
-        }
-        let config = Config::load(&cfg_path)?;
-        let key = netsky_keys::load_key_file(&home.node_key_path())?.key;
-        let charter = netsky_mesh::charter_file::load(&home.mesh_paths())?;
-        let roster = roster_under(charter.as_ref(), &config.node.name, &key)?;
-        let recorder = Recorder::new(&home, config.node.name.clone());
-        Ok(Node { home, config, key, roster, recorder, charter })
     }
 }

@@ -12,6 +12,7 @@ mod daemon_state;
 mod demo;
 mod escalation;
 mod home;
+mod node;
 mod output;
 mod proc;
 mod receipts;

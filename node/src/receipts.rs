@@ -8,7 +8,7 @@ use anyhow::Result;
 use netsky_bus::{AgentName, Envelope, format_ts};
 use netsky_mesh::{SpooledReceipt, wire::Receipt};
 
-use crate::home::Node;
+use crate::node::Node;
 
 /// Spools a delivery receipt for each envelope that came from another node.
 pub fn spool(node: &Node, agent: AgentName, how: &str, envs: &[&Envelope]) -> Result<()> {

@@ -25,7 +25,8 @@ use anyhow::{Context, Result, anyhow};
 use netsky_bus::AgentName;
 
 use crate::constellation;
-use crate::home::{Home, Node};
+use crate::home::Home;
+use crate::node::Node;
 use crate::record::Recorder;
 
 /// What wakes the ticker between ticks.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::output::{Ctx, emit};
 use crate::constellation::agents::{self, TICKER_SESSION};
 use crate::constellation::tmux_of;
-use crate::home::Node;
+use crate::node::Node;
 
 /// Arguments of `netsky down`.
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use crate::output::{Ctx, emit};
-use crate::home::Node;
+use crate::node::Node;
 
 /// `netsky keys ...`
 #[derive(Debug, Subcommand)]

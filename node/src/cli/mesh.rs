@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use crate::output::{Ctx, emit};
 use crate::daemon::relay_of;
 use crate::daemon_state;
-use crate::home::Node;
+use crate::node::Node;
 
 /// `netsky mesh ...`
 #[derive(Debug, Subcommand)]

@@ -8,8 +8,6 @@ mod mesh;
 mod node;
 mod prompts;
 mod query;
-mod receipt;
-mod remote;
 mod restart;
 mod status;
 mod up;

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::output::{Ctx, emit};
 use crate::constellation::agents;
-use crate::home::Node;
+use crate::node::Node;
 
 /// `netsky prompts ...`
 #[derive(Debug, Subcommand)]

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::output::{Ctx, emit};
 use crate::constellation::agents;
 use crate::constellation::{tmux_of, watchdog};
-use crate::home::Node;
+use crate::node::Node;
 
 /// Arguments of `netsky restart`.
 #[derive(Debug, Args)]

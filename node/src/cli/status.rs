@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::output::{Ctx, emit};
 use crate::constellation;
-use crate::home::Node;
+use crate::node::Node;
 
 /// Arguments of `netsky status`.
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::output::{Ctx, emit};
 use crate::constellation::agents::{self, Desired, Heartbeat};
 use crate::constellation::{tmux_of, watchdog};
-use crate::home::Node;
+use crate::node::Node;
 
 /// How long `up` waits for a running tick to finish.
 pub const LOCK_WAIT: Duration = Duration::from_secs(30);

@@ -24,7 +24,8 @@ use time::OffsetDateTime;
 
 use super::tmux::Tmux;
 use crate::config::Config;
-use crate::home::{Home, Node};
+use crate::home::Home;
+use crate::node::Node;
 
 /// The tmux session the stand-alone heartbeat (`netsky ticker`) runs in.
 pub const TICKER_SESSION: &str = "netsky-ticker";

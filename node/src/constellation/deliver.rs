@@ -18,7 +18,7 @@ use std::time::Duration;
 use netsky_bus::{AgentName, Guard, Mailbox};
 
 use super::tmux::Tmux;
-use crate::home::Node;
+use crate::node::Node;
 
 /// How long a round waits for another holder of a mailbox lock.
 const LOCK_WAIT: Duration = Duration::from_millis(200);

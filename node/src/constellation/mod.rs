@@ -20,7 +20,7 @@ use netsky_bus::{AgentName, Mailbox, format_ts};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::home::Node;
+use crate::node::Node;
 use tmux::{Pane, Tmux};
 
 /// How long a tick waits for `up`, `down` or `restart` to finish before skipping.

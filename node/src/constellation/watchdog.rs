@@ -24,7 +24,7 @@ use time::{Duration, OffsetDateTime};
 use super::agents;
 use super::tmux::Tmux;
 use crate::escalation;
-use crate::home::Node;
+use crate::node::Node;
 
 /// The marker name of a suspected hang, as a file and in meta.db.
 pub const HANG_MARKER: &str = "hang-suspected";

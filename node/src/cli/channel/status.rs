@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::output::{Ctx, emit};
 use crate::daemon_state;
-use crate::home::Node;
+use crate::node::Node;
 
 #[derive(Serialize)]
 struct HistoryRow {
@@ -31,7 +31,7 @@ struct StatusOut {
 }
 
 /// Runs `netsky channel status ID`.
-pub fn status(ctx: &Ctx, node: &Node, id: ulid::Ulid) -> Result<ExitCode> {
+pub fn run(ctx: &Ctx, node: &Node, id: ulid::Ulid) -> Result<ExitCode> {
     let file = format!("{id}.json");
     let paths = node.home.mesh_paths();
     let history = history(node, &id.to_string());

@@ -1,4 +1,7 @@
-//! `netsky channel send | drain | ls`: the bus from the command line.
+//! `netsky channel send | status | drain | ls`: the bus from the command line.
+
+mod remote;
+mod status;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -13,7 +16,7 @@ use serde::Serialize;
 
 use crate::output::{Ctx, emit};
 use crate::constellation::agents;
-use crate::home::Node;
+use crate::node::Node;
 
 /// How long a drain waits for another holder of the mailbox lock.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -73,7 +76,7 @@ pub fn run(ctx: &Ctx, cmd: ChannelCmd) -> Result<ExitCode> {
             let wait = wait.then(|| Duration::from_secs(timeout.max(1)));
             send(ctx, &node, Outgoing { to, text, from, kind, in_reply_to }, wait)
         }
-        ChannelCmd::Status { id } => super::receipt::status(ctx, &node, id),
+        ChannelCmd::Status { id } => status::run(ctx, &node, id),
         ChannelCmd::Drain { agent, max } => drain(ctx, &node, agent, max),
         ChannelCmd::Ls { agent } => ls(ctx, &node, agent),
     }
@@ -110,7 +113,7 @@ fn read_text(text: String) -> Result<String> {
 
 #[derive(Serialize)]
 /// What `channel send` prints: the envelope and where it is now.
-pub(super) struct SendOut {
+struct SendOut {
     pub id: String,
     pub from: String,
     pub to: String,
@@ -165,7 +168,7 @@ fn send(ctx: &Ctx, node: &Node, o: Outgoing, wait: Option<Duration>) -> Result<E
         }
         Address::Agent { node: Some(n), .. } => {
             let env = Envelope::new(&node.key, o.kind, from, to.clone(), text, o.in_reply_to)?;
-            return super::remote::send(ctx, node, n, env, wait);
+            return remote::send(ctx, node, n, env, wait);
         }
         Address::Agent { node: None, .. } => bail!("address {to} has no node after qualification"),
     };

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use netsky_bus::{Envelope, NodeName};
 
-use super::channel::SendOut;
+use super::SendOut;
 use crate::output::{Ctx, emit};
 use crate::daemon_state;
-use crate::home::Node;
+use crate::node::Node;
 
 /// Queues `env` for node `target` and, with `wait`, waits for the outcome.
 pub fn send(
