@@ -22,7 +22,7 @@ use crate::config;
 use crate::daemon_state::{self, DaemonState};
 use crate::constellation::agents;
 use crate::node::Node;
-use crate::record::{Event, Recorder};
+use crate::record::{Event, EventKind, Recorder};
 use crate::ticker::{Ticker, Waker};
 
 /// Events waiting for the recorder thread; a full queue slows the mesh rather than losing evidence.
@@ -118,7 +118,7 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     };
     daemon_state::write(&node.home, &state)?;
     let started = format!("pid {} addrs {:?} mdns {}", state.pid, state.addrs, mesh.mdns());
-    let _ = tx.send(Some(events.event("daemon-started", None, None, Some(started))));
+    let _ = tx.send(Some(events.event(EventKind::DaemonStarted, None, None, Some(started))));
     let ready = Ready {
         name: state.name.clone(),
         node_id: state.node_id.clone(),
@@ -149,7 +149,7 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     if let Err(e) = daemon_state::write(&node.home, &stopped) {
         warn!(error = %e, "cannot mark the daemon stopped");
     }
-    let _ = tx.send(Some(events.event("daemon-stopped", None, None, None)));
+    let _ = tx.send(Some(events.event(EventKind::DaemonStopped, None, None, None)));
     // An explicit end: tasks that outlive the mesh may still hold senders.
     let _ = tx.send(None);
     let _ = rec_thread.join();
@@ -213,10 +213,10 @@ fn translate(r: &Recorder, e: MeshEvent) -> Vec<Event> {
     match e {
         MeshEvent::Received { peer, item } => {
             let (what, detail) = match &item.ack.outcome {
-                netsky_mesh::wire::Outcome::Stored => ("received", format!("from {peer}")),
-                netsky_mesh::wire::Outcome::Duplicate => ("duplicate", format!("from {peer}, already here")),
+                netsky_mesh::wire::Outcome::Stored => (EventKind::Received, format!("from {peer}")),
+                netsky_mesh::wire::Outcome::Duplicate => (EventKind::Duplicate, format!("from {peer}, already here")),
                 netsky_mesh::wire::Outcome::Refused { kind, reason } => {
-                    ("refused", format!("from {peer}: {kind}: {reason}"))
+                    (EventKind::Refused, format!("from {peer}: {kind}: {reason}"))
                 }
             };
             let mut ev = r.event(what, item.agent, item.env.as_ref(), Some(detail));
@@ -227,19 +227,19 @@ fn translate(r: &Recorder, e: MeshEvent) -> Vec<Event> {
         }
         MeshEvent::Acked { env, duplicate } => {
             let d = if duplicate { "the peer had it already" } else { "durable in the remote inbox" };
-            vec![r.event("acked", agent_of(&env), Some(&env), Some(d.into()))]
+            vec![r.event(EventKind::Acked, agent_of(&env), Some(&env), Some(d.into()))]
         }
         MeshEvent::RefusedByPeer { env, kind, reason } => {
-            vec![r.event("remote-refused", agent_of(&env), Some(&env), Some(format!("{kind}: {reason}")))]
+            vec![r.event(EventKind::RemoteRefused, agent_of(&env), Some(&env), Some(format!("{kind}: {reason}")))]
         }
         MeshEvent::RefusedLocally { file, kind, reason } => {
-            let mut ev = r.event("unsendable", None, None, Some(format!("{kind}: {reason}")));
+            let mut ev = r.event(EventKind::Unsendable, None, None, Some(format!("{kind}: {reason}")));
             ev.envelope = file.strip_suffix(".json").map(str::to_owned);
             vec![ev]
         }
         MeshEvent::Receipt { from, receipt } => {
             let mut ev = r.event(
-                "remote-delivered",
+                EventKind::RemoteDelivered,
                 receipt.agent.parse().ok(),
                 None,
                 Some(format!("{} by {from} at {}", receipt.how, receipt.at)),
@@ -248,26 +248,26 @@ fn translate(r: &Recorder, e: MeshEvent) -> Vec<Event> {
             vec![ev]
         }
         MeshEvent::CharterStored { epoch, from } => {
-            vec![r.event("charter", None, None, Some(format!("epoch {epoch} from {from}")))]
+            vec![r.event(EventKind::Charter, None, None, Some(format!("epoch {epoch} from {from}")))]
         }
         MeshEvent::CharterRefused { from, reason } => {
-            vec![r.event("charter-refused", None, None, Some(format!("from {from}: {reason}")))]
+            vec![r.event(EventKind::CharterRefused, None, None, Some(format!("from {from}: {reason}")))]
         }
         MeshEvent::ConnectionRefused { peer, reason } => {
-            vec![r.event("connection-refused", None, None, Some(format!("{peer}: {reason}")))]
+            vec![r.event(EventKind::ConnectionRefused, None, None, Some(format!("{peer}: {reason}")))]
         }
         MeshEvent::ProtocolError { peer, reason } => {
-            vec![r.event("protocol-error", None, None, Some(format!("{peer}: {reason}")))]
+            vec![r.event(EventKind::ProtocolError, None, None, Some(format!("{peer}: {reason}")))]
         }
-        MeshEvent::PeerReachable { name } => vec![r.event("peer-up", None, None, Some(name))],
+        MeshEvent::PeerReachable { name } => vec![r.event(EventKind::PeerUp, None, None, Some(name))],
         MeshEvent::PeerUnreachable { name, error } => {
-            vec![r.event("peer-down", None, None, Some(format!("{name}: {error}")))]
+            vec![r.event(EventKind::PeerDown, None, None, Some(format!("{name}: {error}")))]
         }
         MeshEvent::Joined { name, node_id, epoch } => {
-            vec![r.event("joined", None, None, Some(format!("{name} ({node_id}) at epoch {epoch}")))]
+            vec![r.event(EventKind::Joined, None, None, Some(format!("{name} ({node_id}) at epoch {epoch}")))]
         }
         MeshEvent::JoinRefused { remote, reason } => {
-            vec![r.event("join-refused", None, None, Some(format!("{remote}: {reason}")))]
+            vec![r.event(EventKind::JoinRefused, None, None, Some(format!("{remote}: {reason}")))]
         }
     }
 }

@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use ulid::Ulid;
 
 use crate::node::Node;
+use crate::record::EventKind;
 use crate::store::EscalationRow;
 
 /// One incident, as written to `state/escalations/<id>.json`.
@@ -54,7 +55,7 @@ pub fn raise(
     netsky_bus::write_durable(&dir, &format!("{}.json", e.id), &json)
         .with_context(|| format!("escalation {} not written", e.id))?;
     let rec = &node.recorder;
-    rec.record(&[rec.event("escalation-opened", agent, None, Some(format!("{}: {subject}", e.id)))]);
+    rec.record(&[rec.event(EventKind::EscalationOpened, agent, None, Some(format!("{}: {subject}", e.id)))]);
     rec.with_store(|s| {
         s.insert_escalation(&EscalationRow {
             id: &e.id,

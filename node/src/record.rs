@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use netsky_bus::{AgentName, Envelope, NodeName, format_ts};
+use netsky_bus::{AgentName, Claimed, Envelope, NodeName, Poisoned, format_ts};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -26,7 +26,7 @@ pub struct Event {
     pub ts: String,
     /// The node that saw it.
     pub node: String,
-    /// What happened: sent, claimed, delivered, adopted, poisoned, duplicate, ...
+    /// What happened: an [`EventKind`]'s name.
     pub event: &'static str,
     /// The mailbox involved.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -40,6 +40,161 @@ pub struct Event {
     /// The envelope itself, for the evidence and the database's `envelopes` table.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "envelope_json")]
     pub env: Option<Envelope>,
+}
+
+/// What an event says happened: the `event` field of a log line and of
+/// meta.db's `events` rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// An envelope was put into a local inbox.
+    Sent,
+    /// An envelope for another node was queued in the mesh outbox.
+    Queued,
+    /// An envelope was claimed from an inbox for delivery.
+    Claimed,
+    /// An envelope a crashed claimer left in `claimed/` was taken over.
+    Adopted,
+    /// An envelope reached its agent (pasted or drained).
+    Delivered,
+    /// A file in an inbox was refused by the guard and set aside.
+    Poisoned,
+    /// An envelope from another node was stored in a local inbox.
+    Received,
+    /// An envelope from another node was here already.
+    Duplicate,
+    /// An envelope from another node was refused here.
+    Refused,
+    /// A peer acknowledged an envelope as durable in its inbox.
+    Acked,
+    /// A peer refused an envelope this node sent.
+    RemoteRefused,
+    /// A peer's receipt says an envelope reached its agent.
+    RemoteDelivered,
+    /// An envelope in the outbox cannot be sent at all.
+    Unsendable,
+    /// A delivery receipt for the sender could not be spooled.
+    ReceiptFailed,
+    /// A charter was created, stored or amended.
+    Charter,
+    /// A charter offered by a peer was refused.
+    CharterRefused,
+    /// A join ticket was issued.
+    Invited,
+    /// A node joined the mesh through this root.
+    Joined,
+    /// A join attempt was refused.
+    JoinRefused,
+    /// A connection from a stranger or a revoked node was refused.
+    ConnectionRefused,
+    /// A peer broke the wire protocol.
+    ProtocolError,
+    /// A peer became reachable.
+    PeerUp,
+    /// A peer became unreachable.
+    PeerDown,
+    /// The daemon started.
+    DaemonStarted,
+    /// The daemon stopped cleanly.
+    DaemonStopped,
+    /// The heartbeat thread started.
+    TickerStarted,
+    /// The heartbeat thread stopped.
+    TickerStopped,
+    /// A heartbeat tick failed.
+    TickError,
+    /// `netsky up` started an agent.
+    Started,
+    /// `netsky down` stopped an agent.
+    Stopped,
+    /// An agent was restarted (by the watchdog or by hand).
+    Restarted,
+    /// Restarting an agent failed.
+    RestartFailed,
+    /// An agent crash-looped; its cooldown began.
+    CrashLoop,
+    /// An agent's pane stopped changing for too long.
+    HangSuspected,
+    /// A suspected hang ended.
+    HangCleared,
+    /// An agent's pane could not be read.
+    CaptureFailed,
+    /// Pasting an envelope into a pane failed; it stays claimed.
+    PasteFailed,
+    /// A delivery round for an agent failed.
+    DeliverError,
+    /// An escalation was raised.
+    EscalationOpened,
+    /// Settling a mailbox's journal recovered what crashed writers left.
+    JournalRecovered,
+    /// Settling a mailbox's journal failed.
+    JournalError,
+    /// meta.db became unavailable; the logs go on alone.
+    StoreError,
+}
+
+impl EventKind {
+    /// Every kind, so a name read back from disk can be matched.
+    const ALL: [EventKind; 42] = [EventKind::Sent, EventKind::Queued, EventKind::Claimed, EventKind::Adopted, EventKind::Delivered, EventKind::Poisoned, EventKind::Received, EventKind::Duplicate, EventKind::Refused, EventKind::Acked, EventKind::RemoteRefused, EventKind::RemoteDelivered, EventKind::Unsendable, EventKind::ReceiptFailed, EventKind::Charter, EventKind::CharterRefused, EventKind::Invited, EventKind::Joined, EventKind::JoinRefused, EventKind::ConnectionRefused, EventKind::ProtocolError, EventKind::PeerUp, EventKind::PeerDown, EventKind::DaemonStarted, EventKind::DaemonStopped, EventKind::TickerStarted, EventKind::TickerStopped, EventKind::TickError, EventKind::Started, EventKind::Stopped, EventKind::Restarted, EventKind::RestartFailed, EventKind::CrashLoop, EventKind::HangSuspected, EventKind::HangCleared, EventKind::CaptureFailed, EventKind::PasteFailed, EventKind::DeliverError, EventKind::EscalationOpened, EventKind::JournalRecovered, EventKind::JournalError, EventKind::StoreError];
+
+    /// The name written to the logs and meta.db. Never change one: queries,
+    /// tests and users match on them, and old logs keep the old names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Sent => "sent",
+            EventKind::Queued => "queued",
+            EventKind::Claimed => "claimed",
+            EventKind::Adopted => "adopted",
+            EventKind::Delivered => "delivered",
+            EventKind::Poisoned => "poisoned",
+            EventKind::Received => "received",
+            EventKind::Duplicate => "duplicate",
+            EventKind::Refused => "refused",
+            EventKind::Acked => "acked",
+            EventKind::RemoteRefused => "remote-refused",
+            EventKind::RemoteDelivered => "remote-delivered",
+            EventKind::Unsendable => "unsendable",
+            EventKind::ReceiptFailed => "receipt-failed",
+            EventKind::Charter => "charter",
+            EventKind::CharterRefused => "charter-refused",
+            EventKind::Invited => "invited",
+            EventKind::Joined => "joined",
+            EventKind::JoinRefused => "join-refused",
+            EventKind::ConnectionRefused => "connection-refused",
+            EventKind::ProtocolError => "protocol-error",
+            EventKind::PeerUp => "peer-up",
+            EventKind::PeerDown => "peer-down",
+            EventKind::DaemonStarted => "daemon-started",
+            EventKind::DaemonStopped => "daemon-stopped",
+            EventKind::TickerStarted => "ticker-started",
+            EventKind::TickerStopped => "ticker-stopped",
+            EventKind::TickError => "tick-error",
+            EventKind::Started => "started",
+            EventKind::Stopped => "stopped",
+            EventKind::Restarted => "restarted",
+            EventKind::RestartFailed => "restart-failed",
+            EventKind::CrashLoop => "crash-loop",
+            EventKind::HangSuspected => "hang-suspected",
+            EventKind::HangCleared => "hang-cleared",
+            EventKind::CaptureFailed => "capture-failed",
+            EventKind::PasteFailed => "paste-failed",
+            EventKind::DeliverError => "deliver-error",
+            EventKind::EscalationOpened => "escalation-opened",
+            EventKind::JournalRecovered => "journal-recovered",
+            EventKind::JournalError => "journal-error",
+            EventKind::StoreError => "store-error",
+        }
+    }
+
+    /// The kind named `name` (as read back from a log or meta.db), if it is one.
+    pub fn parse(name: &str) -> Option<EventKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl From<EventKind> for &'static str {
+    fn from(k: EventKind) -> &'static str {
+        k.as_str()
+    }
 }
 
 /// How long catching up waits after finding meta.db busy at open.
@@ -89,10 +244,13 @@ impl Recorder {
         Recorder { index: true, ..Recorder::new(home, node) }
     }
 
-    /// A new event about `env` (if any) in `agent`'s mailbox.
+    /// A new event of `kind` about `env` (if any) in `agent`'s mailbox.
+    ///
+    /// `kind` is an [`EventKind`]; a bare name is taken too, only because
+    /// ticker.rs still spells its four events out (each one is in the enum).
     pub fn event(
         &self,
-        event: &'static str,
+        kind: impl Into<&'static str>,
         agent: Option<AgentName>,
         env: Option<&Envelope>,
         detail: Option<String>,
@@ -100,7 +258,7 @@ impl Recorder {
         Event {
             ts: format_ts(OffsetDateTime::now_utc()),
             node: self.node.to_string(),
-            event,
+            event: kind.into(),
             agent: agent.map(|a| a.to_string()),
             envelope: env.map(|e| e.id.to_string()),
             detail,
@@ -121,11 +279,24 @@ impl Recorder {
                     "{} laid out again after a crashed writer, {} restored after a restart, {} unreadable journals set aside, {} written again after a failed writeback",
                     s.relaid, s.restored, s.bad, s.rewritten
                 );
-                Some(self.event("journal-recovered", Some(agent), None, Some(what)))
+                Some(self.event(EventKind::JournalRecovered, Some(agent), None, Some(what)))
             }
             Ok(_) | Err(netsky_bus::BusError::Busy { .. }) => None,
-            Err(e) => Some(self.event("journal-error", Some(agent), None, Some(e.to_string()))),
+            Err(e) => Some(self.event(EventKind::JournalError, Some(agent), None, Some(e.to_string()))),
         }
+    }
+
+    /// The events of one claim from `agent`'s mailbox, in order: each file
+    /// the guard refused, then each envelope claimed (or adopted from a crashed claimer).
+    pub fn claim_events(&self, agent: AgentName, poisoned: &[Poisoned], claimed: &[Claimed]) -> Vec<Event> {
+        let refused = poisoned.iter().map(|p| {
+            self.event(EventKind::Poisoned, Some(agent), None, Some(format!("{}: {}", p.file, p.refusal)))
+        });
+        let taken = claimed.iter().map(|c| {
+            let kind = if c.adopted { EventKind::Adopted } else { EventKind::Claimed };
+            self.event(kind, Some(agent), Some(&c.env), None)
+        });
+        refused.chain(taken).collect()
     }
 
     /// Records events: log lines first; an indexing recorder then catches meta.db up.
@@ -199,7 +370,7 @@ impl Recorder {
 
     fn store_unavailable(&self, why: &str) {
         tracing::warn!(db = %self.db.display(), error = why, "meta.db unavailable; the bus goes on, the log has every event");
-        let ev = self.event("store-error", None, None, Some(why.to_string()));
+        let ev = self.event(EventKind::StoreError, None, None, Some(why.to_string()));
         let _ = self.append_log(std::slice::from_ref(&ev));
     }
 
@@ -214,5 +385,18 @@ impl Recorder {
         let mut f = OpenOptions::new().create(true).append(true).open(path)?;
         // One write per batch: O_APPEND keeps concurrent writers' lines whole.
         f.write_all(&buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventKind;
+
+    #[test]
+    fn every_event_name_is_distinct_and_reads_back_as_its_kind() {
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k), "{k:?}");
+        }
+        assert_eq!(EventKind::parse("no-such-event"), None);
     }
 }

@@ -11,6 +11,7 @@ use crate::output::{Ctx, emit};
 use crate::constellation::agents::{self, TICKER_SESSION};
 use crate::constellation::tmux_of;
 use crate::node::Node;
+use crate::record::EventKind;
 
 /// Arguments of `netsky down`.
 #[derive(Debug, Args)]
@@ -38,7 +39,7 @@ pub fn run(ctx: &Ctx, _a: DownArgs) -> Result<ExitCode> {
         {
             stopped.push(name.clone());
             let rec = &node.recorder;
-            rec.record(&[rec.event("stopped", Some(agent), None, Some("netsky down".into()))]);
+            rec.record(&[rec.event(EventKind::Stopped, Some(agent), None, Some("netsky down".into()))]);
         }
     }
     drop(lock);

@@ -16,6 +16,7 @@ use crate::output::{Ctx, emit};
 use crate::daemon::relay_of;
 use crate::daemon_state;
 use crate::node::Node;
+use crate::record::EventKind;
 
 /// `netsky mesh ...`
 #[derive(Debug, Subcommand)]
@@ -142,7 +143,7 @@ fn init(ctx: &Ctx, node: &Node, mesh: String) -> Result<ExitCode> {
     .sign(&mk)?;
     charter_file::store(&paths, &lock, &c)?;
     node.recorder.record(&[node.recorder.event(
-        "charter",
+        EventKind::Charter,
         None,
         None,
         Some(format!("mesh {mesh} created, epoch 1")),
@@ -197,7 +198,7 @@ fn invite(ctx: &Ctx, node: &Node, name: NodeName, ttl: Duration) -> Result<ExitC
     )?;
     let ticket = body.sign(&mk).encode();
     node.recorder.record(&[node.recorder.event(
-        "invited",
+        EventKind::Invited,
         None,
         None,
         Some(format!("{name}, expires {expires}")),
@@ -239,7 +240,7 @@ fn join(ctx: &Ctx, node: &Node, text: &str) -> Result<ExitCode> {
     paths.create()?;
     let d = charter_file::offer(&paths, &c)?;
     let detail = format!("joined mesh {} at epoch {} ({d:?})", c.charter.mesh, c.charter.epoch);
-    node.recorder.record(&[node.recorder.event("charter", None, None, Some(detail))]);
+    node.recorder.record(&[node.recorder.event(EventKind::Charter, None, None, Some(detail))]);
     #[derive(Serialize)]
     struct Out {
         mesh: String,
@@ -382,7 +383,7 @@ fn remove(ctx: &Ctx, node: &Node, name: NodeName) -> Result<ExitCode> {
         Ok(())
     })?;
     let detail = format!("{name} revoked at epoch {}", new.charter.epoch);
-    node.recorder.record(&[node.recorder.event("charter", None, None, Some(detail.clone()))]);
+    node.recorder.record(&[node.recorder.event(EventKind::Charter, None, None, Some(detail.clone()))]);
     #[derive(Serialize)]
     struct Out {
         removed: String,
@@ -455,7 +456,7 @@ fn promote(ctx: &Ctx, node: &Node, name: NodeName) -> Result<ExitCode> {
     charter_file::finish_handover(&paths, &lock, &signed)?;
     drop(lock);
     let detail = format!("root handed to {name} at epoch {}", signed.charter.epoch);
-    node.recorder.record(&[node.recorder.event("charter", None, None, Some(detail.clone()))]);
+    node.recorder.record(&[node.recorder.event(EventKind::Charter, None, None, Some(detail.clone()))]);
     #[derive(Serialize)]
     struct Out {
         root: String,

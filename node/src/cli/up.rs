@@ -11,6 +11,7 @@ use crate::output::{Ctx, emit};
 use crate::constellation::agents::{self, Desired, Heartbeat};
 use crate::constellation::{tmux_of, watchdog};
 use crate::node::Node;
+use crate::record::EventKind;
 
 /// How long `up` waits for a running tick to finish.
 pub const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -105,7 +106,7 @@ pub fn run(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
                 watchdog::forgive(&node, agent)?;
                 agents::start_agent(&node, &tmux, agent, desired.clones)?;
                 let rec = &node.recorder;
-                rec.record(&[rec.event("started", Some(agent), None, Some("netsky up".into()))]);
+                rec.record(&[rec.event(EventKind::Started, Some(agent), None, Some("netsky up".into()))]);
                 out.started.push(name);
             }
         }

@@ -19,6 +19,7 @@ use netsky_bus::{AgentName, Guard, Mailbox};
 
 use super::tmux::Tmux;
 use crate::node::Node;
+use crate::record::EventKind;
 
 /// How long a round waits for another holder of a mailbox lock.
 const LOCK_WAIT: Duration = Duration::from_millis(200);
@@ -55,7 +56,7 @@ pub fn deliver(node: &Node, tmux: &Tmux, live: &BTreeSet<AgentName>) -> Delivere
             Err(e) => {
                 total.failed += 1;
                 let rec = &node.recorder;
-                rec.record(&[rec.event("deliver-error", Some(agent), None, Some(format!("{e:#}")))]);
+                rec.record(&[rec.event(EventKind::DeliverError, Some(agent), None, Some(format!("{e:#}")))]);
             }
         }
     }
@@ -82,17 +83,7 @@ fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Del
     // nothing to say); a failing settle is the tick's to report, once a tick.
     let mut events: Vec<_> =
         if settled.is_ok() { rec.settled(agent, &settled).into_iter().collect() } else { Vec::new() };
-    for p in &poisoned {
-        events.push(rec.event("poisoned", Some(agent), None, Some(format!("{}: {}", p.file, p.refusal))));
-    }
-    for c in &claimed {
-        events.push(rec.event(
-            if c.adopted { "adopted" } else { "claimed" },
-            Some(agent),
-            Some(&c.env),
-            None,
-        ));
-    }
+    events.extend(rec.claim_events(agent, &poisoned, &claimed));
     rec.record(&events);
     out.poisoned = poisoned.len();
     let scratch = node.home.state_dir().join("paste");
@@ -101,16 +92,16 @@ fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Del
         let buffer = format!("netsky-{}", c.env.id);
         if let Err(e) = tmux.paste(&session, &buffer, &c.env.render_channel(), &scratch) {
             out.failed += 1;
-            rec.record(&[rec.event("paste-failed", Some(agent), Some(&c.env), Some(format!("{e:#}")))]);
+            rec.record(&[rec.event(EventKind::PasteFailed, Some(agent), Some(&c.env), Some(format!("{e:#}")))]);
             break;
         }
         // One at a time: a later failure must not leave a pasted envelope claimed.
         mailbox.deliver(&lock, std::slice::from_ref(c))?;
         out.delivered += 1;
         if let Err(e) = crate::receipts::spool(node, agent, "pasted", &[&c.env]) {
-            rec.record(&[rec.event("receipt-failed", Some(agent), Some(&c.env), Some(format!("{e:#}")))]);
+            rec.record(&[rec.event(EventKind::ReceiptFailed, Some(agent), Some(&c.env), Some(format!("{e:#}")))]);
         }
-        rec.record(&[rec.event("delivered", Some(agent), Some(&c.env), Some("pasted into pane".into()))]);
+        rec.record(&[rec.event(EventKind::Delivered, Some(agent), Some(&c.env), Some("pasted into pane".into()))]);
     }
     Ok(out)
 }

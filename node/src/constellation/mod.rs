@@ -21,6 +21,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::node::Node;
+use crate::record::EventKind;
 use tmux::{Pane, Tmux};
 
 /// How long a tick waits for `up`, `down` or `restart` to finish before skipping.
@@ -75,7 +76,7 @@ pub fn tick(node: &Node) -> Result<TickReport> {
             Ok(None) => {}
             Err(e) => {
                 let rec = &node.recorder;
-                rec.record(&[rec.event("capture-failed", Some(agent), None, Some(format!("{e:#}")))]);
+                rec.record(&[rec.event(EventKind::CaptureFailed, Some(agent), None, Some(format!("{e:#}")))]);
             }
         }
     }

@@ -25,6 +25,7 @@ use super::agents;
 use super::tmux::Tmux;
 use crate::escalation;
 use crate::node::Node;
+use crate::record::EventKind;
 
 /// The marker name of a suspected hang, as a file and in meta.db.
 pub const HANG_MARKER: &str = "hang-suspected";
@@ -167,7 +168,7 @@ pub fn revive(node: &Node, tmux: &Tmux, agent: AgentName, clones: u16) -> Result
         );
         let rec = &node.recorder;
         rec.record(&[rec.event(
-            "crash-loop",
+            EventKind::CrashLoop,
             Some(agent),
             None,
             Some(format!("cooldown until {}", ts(until))),
@@ -204,8 +205,8 @@ fn restart(
     forget_pane(node, agent, "restarted");
     let rec = &node.recorder;
     let (outcome, ev, detail) = match &result {
-        Ok(()) => (Revival::Restarted, "restarted", reason.to_string()),
-        Err(e) => (Revival::Failed(format!("{e:#}")), "restart-failed", format!("{reason}: {e:#}")),
+        Ok(()) => (Revival::Restarted, EventKind::Restarted, reason.to_string()),
+        Err(e) => (Revival::Failed(format!("{e:#}")), EventKind::RestartFailed, format!("{reason}: {e:#}")),
     };
     rec.record(&[rec.event(ev, Some(agent), None, Some(detail.clone()))]);
     let ok = result.is_ok();
@@ -254,7 +255,7 @@ fn clear_hang(node: &Node, agent: AgentName, why: &str) {
     if std::fs::remove_file(&p).is_ok() {
         let _ = netsky_bus::fsync_dir(&dir(node, agent));
         let rec = &node.recorder;
-        rec.record(&[rec.event("hang-cleared", Some(agent), None, Some(why.to_string()))]);
+        rec.record(&[rec.event(EventKind::HangCleared, Some(agent), None, Some(why.to_string()))]);
         marker_row(node, agent, HANG_MARKER, false, Some(why));
     }
 }
@@ -284,7 +285,7 @@ pub fn observe(node: &Node, agent: AgentName, content: &[u8]) -> Result<()> {
     let quiet = (now - changed).whole_seconds();
     let rec = &node.recorder;
     rec.record(&[rec.event(
-        "hang-suspected",
+        EventKind::HangSuspected,
         Some(agent),
         None,
         Some(format!("no output change for {quiet} s")),

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::output::{Ctx, emit};
 use crate::constellation::agents;
 use crate::node::Node;
+use crate::record::EventKind;
 
 /// How long a drain waits for another holder of the mailbox lock.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -179,7 +180,7 @@ fn send(ctx: &Ctx, node: &Node, o: Outgoing, wait: Option<Duration>) -> Result<E
         PutOutcome::Stored => "inbox",
         PutOutcome::Duplicate => "duplicate",
     };
-    node.recorder.record(&[node.recorder.event("sent", Some(target), Some(&env), None)]);
+    node.recorder.record(&[node.recorder.event(EventKind::Sent, Some(target), Some(&env), None)]);
     let out = SendOut::new(&env, state);
     emit(ctx, &out, || out.id.clone())?;
     Ok(ExitCode::SUCCESS)
@@ -222,13 +223,7 @@ fn drain(ctx: &Ctx, node: &Node, agent: AgentName, max: usize) -> Result<ExitCod
     let mut events: Vec<_> = rec.settled(agent, &mailbox.settle(&lock)).into_iter().collect();
     let netsky_bus::Claim { claimed, poisoned, settled } = mailbox.claim(&lock, &guard, max)?;
     events.extend(rec.settled(agent, &settled));
-    for p in &poisoned {
-        events.push(rec.event("poisoned", Some(agent), None, Some(format!("{}: {}", p.file, p.refusal))));
-    }
-    for c in &claimed {
-        let what = if c.adopted { "adopted" } else { "claimed" };
-        events.push(rec.event(what, Some(agent), Some(&c.env), None));
-    }
+    events.extend(rec.claim_events(agent, &poisoned, &claimed));
     rec.record(&events);
     for p in &poisoned {
         eprintln!("netsky: refused {} in {agent}'s inbox: {}", p.file, p.refusal);
@@ -267,7 +262,7 @@ fn drain(ctx: &Ctx, node: &Node, agent: AgentName, max: usize) -> Result<ExitCod
         eprintln!("netsky: delivered, but the receipts for the senders could not be spooled: {e:#}");
     }
     let events: Vec<_> =
-        claimed.iter().map(|c| rec.event("delivered", Some(agent), Some(&c.env), None)).collect();
+        claimed.iter().map(|c| rec.event(EventKind::Delivered, Some(agent), Some(&c.env), None)).collect();
     rec.record(&events);
     Ok(ExitCode::SUCCESS)
 }

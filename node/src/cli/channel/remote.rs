@@ -12,6 +12,7 @@ use super::SendOut;
 use crate::output::{Ctx, emit};
 use crate::daemon_state;
 use crate::node::Node;
+use crate::record::EventKind;
 
 /// Queues `env` for node `target` and, with `wait`, waits for the outcome.
 pub fn send(
@@ -35,7 +36,7 @@ pub fn send(
         .write_outbox(&[(file.clone(), env.to_json())])
         .map_err(|e| anyhow::anyhow!("envelope {} not sent: {e}", env.id))?;
     node.recorder.record(&[node.recorder.event(
-        "queued",
+        EventKind::Queued,
         env.to.agent_name(),
         Some(&env),
         Some(format!("for {target}")),

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::output::{Ctx, emit};
 use crate::daemon_state;
 use crate::node::Node;
+use crate::record::EventKind;
 
 #[derive(Serialize)]
 struct HistoryRow {
@@ -76,17 +77,15 @@ pub fn run(ctx: &Ctx, node: &Node, id: ulid::Ulid) -> Result<ExitCode> {
         out.state = "acked".into();
         out.to = Some(env.to.to_string());
         out.detail = Some(format!("durable in {}'s inbox; no delivery receipt yet", env.to));
-    } else if let Some(h) = out
-        .history
-        .iter()
-        .rev()
-        .find(|h| matches!(h.event.as_str(), "remote-delivered" | "acked" | "remote-refused"))
-    {
-        let (state, detail) = match h.event.as_str() {
-            "remote-delivered" => ("delivered", h.detail.clone()),
-            "acked" => ("acked", h.detail.clone()),
-            _ => ("refused", h.detail.clone()),
+    } else if let Some((state, detail)) = out.history.iter().rev().find_map(|h| {
+        let state = match EventKind::parse(&h.event)? {
+            EventKind::RemoteDelivered => "delivered",
+            EventKind::Acked => "acked",
+            EventKind::RemoteRefused => "refused",
+            _ => return None,
         };
+        Some((state, h.detail.clone()))
+    }) {
         out.state = state.into();
         out.detail = detail;
     } else if let Some((agent, folder)) = find_local(node, &file)? {
