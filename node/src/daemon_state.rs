@@ -37,13 +37,9 @@ pub struct DaemonLock {
     _lock: netsky_bus::FileLock,
 }
 
-fn lock_path(home: &Home) -> std::path::PathBuf {
-    home.state_dir().join(".daemon.lock")
-}
-
 /// Takes the daemon lock, or says which daemon holds it.
 pub fn acquire(home: &Home) -> Result<DaemonLock> {
-    let p = lock_path(home);
+    let p = home.daemon_lock_path();
     std::fs::create_dir_all(home.state_dir())?;
     // A short wait: `is_running` probes the lock for an instant, and a
     // daemon starting at that instant must not take the probe for a rival.
@@ -60,7 +56,7 @@ pub fn acquire(home: &Home) -> Result<DaemonLock> {
 
 /// Whether a daemon holds the lock of this home right now.
 pub fn is_running(home: &Home) -> bool {
-    netsky_bus::is_locked(&lock_path(home))
+    netsky_bus::is_locked(&home.daemon_lock_path())
 }
 
 /// The last `state/node.json` written, if any (running or not).
@@ -84,6 +80,6 @@ pub fn running(home: &Home) -> Option<DaemonState> {
 pub fn write(home: &Home, s: &DaemonState) -> Result<()> {
     let mut json = serde_json::to_vec_pretty(s)?;
     json.push(b'\n');
-    netsky_bus::write_durable(&home.state_dir(), "node.json", &json)?;
+    crate::home::write_durable(&home.node_state_path(), &json)?;
     Ok(())
 }

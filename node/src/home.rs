@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use netsky_bus::{AgentName, Layout};
 
 /// A home directory and its well-known paths.
@@ -50,10 +50,6 @@ impl Home {
     pub fn node_key_path(&self) -> PathBuf {
         self.keys_dir().join("node.key")
     }
-    /// `keys/mesh.key`
-    pub fn mesh_key_path(&self) -> PathBuf {
-        self.keys_dir().join("mesh.key")
-    }
     /// `logs/`
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")
@@ -70,6 +66,10 @@ impl Home {
     pub fn prompts_dir(&self) -> PathBuf {
         self.state_dir().join("prompts")
     }
+    /// `state/prompts/<agent>.md`: the prompt `agent` last started with.
+    pub fn prompt_path(&self, agent: AgentName) -> PathBuf {
+        self.prompts_dir().join(format!("{agent}.md"))
+    }
     /// `state/agents/<agent>/`: the watchdog's markers for one agent.
     pub fn agent_state_dir(&self, agent: AgentName) -> PathBuf {
         self.state_dir().join("agents").join(agent.to_string())
@@ -85,6 +85,30 @@ impl Home {
     /// `state/node.json`
     pub fn node_state_path(&self) -> PathBuf {
         self.state_dir().join("node.json")
+    }
+    /// `state/.daemon.lock`: held by the running daemon for its whole life.
+    pub fn daemon_lock_path(&self) -> PathBuf {
+        self.state_dir().join(".daemon.lock")
+    }
+    /// `state/constellation.json`: what `netsky up N` last asked for.
+    pub fn desired_path(&self) -> PathBuf {
+        self.state_dir().join("constellation.json")
+    }
+    /// `state/constellation-down`: present while the constellation is down on purpose.
+    pub fn down_mark_path(&self) -> PathBuf {
+        self.state_dir().join("constellation-down")
+    }
+    /// `state/constellation.lock`: serialises `up`, `down`, `restart` and the tick.
+    pub fn constellation_lock_path(&self) -> PathBuf {
+        self.state_dir().join("constellation.lock")
+    }
+    /// `state/tick.json`: the heartbeat's last beat.
+    pub fn tick_path(&self) -> PathBuf {
+        self.state_dir().join("tick.json")
+    }
+    /// `state/paste/`: scratch files for pasting envelopes into panes.
+    pub fn paste_dir(&self) -> PathBuf {
+        self.state_dir().join("paste")
     }
     /// The mesh's view of this home.
     pub fn mesh_paths(&self) -> netsky_mesh::MeshPaths {
@@ -113,4 +137,13 @@ impl Home {
         }
         Ok(())
     }
+}
+
+/// Writes `bytes` durably to `path`, one of [`Home`]'s files, so that each
+/// file's place is spelled once, by its `Home` method.
+pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        bail!("{} names no file in a folder", path.display());
+    };
+    Ok(netsky_bus::write_durable(dir, name, bytes)?)
 }

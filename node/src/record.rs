@@ -376,7 +376,7 @@ impl Recorder {
 
     fn append_log(&self, events: &[Event]) -> std::io::Result<()> {
         let day = OffsetDateTime::now_utc().date();
-        let path = self.logs.join(format!("events-{day}.jsonl"));
+        let path = self.logs.join(crate::store::log_file_name(day));
         let mut buf = Vec::with_capacity(events.len() * 200);
         for e in events {
             serde_json::to_writer(&mut buf, e).map_err(std::io::Error::other)?;

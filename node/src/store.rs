@@ -25,6 +25,8 @@ use rusqlite::{Connection, OpenFlags, params};
 use netsky_bus::Envelope;
 use rusqlite::OptionalExtension;
 
+use crate::home::Home;
+
 /// Forward migrations; entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     // 1: envelopes and their lifecycle events.
@@ -241,15 +243,15 @@ pub struct CaughtUp {
 /// meta.db before it answers; the daemon reads the rest.
 pub const REFRESH_BUDGET: u64 = 64 << 20;
 
-/// Brings meta.db up to date with the logs before it is read (up to
-/// [`REFRESH_BUDGET`]). A failure (locked, damaged, newer schema) is a
+/// Brings `home`'s meta.db up to date with its logs before it is read (up
+/// to [`REFRESH_BUDGET`]). A failure (locked, damaged, newer schema) is a
 /// warning: the logs stay the truth.
-pub fn refresh(db: &Path) {
-    let logs = logs_of(db);
+pub fn refresh(home: &Home) {
+    let (db, logs) = (home.db_path(), home.logs_dir());
     if !logs.is_dir() {
         return;
     }
-    match Store::open(db).and_then(|mut s| s.catch_up(&logs, REFRESH_BUDGET)) {
+    match Store::open(&db).and_then(|mut s| s.catch_up(&logs, REFRESH_BUDGET)) {
         Ok(c) if c.behind => tracing::warn!(
             db = %db.display(),
             "meta.db is far behind the event logs; this answer misses the newest events (the daemon catches up)"
@@ -296,10 +298,20 @@ fn offset_after(path: &Path, ts: &str) -> Result<u64> {
     }
 }
 
-/// The logs folder beside `meta.db`.
+/// The logs folder beside `meta.db`: a store knows only its own path, and a
+/// home keeps the two side by side (see `Home::logs_dir`).
 fn logs_of(db: &Path) -> std::path::PathBuf {
     db.with_file_name("logs")
 }
+
+/// The event log of `day`: `events-YYYY-MM-DD.jsonl`.
+pub fn log_file_name(day: time::Date) -> String {
+    format!("{LOG_PREFIX}{day}{LOG_SUFFIX}")
+}
+
+/// How event logs are named: the prefix and suffix around the day.
+const LOG_PREFIX: &str = "events-";
+const LOG_SUFFIX: &str = ".jsonl";
 
 /// The event logs in `logs` (`events-*.jsonl`), oldest first, with their lengths.
 fn log_files(logs: &Path) -> Vec<(String, u64)> {
@@ -309,7 +321,7 @@ fn log_files(logs: &Path) -> Vec<(String, u64)> {
         .filter_map(|e| {
             let name = e.file_name().to_str()?.to_owned();
             let meta = e.metadata().ok()?;
-            (name.starts_with("events-") && name.ends_with(".jsonl") && meta.is_file())
+            (name.starts_with(LOG_PREFIX) && name.ends_with(LOG_SUFFIX) && meta.is_file())
                 .then_some((name, meta.len()))
         })
         .collect();

@@ -8,8 +8,7 @@ use netsky_bus::AgentName;
 use serde::Serialize;
 
 use crate::output::{Ctx, emit};
-use crate::constellation::agents::{self, TICKER_SESSION};
-use crate::constellation::tmux_of;
+use crate::constellation::agents::{self, TICKER_SESSION, tmux_of};
 use crate::node::Node;
 use crate::record::EventKind;
 
@@ -52,7 +51,7 @@ pub fn run(ctx: &Ctx, _a: DownArgs) -> Result<ExitCode> {
             _ => format!("constellation of {} down: stopped {}", out.node, out.stopped.join(", ")),
         };
         if out.ticker_stopped {
-            s.push_str("\nheartbeat (netsky-ticker) stopped");
+            s.push_str(&format!("\nheartbeat ({TICKER_SESSION}) stopped"));
         }
         s
     })?;

@@ -46,7 +46,7 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
     home.create_dirs()?;
     let cfg = Config::new(a.name, a.listen, a.relay);
     let key = netsky_keys::create_key_file(&key_path)?;
-    netsky_bus::write_durable(home.root(), "config.toml", cfg.to_toml().as_bytes())
+    crate::home::write_durable(&home.config_path(), cfg.to_toml().as_bytes())
         .with_context(|| format!("cannot write the config into {}", home.root().display()))?;
     let out = Out {
         name: cfg.node.name.to_string(),

@@ -32,7 +32,7 @@ pub fn run(ctx: &Ctx, cmd: KeysCmd) -> Result<ExitCode> {
             let out = Out {
                 name: node.config.node.name.to_string(),
                 node_id: node.key.public().to_string(),
-                mesh_key: node.home.mesh_key_path().exists(),
+                mesh_key: node.home.mesh_paths().mesh_key().exists(),
                 home: node.home.root().display().to_string(),
             };
             emit(ctx, &out, || {

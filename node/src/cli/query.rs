@@ -38,7 +38,7 @@ pub struct QueryArgs {
 
 /// Runs `netsky query`.
 pub fn run(ctx: &Ctx, a: QueryArgs) -> Result<ExitCode> {
-    crate::store::refresh(&ctx.home.db_path());
+    crate::store::refresh(&ctx.home);
     let conn = open_read_only(&ctx.home.db_path())?;
     let deadline = Instant::now() + QUERY_TIMEOUT;
     conn.progress_handler(10_000, Some(move || Instant::now() > deadline));

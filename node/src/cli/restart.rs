@@ -8,8 +8,8 @@ use netsky_bus::AgentName;
 use serde::Serialize;
 
 use crate::output::{Ctx, emit};
-use crate::constellation::agents;
-use crate::constellation::{tmux_of, watchdog};
+use crate::constellation::agents::{self, tmux_of};
+use crate::constellation::watchdog;
 use crate::node::Node;
 
 /// Arguments of `netsky restart`.

@@ -20,7 +20,7 @@ pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<ExitCode> {
     emit(ctx, &st, || {
         let hb = match st.heartbeat {
             Some(constellation::agents::Heartbeat::Daemon) => "daemon",
-            Some(constellation::agents::Heartbeat::Ticker) => "netsky-ticker",
+            Some(constellation::agents::Heartbeat::Ticker) => constellation::agents::TICKER_SESSION,
             None => "none",
         };
         let mut s = format!(

@@ -8,8 +8,8 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::output::{Ctx, emit};
-use crate::constellation::agents::{self, Desired, Heartbeat};
-use crate::constellation::{tmux_of, watchdog};
+use crate::constellation::agents::{self, Desired, Heartbeat, TICKER_SESSION, tmux_of};
+use crate::constellation::watchdog;
 use crate::node::Node;
 use crate::record::EventKind;
 
@@ -124,9 +124,9 @@ pub fn run(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
             s.push_str(&format!("\nstopped (beyond agent{}): {}", desired.clones, out.stopped.join(", ")));
         }
         let hb = match (out.heartbeat, out.heartbeat_started) {
-            (Heartbeat::Daemon, _) => "the running daemon",
-            (Heartbeat::Ticker, true) => "started in tmux session netsky-ticker",
-            (Heartbeat::Ticker, false) => "tmux session netsky-ticker (already running)",
+            (Heartbeat::Daemon, _) => "the running daemon".to_string(),
+            (Heartbeat::Ticker, true) => format!("started in tmux session {TICKER_SESSION}"),
+            (Heartbeat::Ticker, false) => format!("tmux session {TICKER_SESSION} (already running)"),
         };
         s.push_str(&format!("\nheartbeat: {hb}"));
         s

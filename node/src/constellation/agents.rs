@@ -66,17 +66,9 @@ impl Desired {
     }
 }
 
-fn desired_path(home: &Home) -> PathBuf {
-    home.state_dir().join("constellation.json")
-}
-
-fn down_path(home: &Home) -> PathBuf {
-    home.state_dir().join("constellation-down")
-}
-
 /// What the last `up` asked for, if `up` ever ran.
 pub fn load_desired(home: &Home) -> Result<Option<Desired>> {
-    let p = desired_path(home);
+    let p = home.desired_path();
     match std::fs::read(&p) {
         Ok(b) => {
             serde_json::from_slice(&b).map(Some).with_context(|| format!("cannot parse {}", p.display()))
@@ -95,25 +87,25 @@ pub fn answered_for(home: &Home, config: &Config) -> Desired {
 /// Records what `up` asked for.
 pub fn save_desired(home: &Home, d: Desired) -> Result<()> {
     let bytes = serde_json::to_vec(&d).context("desired set to JSON")?;
-    netsky_bus::write_durable(&home.state_dir(), "constellation.json", &bytes)?;
+    crate::home::write_durable(&home.desired_path(), &bytes)?;
     Ok(())
 }
 
 /// Whether the constellation was intentionally brought down.
 pub fn is_down(home: &Home) -> bool {
-    down_path(home).symlink_metadata().is_ok()
+    home.down_mark_path().symlink_metadata().is_ok()
 }
 
 /// Marks the constellation intentionally down, durably, so nothing revives it.
 pub fn mark_down(home: &Home) -> Result<()> {
     let line = format!("{}\n", format_ts(OffsetDateTime::now_utc()));
-    netsky_bus::write_durable(&home.state_dir(), "constellation-down", line.as_bytes())?;
+    crate::home::write_durable(&home.down_mark_path(), line.as_bytes())?;
     Ok(())
 }
 
 /// Clears the down mark (on `up`).
 pub fn clear_down(home: &Home) -> Result<()> {
-    match std::fs::remove_file(down_path(home)) {
+    match std::fs::remove_file(home.down_mark_path()) {
         Ok(()) => netsky_bus::fsync_dir(&home.state_dir()).map_err(Into::into),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).context("cannot remove the constellation-down mark"),
@@ -130,7 +122,7 @@ pub struct ConstellationLock {
 pub fn try_lock(home: &Home, wait: Duration) -> Result<Option<ConstellationLock>> {
     let dir = home.state_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join("constellation.lock");
+    let path = home.constellation_lock_path();
     let l = netsky_bus::lock_file(&path, wait).with_context(|| format!("cannot lock {}", path.display()))?;
     Ok(l.map(|l| ConstellationLock { _lock: l }))
 }
@@ -205,7 +197,7 @@ pub fn write_prompt(node: &Node, agent: AgentName, clones: u16) -> Result<(PathB
     let text = render_prompt(node, agent, clones)?;
     let dir = node.home.prompts_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = netsky_bus::write_durable(&dir, &format!("{agent}.md"), text.as_bytes())?;
+    let path = crate::home::write_durable(&node.home.prompt_path(agent), text.as_bytes())?;
     Ok((path, text))
 }
 
@@ -231,7 +223,7 @@ pub fn start_agent(node: &Node, tmux: &Tmux, agent: AgentName, clones: u16) -> R
     let prompt = match write_prompt(node, agent, clones) {
         Ok((p, _)) => p,
         Err(e) => {
-            let p = node.home.prompts_dir().join(format!("{agent}.md"));
+            let p = node.home.prompt_path(agent);
             if !p.exists() {
                 return Err(e.context(format!("no prompt for {agent}")));
             }

@@ -86,7 +86,7 @@ fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Del
     events.extend(rec.claim_events(agent, &poisoned, &claimed));
     rec.record(&events);
     out.poisoned = poisoned.len();
-    let scratch = node.home.state_dir().join("paste");
+    let scratch = node.home.paste_dir();
     let session = agent.to_string();
     for c in &claimed {
         let buffer = format!("netsky-{}", c.env.id);

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 
 use crate::node::Node;
 use crate::record::EventKind;
-use tmux::{Pane, Tmux};
+use tmux::Pane;
 
 /// How long a tick waits for `up`, `down` or `restart` to finish before skipping.
 const TICK_LOCK_WAIT: Duration = Duration::from_secs(2);
@@ -168,7 +168,7 @@ pub fn status(node: &Node) -> Result<Status> {
             cooldown_until: cooling,
         });
     }
-    let last_tick = std::fs::read(home.state_dir().join("tick.json"))
+    let last_tick = std::fs::read(home.tick_path())
         .ok()
         .and_then(|b| serde_json::from_slice::<TickStamp>(&b).ok())
         .map(|t| t.ts);
@@ -196,11 +196,6 @@ pub struct TickStamp {
 /// Writes `state/tick.json` after a tick.
 pub fn stamp_tick(node: &Node, ticks: u64) -> Result<()> {
     let t = TickStamp { ts: format_ts(OffsetDateTime::now_utc()), ticks, pid: std::process::id() };
-    netsky_bus::write_durable(&node.home.state_dir(), "tick.json", &serde_json::to_vec(&t)?)?;
+    crate::home::write_durable(&node.home.tick_path(), &serde_json::to_vec(&t)?)?;
     Ok(())
-}
-
-/// The tmux server of a node (re-exported for the CLI).
-pub fn tmux_of(node: &Node) -> Tmux {
-    agents::tmux_of(node)
 }

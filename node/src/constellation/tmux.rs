@@ -150,41 +150,32 @@ impl Tmux {
 
     /// Kills session `name`; false when it was not there.
     pub fn kill_session(&self, name: &str) -> Result<bool> {
-        let out = self.call(&["kill-session", "-t", &format!("={name}")])?;
-        if out.status.success() {
-            return Ok(true);
-        }
-        let err = stderr_line(&out);
-        if is_no_session(&err) {
-            return Ok(false);
-        }
-        bail!("tmux kill-session {name} failed: {err}")
+        Ok(self.session_call(&["kill-session", "-t", &format!("={name}")], name)?.is_some())
     }
 
     /// Whether session `name` exists.
     pub fn has_session(&self, name: &str) -> Result<bool> {
-        let out = self.call(&["has-session", "-t", &format!("={name}")])?;
-        if out.status.success() {
-            return Ok(true);
-        }
-        let err = stderr_line(&out);
-        if is_no_session(&err) {
-            return Ok(false);
-        }
-        bail!("tmux has-session {name} failed: {err}")
+        Ok(self.session_call(&["has-session", "-t", &format!("={name}")], name)?.is_some())
     }
 
     /// The visible text of session `name`'s pane, wrapped lines joined; None without such a session.
     pub fn capture(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let out = self.call(&["capture-pane", "-p", "-J", "-t", &format!("={name}:")])?;
+        let out = self.session_call(&["capture-pane", "-p", "-J", "-t", &format!("={name}:")], name)?;
+        Ok(out.map(|o| o.stdout))
+    }
+
+    /// Runs `args` (a tmux verb aimed at session `name`): its output, or
+    /// None when tmux says the session is not there.
+    fn session_call(&self, args: &[&str], name: &str) -> Result<Option<Output>> {
+        let out = self.call(args)?;
         if out.status.success() {
-            return Ok(Some(out.stdout));
+            return Ok(Some(out));
         }
         let err = stderr_line(&out);
         if is_no_session(&err) {
             return Ok(None);
         }
-        bail!("tmux capture-pane {name} failed: {err}")
+        bail!("tmux {} {name} failed: {err}", args[0])
     }
 
     /// Pastes `text` into session `name`'s pane through a named buffer, then presses Enter.

@@ -31,6 +31,10 @@ use crate::record::EventKind;
 pub const HANG_MARKER: &str = "hang-suspected";
 /// The marker name of a crash-loop cooldown in meta.db.
 pub const COOLDOWN_MARKER: &str = "crash-loop-cooldown";
+/// The restart record's file in the agent's state folder.
+const RESTARTS_FILE: &str = "restarts.json";
+/// The last pane observation's file in the agent's state folder.
+const PANE_FILE: &str = "pane.json";
 
 /// `restarts.json`
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -91,12 +95,12 @@ fn write_json<T: Serialize>(node: &Node, agent: AgentName, name: &str, v: &T) ->
 
 /// The agent's restart record (empty if none).
 pub fn restarts(node: &Node, agent: AgentName) -> Restarts {
-    read_json(&dir(node, agent).join("restarts.json")).unwrap_or_default()
+    read_json(&dir(node, agent).join(RESTARTS_FILE)).unwrap_or_default()
 }
 
 /// The agent's last pane observation, if any.
 pub fn pane_state(node: &Node, agent: AgentName) -> Option<PaneState> {
-    read_json(&dir(node, agent).join("pane.json"))
+    read_json(&dir(node, agent).join(PANE_FILE))
 }
 
 /// The agent's hang marker, if set.
@@ -113,12 +117,8 @@ pub fn hang_marker(node: &Node, agent: AgentName) -> Option<HangMarker> {
     }))
 }
 
-fn ts(t: OffsetDateTime) -> String {
-    format_ts(t)
-}
-
 fn marker_row(node: &Node, agent: AgentName, marker: &str, set: bool, detail: Option<&str>) {
-    let now = ts(OffsetDateTime::now_utc());
+    let now = format_ts(OffsetDateTime::now_utc());
     let a = agent.to_string();
     node.recorder.with_store(|s| s.insert_marker(&now, &a, marker, set, detail));
 }
@@ -154,15 +154,15 @@ pub fn revive(node: &Node, tmux: &Tmux, agent: AgentName, clones: u16) -> Result
     r.recent.retain(|t| parse_ts(t).is_some_and(|t| now - t < window));
     if r.recent.len() as u64 >= u64::from(cfg.crash_loop_restarts) {
         let until = now + Duration::seconds(cfg.crash_cooldown_s as i64);
-        r.cooldown_until = Some(ts(until));
-        write_json(node, agent, "restarts.json", &r)?;
+        r.cooldown_until = Some(format_ts(until));
+        write_json(node, agent, RESTARTS_FILE, &r)?;
         let subject = format!("{agent} is crash-looping on node {}", node.config.node.name);
         let body = format!(
             "{agent} died {} times within {} s despite restarts; it is left down until {} \
              (crash_cooldown_s = {}). Check the runtime {:?} and run `netsky restart {agent}` once fixed.",
             r.recent.len() + 1,
             cfg.crash_loop_window_s,
-            ts(until),
+            format_ts(until),
             cfg.crash_cooldown_s,
             cfg.runtime,
         );
@@ -171,14 +171,14 @@ pub fn revive(node: &Node, tmux: &Tmux, agent: AgentName, clones: u16) -> Result
             EventKind::CrashLoop,
             Some(agent),
             None,
-            Some(format!("cooldown until {}", ts(until))),
+            Some(format!("cooldown until {}", format_ts(until))),
         )]);
-        marker_row(node, agent, COOLDOWN_MARKER, true, Some(&format!("until {}", ts(until))));
+        marker_row(node, agent, COOLDOWN_MARKER, true, Some(&format!("until {}", format_ts(until))));
         escalation::raise(node, "watchdog", Some(agent), &subject, &body)?;
         return Ok(Revival::CooledDown);
     }
     let outcome = restart(node, tmux, agent, clones, "dead", &mut r);
-    write_json(node, agent, "restarts.json", &r)?;
+    write_json(node, agent, RESTARTS_FILE, &r)?;
     Ok(outcome)
 }
 
@@ -191,14 +191,14 @@ fn restart(
     reason: &str,
     r: &mut Restarts,
 ) -> Revival {
-    let now = ts(OffsetDateTime::now_utc());
+    let now = format_ts(OffsetDateTime::now_utc());
     let name = agent.to_string();
     // Counted before the attempt: whoever sees the new session also sees it
     // counted, and a crash mid-restart still leaves the attempt on record.
     r.total += 1;
     r.recent.push(now.clone());
     r.last = Some(now.clone());
-    if let Err(e) = write_json(node, agent, "restarts.json", r) {
+    if let Err(e) = write_json(node, agent, RESTARTS_FILE, r) {
         tracing::warn!(%agent, error = %format!("{e:#}"), "cannot record the restart before it");
     }
     let result = tmux.kill_session(&name).and_then(|_| agents::start_agent(node, tmux, agent, clones));
@@ -223,7 +223,7 @@ pub fn restart_by_hand(node: &Node, tmux: &Tmux, agent: AgentName, clones: u16) 
     // A manual restart starts a fresh crash-loop window.
     r.recent.clear();
     let outcome = restart(node, tmux, agent, clones, "manual", &mut r);
-    write_json(node, agent, "restarts.json", &r)?;
+    write_json(node, agent, RESTARTS_FILE, &r)?;
     match outcome {
         Revival::Failed(e) => anyhow::bail!("{agent} did not start: {e}"),
         _ => Ok(()),
@@ -240,13 +240,13 @@ pub fn forgive(node: &Node, agent: AgentName) -> Result<()> {
         marker_row(node, agent, COOLDOWN_MARKER, false, Some("netsky up"));
     }
     r.recent.clear();
-    write_json(node, agent, "restarts.json", &r)
+    write_json(node, agent, RESTARTS_FILE, &r)
 }
 
 /// Forgets the pane's hash and clears a hang marker: a new session is a new pane.
 fn forget_pane(node: &Node, agent: AgentName, why: &str) {
     let d = dir(node, agent);
-    let _ = std::fs::remove_file(d.join("pane.json"));
+    let _ = std::fs::remove_file(d.join(PANE_FILE));
     clear_hang(node, agent, why);
 }
 
@@ -268,7 +268,7 @@ pub fn observe(node: &Node, agent: AgentName, content: &[u8]) -> Result<()> {
     let changed = match &prev {
         Some(p) if p.hash == hash => parse_ts(&p.changed).unwrap_or(now),
         _ => {
-            write_json(node, agent, "pane.json", &PaneState { hash, changed: ts(now) })?;
+            write_json(node, agent, PANE_FILE, &PaneState { hash, changed: format_ts(now) })?;
             if prev.is_some() {
                 clear_hang(node, agent, "output moved");
             }
@@ -279,7 +279,7 @@ pub fn observe(node: &Node, agent: AgentName, content: &[u8]) -> Result<()> {
     if now - changed < hang_after || hang_marker(node, agent).is_some() {
         return Ok(());
     }
-    let mut marker = HangMarker { since: ts(now), last_output_change: ts(changed), escalation: None };
+    let mut marker = HangMarker { since: format_ts(now), last_output_change: format_ts(changed), escalation: None };
     // The marker first, so a failure to escalate never escalates again every tick.
     write_json(node, agent, HANG_MARKER, &marker)?;
     let quiet = (now - changed).whole_seconds();
@@ -290,12 +290,12 @@ pub fn observe(node: &Node, agent: AgentName, content: &[u8]) -> Result<()> {
         None,
         Some(format!("no output change for {quiet} s")),
     )]);
-    marker_row(node, agent, HANG_MARKER, true, Some(&format!("no output change since {}", ts(changed))));
+    marker_row(node, agent, HANG_MARKER, true, Some(&format!("no output change since {}", format_ts(changed))));
     let subject = format!("{agent} may be hung on node {}", node.config.node.name);
     let body = format!(
         "The pane of {agent} has not changed since {} ({quiet} s, hang_after_s = {}). \
          Look at it (`tmux attach -t {agent}`), nudge it with a message, or `netsky restart {agent}`.",
-        ts(changed),
+        format_ts(changed),
         node.config.constellation.hang_after_s
     );
     let e = escalation::raise(node, "watchdog", Some(agent), &subject, &body)?;

@@ -135,7 +135,7 @@ fn find_local(node: &Node, file: &str) -> Result<Option<(AgentName, &'static str
 /// The envelope's recorded events: from meta.db, else from the event logs.
 fn history(node: &Node, id: &str) -> Vec<HistoryRow> {
     let from_db = || -> Result<Vec<HistoryRow>> {
-        crate::store::refresh(&node.home.db_path());
+        crate::store::refresh(&node.home);
         let conn = crate::store::open_read_only(&node.home.db_path())?;
         let mut st =
             conn.prepare("SELECT ts, event, detail FROM events WHERE envelope_id = ?1 ORDER BY seq")?;
