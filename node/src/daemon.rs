@@ -17,11 +17,11 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use crate::output::{Ctx, emit};
 use crate::config;
-use crate::daemon_state::{self, DaemonState};
 use crate::constellation::agents;
+use crate::daemon_state::{self, DaemonState};
 use crate::node::Node;
+use crate::output::{Ctx, emit};
 use crate::record::{Event, EventKind, Recorder};
 use crate::ticker::{Ticker, Waker};
 
@@ -214,7 +214,9 @@ fn translate(r: &Recorder, e: MeshEvent) -> Vec<Event> {
         MeshEvent::Received { peer, item } => {
             let (what, detail) = match &item.ack.outcome {
                 netsky_mesh::wire::Outcome::Stored => (EventKind::Received, format!("from {peer}")),
-                netsky_mesh::wire::Outcome::Duplicate => (EventKind::Duplicate, format!("from {peer}, already here")),
+                netsky_mesh::wire::Outcome::Duplicate => {
+                    (EventKind::Duplicate, format!("from {peer}, already here"))
+                }
                 netsky_mesh::wire::Outcome::Refused { kind, reason } => {
                     (EventKind::Refused, format!("from {peer}: {kind}: {reason}"))
                 }
@@ -230,7 +232,12 @@ fn translate(r: &Recorder, e: MeshEvent) -> Vec<Event> {
             vec![r.event(EventKind::Acked, agent_of(&env), Some(&env), Some(d.into()))]
         }
         MeshEvent::RefusedByPeer { env, kind, reason } => {
-            vec![r.event(EventKind::RemoteRefused, agent_of(&env), Some(&env), Some(format!("{kind}: {reason}")))]
+            vec![r.event(
+                EventKind::RemoteRefused,
+                agent_of(&env),
+                Some(&env),
+                Some(format!("{kind}: {reason}")),
+            )]
         }
         MeshEvent::RefusedLocally { file, kind, reason } => {
             let mut ev = r.event(EventKind::Unsendable, None, None, Some(format!("{kind}: {reason}")));

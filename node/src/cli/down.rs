@@ -7,9 +7,9 @@ use clap::Args;
 use netsky_bus::AgentName;
 use serde::Serialize;
 
-use crate::output::{Ctx, emit};
 use crate::constellation::agents::{self, TICKER_SESSION, tmux_of};
 use crate::node::Node;
+use crate::output::{Ctx, emit};
 use crate::record::EventKind;
 
 /// Arguments of `netsky down`.

@@ -8,8 +8,8 @@ use clap::Args;
 use netsky_bus::NodeName;
 use serde::Serialize;
 
-use crate::output::{Ctx, emit};
 use crate::config::{Config, Relay};
+use crate::output::{Ctx, emit};
 
 /// Arguments of `netsky init`.
 #[derive(Debug, Args)]

@@ -6,8 +6,8 @@ use anyhow::Result;
 use clap::Subcommand;
 use serde::Serialize;
 
-use crate::output::{Ctx, emit};
 use crate::node::Node;
+use crate::output::{Ctx, emit};
 
 /// `netsky keys ...`
 #[derive(Debug, Subcommand)]

@@ -12,10 +12,10 @@ use netsky_mesh::{Charter, CharterMember, PeerState, SignedCharter, Ticket, Tick
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::output::{Ctx, emit};
 use crate::daemon::relay_of;
 use crate::daemon_state;
 use crate::node::Node;
+use crate::output::{Ctx, emit};
 use crate::record::EventKind;
 
 /// `netsky mesh ...`

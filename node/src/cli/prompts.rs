@@ -7,9 +7,9 @@ use clap::Subcommand;
 use netsky_bus::AgentName;
 use serde::Serialize;
 
-use crate::output::{Ctx, emit};
 use crate::constellation::agents;
 use crate::node::Node;
+use crate::output::{Ctx, emit};
 
 /// `netsky prompts ...`
 #[derive(Debug, Subcommand)]

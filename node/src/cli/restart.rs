@@ -7,10 +7,10 @@ use clap::Args;
 use netsky_bus::AgentName;
 use serde::Serialize;
 
-use crate::output::{Ctx, emit};
 use crate::constellation::agents::{self, tmux_of};
 use crate::constellation::watchdog;
 use crate::node::Node;
+use crate::output::{Ctx, emit};
 
 /// Arguments of `netsky restart`.
 #[derive(Debug, Args)]

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use crate::output::{Ctx, emit};
 use crate::constellation;
 use crate::node::Node;
+use crate::output::{Ctx, emit};
 
 /// Arguments of `netsky status`.
 #[derive(Debug, Args)]

@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use crate::output::{Ctx, emit};
 use crate::constellation::agents::{self, Desired, Heartbeat, TICKER_SESSION, tmux_of};
 use crate::constellation::watchdog;
 use crate::node::Node;
+use crate::output::{Ctx, emit};
 use crate::record::EventKind;
 
 /// How long `up` waits for a running tick to finish.

@@ -92,16 +92,31 @@ fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Del
         let buffer = format!("netsky-{}", c.env.id);
         if let Err(e) = tmux.paste(&session, &buffer, &c.env.render_channel(), &scratch) {
             out.failed += 1;
-            rec.record(&[rec.event(EventKind::PasteFailed, Some(agent), Some(&c.env), Some(format!("{e:#}")))]);
+            rec.record(&[rec.event(
+                EventKind::PasteFailed,
+                Some(agent),
+                Some(&c.env),
+                Some(format!("{e:#}")),
+            )]);
             break;
         }
         // One at a time: a later failure must not leave a pasted envelope claimed.
         mailbox.deliver(&lock, std::slice::from_ref(c))?;
         out.delivered += 1;
         if let Err(e) = crate::receipts::spool(node, agent, "pasted", &[&c.env]) {
-            rec.record(&[rec.event(EventKind::ReceiptFailed, Some(agent), Some(&c.env), Some(format!("{e:#}")))]);
+            rec.record(&[rec.event(
+                EventKind::ReceiptFailed,
+                Some(agent),
+                Some(&c.env),
+                Some(format!("{e:#}")),
+            )]);
         }
-        rec.record(&[rec.event(EventKind::Delivered, Some(agent), Some(&c.env), Some("pasted into pane".into()))]);
+        rec.record(&[rec.event(
+            EventKind::Delivered,
+            Some(agent),
+            Some(&c.env),
+            Some("pasted into pane".into()),
+        )]);
     }
     Ok(out)
 }

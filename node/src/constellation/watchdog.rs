@@ -279,7 +279,8 @@ pub fn observe(node: &Node, agent: AgentName, content: &[u8]) -> Result<()> {
     if now - changed < hang_after || hang_marker(node, agent).is_some() {
         return Ok(());
     }
-    let mut marker = HangMarker { since: format_ts(now), last_output_change: format_ts(changed), escalation: None };
+    let mut marker =
+        HangMarker { since: format_ts(now), last_output_change: format_ts(changed), escalation: None };
     // The marker first, so a failure to escalate never escalates again every tick.
     write_json(node, agent, HANG_MARKER, &marker)?;
     let quiet = (now - changed).whole_seconds();
@@ -290,7 +291,13 @@ pub fn observe(node: &Node, agent: AgentName, content: &[u8]) -> Result<()> {
         None,
         Some(format!("no output change for {quiet} s")),
     )]);
-    marker_row(node, agent, HANG_MARKER, true, Some(&format!("no output change since {}", format_ts(changed))));
+    marker_row(
+        node,
+        agent,
+        HANG_MARKER,
+        true,
+        Some(&format!("no output change since {}", format_ts(changed))),
+    );
     let subject = format!("{agent} may be hung on node {}", node.config.node.name);
     let body = format!(
         "The pane of {agent} has not changed since {} ({quiet} s, hang_after_s = {}). \

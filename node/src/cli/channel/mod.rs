@@ -14,9 +14,9 @@ use netsky_bus::{
 };
 use serde::Serialize;
 
-use crate::output::{Ctx, emit};
 use crate::constellation::agents;
 use crate::node::Node;
+use crate::output::{Ctx, emit};
 use crate::record::EventKind;
 
 /// How long a drain waits for another holder of the mailbox lock.

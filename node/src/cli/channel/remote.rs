@@ -9,9 +9,9 @@ use anyhow::{Result, bail};
 use netsky_bus::{Envelope, NodeName};
 
 use super::SendOut;
-use crate::output::{Ctx, emit};
 use crate::daemon_state;
 use crate::node::Node;
+use crate::output::{Ctx, emit};
 use crate::record::EventKind;
 
 /// Queues `env` for node `target` and, with `wait`, waits for the outcome.

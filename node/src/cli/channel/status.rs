@@ -9,9 +9,9 @@ use netsky_bus::{AgentName, Envelope};
 use netsky_mesh::{PeerState, SpooledReceipt};
 use serde::Serialize;
 
-use crate::output::{Ctx, emit};
 use crate::daemon_state;
 use crate::node::Node;
+use crate::output::{Ctx, emit};
 use crate::record::EventKind;
 
 #[derive(Serialize)]
