@@ -255,7 +255,7 @@ impl<'a> Guard<'a> {
     }
 
     /// As [`Guard::check_files`] for the files `names` in the open folder `dir`.
-    pub(crate) fn check_in(&self, dir: &crate::dirfd::Dir, names: &[&str]) -> Vec<Result<Envelope, Refusal>> {
+    pub(crate) fn check_in(&self, dir: &crate::store::Dir, names: &[&str]) -> Vec<Result<Envelope, Refusal>> {
         let read = names
             .iter()
             .map(|n| {
@@ -311,10 +311,18 @@ fn open_refusal(e: std::io::Error) -> Refusal {
     }
 }
 
+/// Writes `<file>.reason` in `dir` durably: one line, the time, the refusal's
+/// stable word and why, beside a file moved to `poison/` or `mesh/refused/`.
+pub fn write_reason(dir: &Path, file: &str, kind: &str, reason: &str) -> Result<(), crate::BusError> {
+    let line = format!("{} {kind}: {reason}\n", crate::format_ts(time::OffsetDateTime::now_utc()));
+    crate::write_durable(dir, &format!("{file}.reason"), line.as_bytes())?;
+    Ok(())
+}
+
 /// Reads an envelope file without following symlinks or blocking on FIFOs,
 /// and without reading more than the size limit.
 pub fn read_envelope_file(path: &Path) -> Result<Vec<u8>, Refusal> {
-    read_open(crate::durable::open_unfollowed(path).map_err(open_refusal)?)
+    read_open(crate::store::open_unfollowed(path).map_err(open_refusal)?)
 }
 
 /// Reads an envelope file opened without following links: a regular file,

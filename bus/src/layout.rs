@@ -31,20 +31,30 @@ impl Layout {
         self.agents_dir().join(agent.to_string())
     }
 
-    /// `channels/agent/<agent>/inbox/`.
+    /// `channels/agent/<agent>/inbox/`: envelopes waiting to be claimed.
     pub fn inbox_dir(&self, agent: AgentName) -> PathBuf {
         self.mailbox_dir(agent).join("inbox")
     }
 
-    /// `channels/agent/<agent>/.journal/`: what makes its new files durable
-    /// until they are checkpointed (see [`crate::write_journaled`]).
-    pub fn journal_dir(&self, agent: AgentName) -> PathBuf {
-        self.mailbox_dir(agent).join(crate::JOURNAL_DIR)
+    /// `channels/agent/<agent>/claimed/`: claimed, not yet delivered.
+    pub fn claimed_dir(&self, agent: AgentName) -> PathBuf {
+        self.mailbox_dir(agent).join("claimed")
     }
 
-    /// `mesh/outbox/`: signed envelopes waiting for a remote ack.
-    pub fn outbox_dir(&self) -> PathBuf {
-        self.root.join("mesh").join("outbox")
+    /// `channels/agent/<agent>/delivered/`: the audit trail.
+    pub fn delivered_dir(&self, agent: AgentName) -> PathBuf {
+        self.mailbox_dir(agent).join("delivered")
+    }
+
+    /// `channels/agent/<agent>/poison/`: refused files, each with a `.reason`.
+    pub fn poison_dir(&self, agent: AgentName) -> PathBuf {
+        self.mailbox_dir(agent).join("poison")
+    }
+
+    /// `channels/agent/<agent>/.journal/`: what makes its new files durable
+    /// until they are checkpointed (see [`crate::store`]).
+    pub fn journal_dir(&self, agent: AgentName) -> PathBuf {
+        self.mailbox_dir(agent).join(crate::JOURNAL_DIR)
     }
 
     /// Every agent that has a mailbox folder, in name order; other entries are ignored.

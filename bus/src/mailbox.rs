@@ -16,9 +16,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::dirfd::Dir;
 use crate::guard::{Refusal, RefusalKind};
-use crate::{AgentName, BusError, Envelope, Guard, Layout, NodeName, durable, format_ts, journal};
+use crate::store::{self, Checkpoint, Dir, Places, Recovered, STALE_TEMP};
+use crate::{AgentName, BusError, Envelope, Guard, Layout, NodeName};
 
 /// Threads that check a big claim at most (signature checks are CPU-bound).
 const CHECK_THREADS: usize = 4;
@@ -30,9 +30,6 @@ fn cpus() -> usize {
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
-
-/// Stale temp files older than this are the remains of a crashed writer.
-const STALE_TEMP: Duration = Duration::from_secs(3600);
 
 /// What `put` did with an envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,16 +49,16 @@ pub struct Claimed {
     pub adopted: bool,
 }
 
-/// What a claim did: what it claimed, what it refused, and what the settle
-/// it starts with recovered (or why that failed; the claim went on).
+/// What a claim did: what it claimed, what it refused, and what the
+/// recovery it starts with did (or why that failed; the claim went on).
 #[derive(Debug)]
 pub struct Claim {
     /// Claimed and checked, oldest first.
     pub claimed: Vec<Claimed>,
     /// Refused and moved to `poison/`.
     pub poisoned: Vec<Poisoned>,
-    /// The journal settle before the claim: what crashed writers left that it laid out.
-    pub settled: Result<crate::Settled, BusError>,
+    /// The journal recovery before the claim: what crashed writers left that it laid out.
+    pub recovered: Result<Recovered, BusError>,
 }
 
 /// An entry the guard refused and moved to `poison/`.
@@ -89,7 +86,7 @@ pub struct Counts {
 /// An exclusive hold on a mailbox's claim and deliver steps.
 #[derive(Debug)]
 pub struct MailboxLock {
-    _lock: crate::FileLock,
+    _lock: store::FileLock,
 }
 
 /// One agent's mailbox on this node.
@@ -102,6 +99,7 @@ pub struct Mailbox {
     claimed: PathBuf,
     delivered: PathBuf,
     poison: PathBuf,
+    journal: PathBuf,
     /// `claimed/`, `delivered/`: where an inbox file moves on to (for the journal).
     moved_on: Vec<PathBuf>,
     /// The lifecycle folders held open, once a batch needs them (a single
@@ -124,16 +122,16 @@ fn is_envelope_name(name: &str) -> bool {
 impl Mailbox {
     /// Opens (creating its folders) the mailbox of `agent` on `node`.
     pub fn open(layout: &Layout, node: &NodeName, agent: AgentName) -> Result<Mailbox, BusError> {
-        let dir = layout.mailbox_dir(agent);
         let mb = Mailbox {
             agent,
             node: node.clone(),
+            dir: layout.mailbox_dir(agent),
             inbox: layout.inbox_dir(agent),
-            claimed: dir.join("claimed"),
-            delivered: dir.join("delivered"),
-            poison: dir.join("poison"),
-            moved_on: vec![dir.join("claimed"), dir.join("delivered")],
-            dir,
+            claimed: layout.claimed_dir(agent),
+            delivered: layout.delivered_dir(agent),
+            poison: layout.poison_dir(agent),
+            journal: layout.journal_dir(agent),
+            moved_on: vec![layout.claimed_dir(agent), layout.delivered_dir(agent)],
             dirs: std::sync::OnceLock::new(),
         };
         let mut made = false;
@@ -149,7 +147,7 @@ impl Mailbox {
             // envelope's fsyncs cover only the folder it is in.
             for d in [mb.dir.as_path(), &layout.agents_dir(), &layout.root().join("channels"), layout.root()]
             {
-                durable::fsync_dir(d)?;
+                store::fsync_dir(d)?;
             }
         }
         Ok(mb)
@@ -192,9 +190,13 @@ impl Mailbox {
             .any(|d| d.join(file_name).symlink_metadata().is_ok())
     }
 
+    /// Whether `env` is addressed to this mailbox's agent on this node.
+    fn is_for(&self, env: &Envelope) -> bool {
+        env.to.agent_on(&self.node) == Some(self.agent)
+    }
+
     fn check_recipient(&self, env: &Envelope) -> Result<(), BusError> {
-        let ok = env.to.agent_name() == Some(self.agent) && env.to.node() == Some(&self.node);
-        if ok {
+        if self.is_for(env) {
             Ok(())
         } else {
             Err(BusError::BadEnvelope(format!(
@@ -216,7 +218,7 @@ impl Mailbox {
     }
 
     /// As [`Mailbox::put`] for many envelopes, with one durability barrier:
-    /// a journal for the batch (see [`crate::journal`]) once it is big enough.
+    /// a journal for the batch (see [`crate::store`]) once it is big enough.
     pub fn put_batch(&self, envs: &[Envelope]) -> Result<Vec<PutOutcome>, BusError> {
         let mut outcomes = Vec::with_capacity(envs.len());
         let mut items = Vec::new();
@@ -243,37 +245,37 @@ impl Mailbox {
     }
 
     /// Makes new envelope files durable in the inbox, for one flush (see
-    /// [`journal::write_journaled`]).
+    /// [`store::write_journaled`]).
     fn store(&self, items: &[(String, Vec<u8>)]) -> Result<(), BusError> {
-        journal::write_journaled(&self.journal_dir(), &self.inbox, items)
+        store::write_journaled(&self.journal_dir(), &self.inbox, items)
     }
 
-    /// `.journal/`: the group commits of batch puts, until checkpointed.
+    /// `.journal/`: what makes its new files durable until checkpointed.
     pub fn journal_dir(&self) -> PathBuf {
-        self.dir.join(crate::JOURNAL_DIR)
+        self.journal.clone()
     }
 
-    fn places(&self) -> journal::Places<'_> {
-        journal::Places { lay_out: &self.inbox, moved_on: &self.moved_on, refused: &self.poison }
+    fn places(&self) -> Places<'_> {
+        Places { lay_out: &self.inbox, moved_on: &self.moved_on, refused: &self.poison }
     }
 
-    /// Recovers what crashed batch writers (or a power cut) left in the
-    /// journal, and checkpoints every laid-out batch (the daemon's tick).
-    pub fn settle(&self, _lock: &MailboxLock) -> Result<crate::Settled, BusError> {
-        journal::settle(&self.journal_dir(), self.places(), true)
+    /// Recovers what crashed writers (or a power cut) left in the journal,
+    /// and checkpoints everything laid out (the daemon's tick).
+    pub fn checkpoint(&self, _lock: &MailboxLock) -> Result<Recovered, BusError> {
+        store::recover(&self.journal_dir(), self.places(), Checkpoint::All)
     }
 
     /// What a claim does first, on its own: lays out what writers killed
-    /// before laying out left only in the journal, with no checkpoint (no
-    /// `syncfs`). For a daemon that saw a journal written and no envelope land.
-    pub fn recover(&self, _lock: &MailboxLock) -> Result<crate::Settled, BusError> {
-        journal::settle(&self.journal_dir(), self.places(), false)
+    /// before laying out left only in the journal, checkpointing only what
+    /// is due. For a daemon that saw a journal written and no envelope land.
+    pub fn recover(&self, _lock: &MailboxLock) -> Result<Recovered, BusError> {
+        store::recover(&self.journal_dir(), self.places(), Checkpoint::Due)
     }
 
     /// Takes the mailbox lock, waiting up to `wait` for another holder.
     pub fn lock(&self, wait: Duration) -> Result<MailboxLock, BusError> {
         let path = self.dir.join(".lock");
-        match crate::lock_file(&path, wait).map_err(BusError::io("lock", &path))? {
+        match store::lock_file(&path, wait).map_err(BusError::io("lock", &path))? {
             Some(l) => Ok(MailboxLock { _lock: l }),
             None => Err(BusError::Busy { path: self.dir.clone() }),
         }
@@ -286,11 +288,11 @@ impl Mailbox {
         // What a batch writer that died left only in its journal comes first,
         // into the inbox; laid-out batches are checkpointed once enough wait.
         // A failure here must not stop the mail already in the inbox (the
-        // daemon's tick settles again and records why it failed), unless an
+        // daemon's tick recovers again and records why it failed), unless an
         // earlier boot's journal is left: then inbox files may be damaged
         // ones it would restore, and judging them now would poison them.
-        let settled = match journal::settle(&self.journal_dir(), self.places(), false) {
-            Err(e) if journal::earlier_boot_left(&self.journal_dir()) => return Err(e),
+        let recovered = match store::recover(&self.journal_dir(), self.places(), Checkpoint::Due) {
+            Err(e) if store::earlier_boot_left(&self.journal_dir()) => return Err(e),
             s => s,
         };
         // Adoption: anything in claimed/ was claimed by a process that died
@@ -303,7 +305,7 @@ impl Mailbox {
         let mut in_claimed: std::collections::HashSet<String> = adopted.iter().cloned().collect();
         let (inbox, dotted) = list(&self.inbox)?;
         // Temp files a crashed writer left long ago were never acknowledged.
-        durable::sweep_stale_named(&self.inbox, dotted.iter().map(String::as_str), STALE_TEMP);
+        store::sweep_stale_named(&self.inbox, dotted.iter().map(String::as_str), STALE_TEMP);
         // Adopted first, then the inbox, each oldest first (ULIDs sort by time).
         let mut rest = adopted
             .into_iter()
@@ -374,7 +376,7 @@ impl Mailbox {
         // By id: per sender that is send order, even when a refused leftover
         // in claimed/ let the inbox copy of its id come in a later round.
         claimed.sort_by_key(|c| c.env.id);
-        Ok(Claim { claimed, poisoned, settled })
+        Ok(Claim { claimed, poisoned, recovered })
     }
 
     /// The guard's verdict on each file just moved into `claimed/`, in order.
@@ -434,8 +436,7 @@ impl Mailbox {
         if dirs.delivered.has(name) {
             return Err(Refusal::new(RefusalKind::Duplicate, format!("id {} was already delivered", env.id)));
         }
-        let ok = env.to.agent_name() == Some(self.agent) && env.to.node() == Some(&self.node);
-        if !ok {
+        if !self.is_for(&env) {
             return Err(Refusal::new(
                 RefusalKind::WrongRecipient,
                 format!("addressed to {}, found in the mailbox of {}@{}", env.to, self.agent, self.node),
@@ -458,11 +459,12 @@ impl Mailbox {
                 source: e,
             })?;
         }
-        durable::fsync_dir(&self.delivered)?;
-        durable::fsync_dir(&self.claimed)
+        store::fsync_dir(&self.delivered)?;
+        store::fsync_dir(&self.claimed)
     }
 
-    /// Moves `dir/name` to `poison/` with a `.reason` file; never follows links.
+    /// Moves `dir/name` to `poison/`, its `.reason` written first so a reader
+    /// that sees the file there always finds why; never follows links.
     fn poison(&self, dir: &Path, name: &str, refusal: &Refusal) -> Result<(), BusError> {
         let mut target = name.to_string();
         let mut n = 1;
@@ -470,18 +472,12 @@ impl Mailbox {
             target = format!("{name}.{n}");
             n += 1;
         }
+        crate::write_reason(&self.poison, &target, refusal.kind.as_str(), &refusal.reason)?;
         let dst = self.poison.join(&target);
         std::fs::rename(dir.join(name), &dst).map_err(BusError::io("poison", &dst))?;
-        let line = format!(
-            "{} {}: {}\n",
-            format_ts(time::OffsetDateTime::now_utc()),
-            refusal.kind.as_str(),
-            refusal.reason
-        );
-        durable::write_durable(&self.poison, &format!("{target}.reason"), line.as_bytes())?;
         // Reason files are written through temp files too; a crash mid-poison
         // leaves one, swept here (rare), not on every claim.
-        durable::sweep_stale_temps(&self.poison, STALE_TEMP);
+        store::sweep_stale_temps(&self.poison, STALE_TEMP);
         Ok(())
     }
 
@@ -491,7 +487,7 @@ impl Mailbox {
         for d in [&self.inbox, &self.claimed] {
             for e in std::fs::read_dir(d).map_err(BusError::io("list", d))? {
                 let e = e.map_err(BusError::io("list", d))?;
-                // Dotfiles are ours (temp files, spares, the lock), never envelopes.
+                // Dotfiles are ours (temp files, the lock), never envelopes.
                 if !e.file_name().as_encoded_bytes().starts_with(b".") {
                     return Ok(true);
                 }
@@ -550,7 +546,7 @@ impl Iterator for Oldest {
 }
 
 /// Names in `dir`, and apart from them its dotfiles (ours: temp files, the
-/// lock, spares; never envelopes). A name that is not UTF-8 is renamed to a
+/// lock; never envelopes). A name that is not UTF-8 is renamed to a
 /// safe one first, so the caller can still poison it.
 fn list(dir: &Path) -> Result<(Vec<String>, Vec<String>), BusError> {
     let rd = std::fs::read_dir(dir).map_err(BusError::io("list", dir))?;
@@ -606,7 +602,7 @@ mod tests {
     /// Runs `f` with the test failure `hook` set to fail where `when` says,
     /// and cleared after.
     fn with_hook<T>(
-        hook: &crate::hooks::Hook,
+        hook: &crate::store::hooks::Hook,
         when: impl Fn(&Path) -> bool + Send + 'static,
         f: impl FnOnce() -> T,
     ) -> T {
@@ -623,14 +619,14 @@ mod tests {
 
     /// Runs `f` with the test failure `hook` set for `mb`'s journal folder
     /// only: other tests write their own mailboxes meanwhile.
-    fn failing<T>(hook: &crate::hooks::Hook, mb: &Mailbox, f: impl FnOnce() -> T) -> T {
+    fn failing<T>(hook: &crate::store::hooks::Hook, mb: &Mailbox, f: impl FnOnce() -> T) -> T {
         let jdir = mb.journal_dir();
         with_hook(hook, move |p| p.starts_with(&jdir), f)
     }
 
-    /// A forced settle of `mb` under its lock, taken for it and let go after.
-    fn settle_now(mb: &Mailbox) -> Result<crate::Settled, BusError> {
-        mb.settle(&mb.lock(Duration::from_secs(1)).unwrap())
+    /// A full checkpoint of `mb` under its lock, taken for it and let go after.
+    fn checkpoint_now(mb: &Mailbox) -> Result<Recovered, BusError> {
+        mb.checkpoint(&mb.lock(Duration::from_secs(1)).unwrap())
     }
 
     /// The texts one [`drain`] delivers, in order.
@@ -660,7 +656,10 @@ mod tests {
         assert!(tmp.exists());
         // Once it is old (here: any age), the sweep takes it; other names stay.
         let names = [".01ARZ3NDEKTSV4RRFFQ69G5FAV.json.1.0.tmp", ".lock", "01ARZ3NDEKTSV4RRFFQ69G5FAV.json"];
-        assert_eq!(durable::sweep_stale_named(mb.inbox_dir(), names.into_iter(), Duration::ZERO), 1);
+        assert_eq!(
+            crate::store::durable::sweep_stale_named(mb.inbox_dir(), names.into_iter(), Duration::ZERO),
+            1
+        );
         assert!(!tmp.exists());
     }
 
@@ -681,7 +680,7 @@ mod tests {
         let w = world();
         let mb = agent1(&w);
         assert!(!mb.pending().unwrap());
-        std::fs::write(mb.inbox.join(".spare.tmp"), b"").unwrap();
+        std::fs::write(mb.inbox.join(".stray.tmp"), b"").unwrap();
         assert!(!mb.pending().unwrap(), "a dotfile is no envelope");
         mb.put(&env(&w, "agent1@work", "hi")).unwrap();
         assert!(mb.pending().unwrap());
@@ -977,7 +976,7 @@ mod tests {
 
     /// This boot's id, as journal names carry it.
     fn boot() -> &'static str {
-        journal::boot_id().expect("this OS tells its boot id")
+        crate::store::journal::boot_id().expect("this OS tells its boot id")
     }
 
     /// The names in a mailbox's `.journal/`, sorted.
@@ -1013,16 +1012,16 @@ mod tests {
         // Every envelope is laid out as its own file, and nothing else is left in the inbox.
         assert_eq!(mb.counts().unwrap().inbox, 10);
         assert_eq!(list(mb.inbox_dir()).unwrap().1, Vec::<String>::new(), "no temp files left");
-        // A claim below the checkpoint threshold leaves the journal; settling retires it.
+        // A claim below the checkpoint threshold leaves the journal; a checkpoint retires it.
         let (c, p) = drain(&mb, &w);
         assert_eq!((c.len(), p.len()), (10, 0));
         assert_eq!(journals(&mb).len(), 1);
-        let s = settle_now(&mb).unwrap();
-        assert_eq!(s, crate::Settled { checkpointed: 1, ..Default::default() });
+        let s = checkpoint_now(&mb).unwrap();
+        assert_eq!(s, Recovered { checkpointed: 1, ..Default::default() });
         assert!(journals(&mb).is_empty());
         // Small puts are not a batch of their own: they go to the mailbox's segment.
         mb.put_batch(&[env(&w, "agent1@work", "small")]).unwrap();
-        assert_eq!(journals(&mb), [crate::segment::current(boot())]);
+        assert_eq!(journals(&mb), [crate::store::segment::current(boot())]);
     }
 
     #[test]
@@ -1035,7 +1034,7 @@ mod tests {
         }
         assert!(mb.put_batch(&envs[3..]).unwrap().iter().all(|o| *o == PutOutcome::Stored), "two: small");
         assert_eq!(mb.put(&envs[0]).unwrap(), PutOutcome::Duplicate);
-        let seg = mb.journal_dir().join(crate::segment::current(boot()));
+        let seg = mb.journal_dir().join(crate::store::segment::current(boot()));
         let body = std::fs::read(&seg).unwrap();
         let mut expected = Vec::new();
         for e in &envs {
@@ -1044,15 +1043,15 @@ mod tests {
         }
         assert_eq!(body, expected, "each record on its own line, in put order");
         assert_eq!(mb.counts().unwrap().inbox, 5, "laid out at once");
-        // A claim below the rotation size leaves the segment; a settle retires it.
+        // A claim below the rotation size leaves the segment; a full checkpoint retires it.
         let (c, _) = drain(&mb, &w);
         assert_eq!(c.len(), 5);
         assert_eq!(journals(&mb).len(), 1);
-        assert_eq!(settle_now(&mb).unwrap(), crate::Settled { checkpointed: 1, ..Default::default() });
+        assert_eq!(checkpoint_now(&mb).unwrap(), Recovered { checkpointed: 1, ..Default::default() });
         assert!(journals(&mb).is_empty());
         // The next put starts a new segment.
         mb.put(&env(&w, "agent1@work", "after")).unwrap();
-        assert_eq!(journals(&mb), [crate::segment::current(boot())]);
+        assert_eq!(journals(&mb), [crate::store::segment::current(boot())]);
     }
 
     #[test]
@@ -1063,7 +1062,7 @@ mod tests {
         // m0 laid out; a record torn by a full disk; m1 and m2 durable but
         // never laid out (their writer was killed after its barrier).
         mb.put(&envs[0]).unwrap();
-        let seg = mb.journal_dir().join(crate::segment::current(boot()));
+        let seg = mb.journal_dir().join(crate::store::segment::current(boot()));
         let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(b"\n{\"v\":1,\"id\":\"01").unwrap();
         for e in &envs[1..] {
@@ -1071,7 +1070,7 @@ mod tests {
             f.write_all(&e.to_json()).unwrap();
         }
         drop(f);
-        let s = settle_now(&mb).unwrap();
+        let s = checkpoint_now(&mb).unwrap();
         assert_eq!((s.relaid, s.checkpointed, s.bad), (2, 1, 0), "{s:?}");
         let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m0", "m1", "m2"]);
@@ -1087,17 +1086,17 @@ mod tests {
         let (seen, moved) = (jdir.clone(), aside.clone());
         let once = std::sync::atomic::AtomicBool::new(false);
         // Other tests append meanwhile: only this mailbox's segment is moved, once.
-        *crate::segment::BEFORE_LOCK.lock().unwrap() = Some(Box::new(move |seg: &std::path::Path| {
+        *crate::store::segment::BEFORE_LOCK.lock().unwrap() = Some(Box::new(move |seg: &std::path::Path| {
             if seg.starts_with(&seen) && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 std::fs::rename(seg, &moved).unwrap();
             }
         }));
         let e1 = env(&w, "agent1@work", "m1");
         let r = mb.put(&e1);
-        *crate::segment::BEFORE_LOCK.lock().unwrap() = None;
+        *crate::store::segment::BEFORE_LOCK.lock().unwrap() = None;
         assert_eq!(r.unwrap(), PutOutcome::Stored);
         let old = std::fs::read(&aside).unwrap();
-        let cur = std::fs::read(jdir.join(crate::segment::current(boot()))).unwrap();
+        let cur = std::fs::read(jdir.join(crate::store::segment::current(boot()))).unwrap();
         assert!(!String::from_utf8_lossy(&old).contains("\"m1\""), "not in the one moved aside");
         assert_eq!(cur, [b"\n".to_vec(), e1.to_json()].concat(), "in the new current segment");
     }
@@ -1109,13 +1108,15 @@ mod tests {
         mb.put(&env(&w, "agent1@work", "m0")).unwrap();
         let jdir = mb.journal_dir();
         let (lost, retried) = (env(&w, "agent1@work", "lost"), env(&w, "agent1@work", "retried"));
-        let results = failing(&crate::segment::FAIL_BARRIER, &mb, || [mb.put(&lost), mb.put(&retried)]);
+        let results =
+            failing(&crate::store::segment::FAIL_BARRIER, &mb, || [mb.put(&lost), mb.put(&retried)]);
         for r in results {
             let e = r.unwrap_err().to_string();
             assert!(e.contains("fdatasync"), "{e}");
         }
         let seg =
-            String::from_utf8(std::fs::read(jdir.join(crate::segment::current(boot()))).unwrap()).unwrap();
+            String::from_utf8(std::fs::read(jdir.join(crate::store::segment::current(boot()))).unwrap())
+                .unwrap();
         assert!(
             seg.contains("\"lost\"") && seg.contains("{\"void\":["),
             "the record and its void are there: {seg}"
@@ -1123,12 +1124,12 @@ mod tests {
         // A retry of the same envelope (as a peer retransmits it) succeeds after its void.
         assert_eq!(mb.put(&retried).unwrap(), PutOutcome::Stored);
         mb.put(&env(&w, "agent1@work", "m1")).unwrap();
-        // A forced settle lays out what the segment holds and the inbox lacks:
+        // A full checkpoint lays out what the segment holds and the inbox lacks:
         // not the voided puts, but the retry that followed its void.
         for f in std::fs::read_dir(mb.inbox_dir()).unwrap() {
             std::fs::remove_file(f.unwrap().path()).unwrap();
         }
-        let s = settle_now(&mb).unwrap();
+        let s = checkpoint_now(&mb).unwrap();
         assert_eq!(s.relaid, 3, "{s:?}");
         let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m0", "retried", "m1"]);
@@ -1141,7 +1142,7 @@ mod tests {
         let e0 = env(&w, "agent1@work", "m0");
         mb.put(&e0).unwrap();
         let jdir = mb.journal_dir();
-        let cur = jdir.join(crate::segment::current(boot()));
+        let cur = jdir.join(crate::store::segment::current(boot()));
         let segments = || -> Vec<String> {
             let mut v: Vec<String> = std::fs::read_dir(&jdir)
                 .unwrap()
@@ -1154,17 +1155,17 @@ mod tests {
         // A writer mid-append holds it, as one always does under a steady stream.
         let writer = std::fs::File::open(&cur).unwrap();
         writer.lock_shared().unwrap();
-        let s = settle_now(&mb).unwrap();
+        let s = checkpoint_now(&mb).unwrap();
         assert_eq!(s.checkpointed, 0, "{s:?}");
         let aside = segments();
         assert!(aside.len() == 1 && aside[0].starts_with("old-"), "moved aside though held: {aside:?}");
         // New puts go to a new current segment meanwhile.
         mb.put(&env(&w, "agent1@work", "m1")).unwrap();
         assert!(cur.exists());
-        // Free now: the next settle takes the old one whole, laying out what only it holds.
+        // Free now: the next recovery takes the old one whole, laying out what only it holds.
         writer.unlock().unwrap();
         std::fs::remove_file(mb.inbox_dir().join(e0.file_name())).unwrap();
-        let s = settle_now(&mb).unwrap();
+        let s = checkpoint_now(&mb).unwrap();
         assert_eq!((s.relaid, s.checkpointed), (1, 2), "{s:?}");
         assert!(segments().is_empty(), "{:?}", segments());
         let texts = drain_texts(&mb, &w);
@@ -1172,7 +1173,7 @@ mod tests {
     }
 
     #[test]
-    fn writers_in_a_steady_stream_with_settles_and_claims_among_them_lose_and_double_nothing() {
+    fn writers_in_a_steady_stream_with_checkpoints_and_claims_among_them_lose_and_double_nothing() {
         let w = world();
         let agent: AgentName = "agent1".parse().unwrap();
         let done = std::sync::atomic::AtomicBool::new(false);
@@ -1199,7 +1200,7 @@ mod tests {
                 let mut round = |force: bool| {
                     let lock = mb.lock(Duration::from_secs(5)).unwrap();
                     if force {
-                        mb.settle(&lock).unwrap();
+                        mb.checkpoint(&lock).unwrap();
                     }
                     let Claim { claimed, poisoned, .. } =
                         mb.claim(&lock, &Guard::new(&w.roster), usize::MAX).unwrap();
@@ -1225,7 +1226,7 @@ mod tests {
         assert_eq!(unique.len(), delivered.len(), "delivered twice");
         assert_eq!(unique, acked.iter().collect(), "every acked put delivered, nothing else");
         let mb = Mailbox::open(&w.layout, &w.node, agent).unwrap();
-        settle_now(&mb).unwrap();
+        checkpoint_now(&mb).unwrap();
         assert!(journals(&mb).is_empty(), "{:?}", journals(&mb));
     }
 
@@ -1234,18 +1235,18 @@ mod tests {
         let w = world();
         let mb = agent1(&w);
         let (e0, e1) = (env(&w, "agent1@work", "first"), env(&w, "agent1@work", "second"));
-        let r = failing(&crate::segment::FAIL_LAYOUT, &mb, || mb.put(&e0));
+        let r = failing(&crate::store::segment::FAIL_LAYOUT, &mb, || mb.put(&e0));
         // Durable in the segment: the put has succeeded, though no file is in the inbox yet.
         assert_eq!(r.unwrap(), PutOutcome::Stored);
         assert!(!mb.inbox_dir().join(e0.file_name()).exists());
         mb.put(&e1).unwrap();
-        // A claim (not a forced settle) lays it out first, so it comes first.
+        // A claim (not a full checkpoint) lays it out first, so it comes first.
         let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["first", "second"]);
     }
 
     #[test]
-    fn a_batch_whose_barrier_fails_leaves_nothing_a_settle_could_lay_out() {
+    fn a_batch_whose_barrier_fails_leaves_nothing_a_recovery_could_lay_out() {
         let w = world();
         let mb = agent1(&w);
         let envs: Vec<_> = (0..6).map(|i| env(&w, "agent1@work", &format!("m{i}"))).collect();
@@ -1254,11 +1255,11 @@ mod tests {
         let (seen, keep) = (jdir.clone(), survivor.clone());
         // The journal's name outlives its removal (a power cut, a failed unlink): kept here as a link.
         let when = move |open: &Path| open.starts_with(&seen) && std::fs::hard_link(open, &keep).is_ok();
-        let r = with_hook(&journal::FAIL_BATCH_BARRIER, when, || mb.put_batch(&envs));
+        let r = with_hook(&crate::store::journal::FAIL_BATCH_BARRIER, when, || mb.put_batch(&envs));
         assert!(r.unwrap_err().to_string().contains("fsync"));
         assert_eq!(std::fs::metadata(&survivor).unwrap().len(), 0, "emptied before it was removed");
         assert_eq!(journals(&mb), [survivor.file_name().unwrap().to_str().unwrap()]);
-        assert_eq!(settle_now(&mb).unwrap().relaid, 0);
+        assert_eq!(checkpoint_now(&mb).unwrap().relaid, 0);
         assert_eq!(drain(&mb, &w).0.len(), 0, "a failed put is never delivered");
         assert!(journals(&mb).is_empty(), "{:?}", journals(&mb));
     }
@@ -1274,7 +1275,7 @@ mod tests {
         let name = format!("01PLANTED-1-0.{}.open", boot());
         std::fs::write(elsewhere.join(&name), planted.to_json()).unwrap();
         std::os::unix::fs::symlink(&elsewhere, mb.journal_dir()).unwrap();
-        assert_eq!(settle_now(&mb).unwrap(), crate::Settled::default());
+        assert_eq!(checkpoint_now(&mb).unwrap(), Recovered::default());
         // Puts, small and batched, still work: a durable write per file.
         mb.put(&env(&w, "agent1@work", "one")).unwrap();
         let batch: Vec<_> = (0..5).map(|i| env(&w, "agent1@work", &format!("b{i}"))).collect();
@@ -1301,10 +1302,10 @@ mod tests {
     fn a_claim_lays_out_what_a_killed_writer_left_only_in_the_segment_in_order() {
         let w = world();
         let mb = middle_writer_killed(&w);
-        // A plain claim (no forced settle, the segment stays current) brings it back, in order.
+        // A plain claim (no full checkpoint, the segment stays current) brings it back, in order.
         let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m0", "m1", "m2"]);
-        assert!(mb.journal_dir().join(crate::segment::current(boot())).exists(), "not moved aside");
+        assert!(mb.journal_dir().join(crate::store::segment::current(boot())).exists(), "not moved aside");
         // Later claims read only what was appended since, and deliver nothing twice.
         mb.put(&env(&w, "agent1@work", "m3")).unwrap();
         let texts = drain_texts(&mb, &w);
@@ -1320,7 +1321,7 @@ mod tests {
         let s = mb.recover(&lock).unwrap();
         assert_eq!(s.relaid, 1, "{s:?}");
         assert_eq!(mb.counts().unwrap(), Counts { inbox: 3, ..Counts::default() }, "laid out, not claimed");
-        assert!(mb.journal_dir().join(crate::segment::current(boot())).exists(), "no checkpoint");
+        assert!(mb.journal_dir().join(crate::store::segment::current(boot())).exists(), "no checkpoint");
         assert_eq!(mb.recover(&lock).unwrap().relaid, 0, "each record once");
         drop(lock);
         assert_eq!(drain_texts(&mb, &w), ["m0", "m1", "m2"]);
@@ -1332,10 +1333,10 @@ mod tests {
         let mb = agent1(&w);
         mb.put(&env(&w, "agent1@work", "m0")).unwrap();
         let pair = [env(&w, "agent1@work", "cut-a"), env(&w, "agent1@work", "cut-b")];
-        let r = failing(&crate::segment::SHORT_WRITE, &mb, || mb.put_batch(&pair));
+        let r = failing(&crate::store::segment::SHORT_WRITE, &mb, || mb.put_batch(&pair));
         assert!(r.unwrap_err().to_string().contains("short write"));
-        // The first envelope's line reached the segment whole; a forced settle must not lay it out.
-        assert_eq!(settle_now(&mb).unwrap().relaid, 0);
+        // The first envelope's line reached the segment whole; a full checkpoint must not lay it out.
+        assert_eq!(checkpoint_now(&mb).unwrap().relaid, 0);
         let texts = drain_texts(&mb, &w);
         assert_eq!(texts, ["m0"]);
     }
@@ -1346,7 +1347,7 @@ mod tests {
         let w = world();
         let mb = agent1(&w);
         mb.put(&env(&w, "agent1@work", "m0")).unwrap();
-        let seg = mb.journal_dir().join(crate::segment::current(boot()));
+        let seg = mb.journal_dir().join(crate::store::segment::current(boot()));
         let mode = || std::fs::metadata(&seg).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(), 0o700, "its creator fsynced the folders and said so");
         // A creator killed before its folder fsyncs leaves the mark clear:
@@ -1357,19 +1358,19 @@ mod tests {
     }
 
     #[test]
-    fn a_settle_killed_between_the_two_names_of_a_rotation_is_finished_by_the_next() {
+    fn a_recovery_killed_between_the_two_names_of_a_rotation_is_finished_by_the_next() {
         let w = world();
         let mb = agent1(&w);
         mb.put(&env(&w, "agent1@work", "m0")).unwrap();
         let jdir = mb.journal_dir();
-        let cur = jdir.join(crate::segment::current(boot()));
+        let cur = jdir.join(crate::store::segment::current(boot()));
         std::fs::hard_link(&cur, jdir.join(format!("old-{}-1.seg", boot()))).unwrap();
         // A claim (no force, far below the rotation size) finishes it.
         let (c, _) = drain(&mb, &w);
         assert_eq!(c.len(), 1);
         assert!(journals(&mb).is_empty(), "{:?}", journals(&mb));
         mb.put(&env(&w, "agent1@work", "m1")).unwrap();
-        assert_eq!(journals(&mb), [crate::segment::current(boot())], "a new segment for the next put");
+        assert_eq!(journals(&mb), [crate::store::segment::current(boot())], "a new segment for the next put");
     }
 
     #[test]
@@ -1377,10 +1378,10 @@ mod tests {
         let w = world();
         let mb = agent1(&w);
         mb.put(&env(&w, "agent1@work", "m0")).unwrap();
-        let seg = mb.journal_dir().join(crate::segment::current(boot()));
+        let seg = mb.journal_dir().join(crate::store::segment::current(boot()));
         // Sparse: far past any bound, without writing it.
         std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(1 << 30).unwrap();
-        assert!(settle_now(&mb).is_err());
+        assert!(checkpoint_now(&mb).is_err());
         assert!(seg.exists(), "kept where it was: it may hold acknowledged records");
         assert!(journals(&mb).iter().all(|j| !j.ends_with(".bad")));
         // Writers no longer add to it: the next put goes file by file, and is there.
@@ -1401,7 +1402,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(mb.inbox_dir().join(e.file_name()), b"").unwrap();
-        assert_eq!(settle_now(&mb).unwrap().restored, 1);
+        assert_eq!(checkpoint_now(&mb).unwrap().restored, 1);
         assert!(journals(&mb).is_empty());
         assert_eq!(std::fs::read(mb.inbox_dir().join(e.file_name())).unwrap(), e.to_json());
     }
@@ -1446,7 +1447,7 @@ mod tests {
         let laid = journals(&mb).remove(0);
         let open = laid.replace(".laid", ".open");
         std::fs::hard_link(mb.journal_dir().join(&laid), mb.journal_dir().join(&open)).unwrap();
-        let s = settle_now(&mb).unwrap();
+        let s = checkpoint_now(&mb).unwrap();
         assert_eq!((s.relaid, s.checkpointed), (0, 1), "{s:?}");
         assert!(journals(&mb).is_empty());
         assert_eq!(drain(&mb, &w).0.len(), 5);
@@ -1460,10 +1461,10 @@ mod tests {
         let p = write_journal(&mb, &format!("x-1-0.{}.open", boot()), &envs);
         let held = std::fs::File::open(&p).unwrap();
         held.lock().unwrap();
-        assert_eq!(settle_now(&mb).unwrap(), crate::Settled::default());
+        assert_eq!(checkpoint_now(&mb).unwrap(), Recovered::default());
         assert_eq!(mb.counts().unwrap().inbox, 0, "nothing laid out behind the writer's back");
         drop(held);
-        let s = settle_now(&mb).unwrap();
+        let s = checkpoint_now(&mb).unwrap();
         assert_eq!((s.relaid, s.checkpointed), (4, 1));
         assert_eq!(mb.counts().unwrap().inbox, 4);
     }
@@ -1483,8 +1484,8 @@ mod tests {
         std::fs::write(mb.inbox_dir().join(envs[1].file_name()), b"").unwrap();
         std::fs::write(mb.delivered.join(envs[2].file_name()), envs[2].to_json()).unwrap();
         std::fs::write(mb.poison.join(envs[4].file_name()), b"whatever it was").unwrap();
-        let s = settle_now(&mb).unwrap();
-        // Checkpointed: the segment m0's put went through (a settle's force moves it aside).
+        let s = checkpoint_now(&mb).unwrap();
+        // Checkpointed: the segment m0's put went through (a full checkpoint moves it aside).
         assert_eq!((s.restored, s.relaid, s.checkpointed, s.bad), (2, 0, 1, 0), "{s:?}");
         assert!(journals(&mb).is_empty(), "an earlier boot's journal is done with");
         for e in &envs[..2] {
@@ -1507,7 +1508,7 @@ mod tests {
         let boot = boot();
         std::os::unix::fs::symlink(&outside, mb.journal_dir().join(format!("a-1-0.{boot}.open"))).unwrap();
         std::fs::create_dir(mb.journal_dir().join(format!("b-1-0.{boot}.open"))).unwrap();
-        let s = settle_now(&mb).unwrap();
+        let s = checkpoint_now(&mb).unwrap();
         assert_eq!(s.bad, 2, "{s:?}");
         assert_eq!(mb.counts().unwrap().inbox, 0, "nothing read through the link");
         let js = journals(&mb);
@@ -1525,7 +1526,7 @@ mod tests {
         mb.deliver(&lock, &c).unwrap();
         let laid: Vec<_> = journals(&mb).iter().map(|j| mb.journal_dir().join(j)).collect();
         // Five in the inbox, three delivered: all found where they are now.
-        assert_eq!(journal::sync_each_file(mb.places(), &laid).unwrap(), (8, 0));
+        assert_eq!(crate::store::checkpoint::sync_each_file(mb.places(), &laid).unwrap(), (8, 0));
     }
 
     #[test]
@@ -1539,9 +1540,9 @@ mod tests {
         let (bytes, ino) = (std::fs::read(&bad).unwrap(), std::fs::metadata(&bad).unwrap().ino());
         let target = bad.clone();
         let s = with_hook(
-            &journal::FAIL_FILE_FSYNC,
+            &crate::store::checkpoint::FAIL_FILE_FSYNC,
             move |p| p == target,
-            || failing(&journal::FAIL_SYNCFS, &mb, || settle_now(&mb)),
+            || failing(&crate::store::checkpoint::FAIL_SYNCFS, &mb, || checkpoint_now(&mb)),
         )
         .unwrap();
         assert_eq!((s.checkpointed, s.rewritten), (1, 1), "{s:?}");
@@ -1562,7 +1563,8 @@ mod tests {
         // A batch whose layout cannot even open its folder (a file where it should be).
         let not_a_dir = mb.dir.join("not-a-folder");
         std::fs::write(&not_a_dir, b"").unwrap();
-        journal::write_journaled(&mb.journal_dir(), &not_a_dir, &items).expect("durable, so sent");
+        crate::store::journal::write_journaled(&mb.journal_dir(), &not_a_dir, &items)
+            .expect("durable, so sent");
         // A single put (the segment) whose inbox is, for the moment, a file.
         let away = mb.dir.join("inbox.away");
         std::fs::rename(&mb.inbox, &away).unwrap();
@@ -1588,32 +1590,31 @@ mod tests {
         let (jdir, inbox, lockf) = (mb.journal_dir(), mb.inbox_dir().to_path_buf(), mb.dir.join(".lock"));
         let record = seen.clone();
         // Other tests commit batches meanwhile: only this mailbox's batch is looked at.
-        *journal::AFTER_BARRIER.lock().unwrap() = Some(Box::new(move |open: &std::path::Path| {
-            if !open.starts_with(&jdir) {
-                return;
-            }
-            let lines = std::fs::read(open).unwrap().split(|&c| c == b'\n').filter(|l| !l.is_empty()).count();
-            let laid = list(&inbox).unwrap().0.len();
-            // A settle now (another process, with the mailbox lock) must leave it be.
-            let lock = crate::lock_file(&lockf, Duration::from_secs(1)).unwrap().unwrap();
-            let moved_on = [inbox.with_file_name("claimed"), inbox.with_file_name("delivered")];
-            let places = journal::Places {
-                lay_out: &inbox,
-                moved_on: &moved_on,
-                refused: &inbox.with_file_name("poison"),
-            };
-            let settled = journal::settle(&jdir, places, true).unwrap();
-            drop(lock);
-            *record.lock().unwrap() = Some((lines, laid, settled, list(&inbox).unwrap().0.len()));
-        }));
+        *crate::store::journal::AFTER_BARRIER.lock().unwrap() =
+            Some(Box::new(move |open: &std::path::Path| {
+                if !open.starts_with(&jdir) {
+                    return;
+                }
+                let lines =
+                    std::fs::read(open).unwrap().split(|&c| c == b'\n').filter(|l| !l.is_empty()).count();
+                let laid = list(&inbox).unwrap().0.len();
+                // A recovery now (another process, with the mailbox lock) must leave it be.
+                let lock = crate::lock_file(&lockf, Duration::from_secs(1)).unwrap().unwrap();
+                let moved_on = [inbox.with_file_name("claimed"), inbox.with_file_name("delivered")];
+                let places =
+                    Places { lay_out: &inbox, moved_on: &moved_on, refused: &inbox.with_file_name("poison") };
+                let recovered = crate::store::recover(&jdir, places, Checkpoint::All).unwrap();
+                drop(lock);
+                *record.lock().unwrap() = Some((lines, laid, recovered, list(&inbox).unwrap().0.len()));
+            }));
         let outcomes = mb.put_batch(&envs);
-        *journal::AFTER_BARRIER.lock().unwrap() = None;
+        *crate::store::journal::AFTER_BARRIER.lock().unwrap() = None;
         assert!(outcomes.unwrap().iter().all(|o| *o == PutOutcome::Stored));
-        let (lines, laid_then, settled, laid_after_settle) =
+        let (lines, laid_then, recovered, laid_after_recovery) =
             seen.lock().unwrap().take().expect("the look ran");
         assert_eq!((lines, laid_then), (6, 0), "durable in the journal first, laid out after");
-        assert_eq!(settled, crate::Settled::default(), "a live writer's journal is its own");
-        assert_eq!(laid_after_settle, 0);
+        assert_eq!(recovered, Recovered::default(), "a live writer's journal is its own");
+        assert_eq!(laid_after_recovery, 0);
         let (c, p) = drain(&mb, &w);
         assert_eq!((c.len(), p.len()), (6, 0), "each once: {p:?}");
     }

@@ -140,6 +140,15 @@ impl Address {
             Address::Owner => None,
         }
     }
+
+    /// The agent this address names on `node`, if it names one there: the
+    /// one recipient check of the mailbox and of a mesh push.
+    pub fn agent_on(&self, node: &NodeName) -> Option<AgentName> {
+        match self {
+            Address::Agent { agent, node: Some(n) } if n == node => Some(*agent),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Address {

@@ -1,5 +1,5 @@
 //! Recovery from a batch journal or a segment on arbitrary bytes, as a
-//! crashed writer or a damaged disk could leave one: settling may lay out envelopes that parse
+//! crashed writer or a damaged disk could leave one: recovery may lay out envelopes that parse
 //! and refuse the rest, never panic, and never write outside the mailbox or
 //! under a name that is not `<id>.json` of a record it parsed and no void
 //! took back.
@@ -32,18 +32,18 @@ fn boot() -> &'static str {
 fuzz_target!(|data: &[u8]| {
     // The same bytes as a batch journal whose writer died, and as a mailbox segment.
     for name in [format!("x-1-0.{}.open", boot()), format!("cur-{}.seg", boot())] {
-        settle_as(&name, data);
+        recover_as(&name, data);
     }
 });
 
-fn settle_as(name: &str, data: &[u8]) {
+fn recover_as(name: &str, data: &[u8]) {
     let dir = tempfile::tempdir().expect("a scratch folder");
     let node: NodeName = "fuzz".parse().expect("a valid node name");
     let mb = Mailbox::open(&Layout::new(dir.path()), &node, AgentName::Numbered(1)).expect("a mailbox");
     std::fs::create_dir_all(mb.journal_dir()).expect("the journal folder");
     std::fs::write(mb.journal_dir().join(name), data).expect("the journal");
     let lock = mb.lock(Duration::from_secs(1)).expect("the mailbox lock");
-    let settled = mb.settle(&lock).expect("settling a journal in a healthy folder");
+    let recovered = mb.checkpoint(&lock).expect("recovering a journal in a healthy folder");
     // Whatever was laid out is exactly the records that parse as envelopes,
     // less those a void after them took back (each void name, the nearest
     // earlier record of it not yet taken back).
@@ -69,7 +69,7 @@ fn settle_as(name: &str, data: &[u8]) {
         .filter(|n| !n.starts_with('.'))
         .collect();
     assert_eq!(laid, expected);
-    assert_eq!(settled.relaid, expected.len());
+    assert_eq!(recovered.relaid, expected.len());
     // Nothing else appeared in the home but the bus's own folders.
     for e in std::fs::read_dir(dir.path()).expect("the home") {
         let name = e.expect("an entry").file_name();

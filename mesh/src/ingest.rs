@@ -103,15 +103,12 @@ fn check(
         );
         return Err(Box::new((Some(env), r)));
     }
-    let agent = match (env.to.agent_name(), env.to.node()) {
-        (Some(a), Some(n)) if n == local => a,
-        _ => {
-            let r = Refusal::new(
-                RefusalKind::WrongRecipient,
-                format!("addressed to {}, not to this node {local}", env.to),
-            );
-            return Err(Box::new((Some(env), r)));
-        }
+    let Some(agent) = env.to.agent_on(local) else {
+        let r = Refusal::new(
+            RefusalKind::WrongRecipient,
+            format!("addressed to {}, not to this node {local}", env.to),
+        );
+        return Err(Box::new((Some(env), r)));
     };
     if !agent_exists(agent) {
         let r = Refusal::new(RefusalKind::WrongRecipient, format!("no agent {agent} on node {local}"));

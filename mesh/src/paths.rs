@@ -38,7 +38,7 @@ impl MeshPaths {
         self.dir().join("outbox")
     }
     /// `mesh/outbox/.journal/`: what makes outbox writes durable for one
-    /// flush (see `netsky_bus::write_journaled`), until the daemon settles it.
+    /// flush (see `netsky_bus::write_journaled`), until the daemon checkpoints it.
     pub fn outbox_journal(&self) -> PathBuf {
         self.outbox().join(netsky_bus::JOURNAL_DIR)
     }
@@ -46,12 +46,15 @@ impl MeshPaths {
     pub fn write_outbox(&self, items: &[(String, Vec<u8>)]) -> Result<(), netsky_bus::BusError> {
         netsky_bus::write_journaled(&self.outbox_journal(), &self.outbox(), items)
     }
-    /// Settles the outbox's journal (recovery, checkpoint): the daemon's, one at a time.
-    pub fn settle_outbox(&self, force: bool) -> Result<netsky_bus::Settled, netsky_bus::BusError> {
+    /// Recovers the outbox's journal, checkpointing as `due` says: the daemon's, one at a time.
+    pub fn recover_outbox(
+        &self,
+        due: netsky_bus::Checkpoint,
+    ) -> Result<netsky_bus::Recovered, netsky_bus::BusError> {
         let moved_on = [self.sent()];
         let places =
             netsky_bus::Places { lay_out: &self.outbox(), moved_on: &moved_on, refused: &self.refused() };
-        netsky_bus::settle_journal(&self.outbox_journal(), places, force)
+        netsky_bus::recover_journal(&self.outbox_journal(), places, due)
     }
     /// `mesh/sent/`: envelopes the remote acknowledged (the sender's audit trail).
     pub fn sent(&self) -> PathBuf {

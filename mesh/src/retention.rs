@@ -10,9 +10,6 @@ use std::time::{Duration, SystemTime};
 /// Acked envelopes are kept this long in `mesh/sent/`.
 pub const SENT_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Temp files untouched this long belong to writers that crashed.
-pub const STALE_TEMP: Duration = Duration::from_secs(3600);
-
 /// At most this many files are removed per pass.
 pub const PRUNE_PER_PASS: usize = 1000;
 

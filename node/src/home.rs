@@ -131,7 +131,7 @@ impl Home {
             self.logs_dir(),
             self.state_dir(),
             layout.agents_dir(),
-            layout.outbox_dir(),
+            self.mesh_paths().outbox(),
         ] {
             b.create(&d).with_context(|| format!("cannot create {}", d.display()))?;
         }

@@ -1,6 +1,6 @@
 //! The evidence trail: every bus event goes to `logs/events-YYYY-MM-DD.jsonl`
 //! (with the envelope itself where there is one); `meta.db` is an index of
-//! those logs, caught up by the daemon and by readers (see `store`).
+//! those logs, indexed by the daemon and by readers (see `store`).
 //!
 //! Files are the truth and the database is the record: a failure to write the
 //! database (locked, damaged, newer schema) is logged once and never stops
@@ -234,17 +234,11 @@ impl EventKind {
     }
 }
 
-impl From<EventKind> for &'static str {
-    fn from(k: EventKind) -> &'static str {
-        k.as_str()
-    }
-}
-
-/// How long catching up waits after finding meta.db busy at open.
+/// How long indexing waits after finding meta.db busy at open.
 const BUSY_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How much of the logs one catch-up reads at most (the rest comes next time).
-const CATCH_UP_BUDGET: u64 = 64 << 20;
+/// How much of the logs one indexing pass reads at most (the rest comes next time).
+const INDEX_BUDGET: u64 = 64 << 20;
 
 /// The envelope as its own JSON object inside the log line.
 fn envelope_json<S: serde::Serializer>(env: &Option<Envelope>, s: S) -> Result<S::Ok, S::Error> {
@@ -265,7 +259,7 @@ pub struct Recorder {
     /// Whether `record` also reads the logs into meta.db (the daemon), or
     /// leaves that to whoever reads the database next (short-lived commands).
     index: bool,
-    /// After a busy open, catching up waits until then before trying again.
+    /// After a busy open, indexing waits until then before trying again.
     busy_until: Mutex<Option<std::time::Instant>>,
 }
 
@@ -288,12 +282,9 @@ impl Recorder {
     }
 
     /// A new event of `kind` about `env` (if any) in `agent`'s mailbox.
-    ///
-    /// `kind` is an [`EventKind`]; a bare name is taken too, only because
-    /// ticker.rs still spells its four events out (each one is in the enum).
     pub fn event(
         &self,
-        kind: impl Into<&'static str>,
+        kind: EventKind,
         agent: Option<AgentName>,
         env: Option<&Envelope>,
         detail: Option<String>,
@@ -301,7 +292,7 @@ impl Recorder {
         Event {
             ts: format_ts(OffsetDateTime::now_utc()),
             node: self.node.to_string(),
-            event: kind.into(),
+            event: kind.as_str(),
             agent: agent.map(|a| a.to_string()),
             envelope: env.map(|e| e.id.to_string()),
             detail,
@@ -309,12 +300,12 @@ impl Recorder {
         }
     }
 
-    /// The event a settle of `agent`'s journal leaves, when it has something
-    /// to say: a recovery, or why it failed (a busy mailbox is no news).
-    pub fn settled(
+    /// The event a recovery of `agent`'s journal leaves, when it has
+    /// something to say: what it recovered, or why it failed (a busy mailbox is no news).
+    pub fn recovered(
         &self,
         agent: AgentName,
-        res: &Result<netsky_bus::Settled, netsky_bus::BusError>,
+        res: &Result<netsky_bus::Recovered, netsky_bus::BusError>,
     ) -> Option<Event> {
         match res {
             Ok(s) if s.relaid + s.restored + s.bad + s.rewritten > 0 => {
@@ -342,7 +333,7 @@ impl Recorder {
         refused.chain(taken).collect()
     }
 
-    /// Records events: log lines first; an indexing recorder then catches meta.db up.
+    /// Records events: log lines first; an indexing recorder then indexes them in meta.db.
     pub fn record(&self, events: &[Event]) {
         if events.is_empty() {
             return;
@@ -351,17 +342,17 @@ impl Recorder {
             tracing::warn!(error = %e, "cannot append to the event log");
         }
         if self.index {
-            self.catch_up();
+            self.index_logs();
         }
     }
 
     /// Reads what the event logs gained (from any process) into meta.db.
     ///
-    /// Another process catching up at the same moment (SQLite busy) is no
+    /// Another process indexing at the same moment (SQLite busy) is no
     /// failure: the next call takes what this one did not.
-    pub fn catch_up(&self) {
+    pub fn index_logs(&self) {
         let logs = self.logs.clone();
-        self.store_op(true, |store| store.catch_up(&logs, CATCH_UP_BUDGET).map(|_| ()));
+        self.store_op(true, |store| store.index_logs(&logs, INDEX_BUDGET).map(|_| ()));
     }
 
     /// Runs `f` on meta.db (opened on first use); a failure is logged once and disables the store, as for events.
@@ -402,7 +393,7 @@ impl Recorder {
             && let Err(e) = f(store)
         {
             if busy_is_transient && crate::store::is_busy(&e) {
-                tracing::debug!(error = %format!("{e:#}"), "meta.db busy; caught up later");
+                tracing::debug!(error = %format!("{e:#}"), "meta.db busy; indexed later");
                 return;
             }
             *slot = Err(());

@@ -1,12 +1,12 @@
 //! `meta.db`: the SQLite record of envelopes and events, for queries.
 //!
 //! The `events` and `envelopes` tables are an index of the event logs
-//! (`logs/events-*.jsonl`), brought up to date by [`Store::catch_up`]: the
+//! (`logs/events-*.jsonl`), brought up to date by [`Store::index_logs`]: the
 //! daemon runs it as events happen and on every tick, `netsky query` before it
 //! answers. Short-lived commands (`channel send`, `drain`) only append to the
 //! log, so SQLite's open and WAL recovery (measured at 1 to 5 ms) stay off the
 //! send path. A cursor per log file, moved in the same transaction as the
-//! rows it covers, makes catching up idempotent and safe to run from several
+//! rows it covers, makes indexing idempotent and safe to run from several
 //! processes at once.
 //!
 //! WAL mode with `synchronous = NORMAL`: a commit does not wait for fsync,
@@ -91,7 +91,7 @@ const MIGRATIONS: &[&str] = &[
 const INDEXED_FROM_LOGS: i64 = 3;
 
 /// At most this much of a log is read in one transaction.
-const CATCH_UP_CHUNK: u64 = 1 << 20;
+const INDEX_CHUNK: u64 = 1 << 20;
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -172,7 +172,7 @@ impl Store {
     ///
     /// Only whole lines count (a writer may be mid-append); a line that does
     /// not parse is skipped with a warning, never retried forever.
-    pub fn catch_up(&mut self, logs: &Path, budget: u64) -> Result<CaughtUp> {
+    pub fn index_logs(&mut self, logs: &Path, budget: u64) -> Result<Indexed> {
         let mut taken = 0;
         let mut read = 0u64;
         // One read of every cursor: the write lock is taken only for logs that grew.
@@ -188,7 +188,7 @@ impl Store {
             // Up to the length seen now: a log that grows meanwhile is for the next call.
             loop {
                 if read >= budget {
-                    return Ok(CaughtUp { lines: taken, behind: true });
+                    return Ok(Indexed { lines: taken, behind: true });
                 }
                 let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let at: u64 = tx
@@ -218,7 +218,7 @@ impl Store {
                 }
             }
         }
-        Ok(CaughtUp { lines: taken, behind: false })
+        Ok(Indexed { lines: taken, behind: false })
     }
 }
 
@@ -230,9 +230,9 @@ fn not_newer(path: &Path, version: i64) -> Result<()> {
     Ok(())
 }
 
-/// What one [`Store::catch_up`] did.
+/// What one [`Store::index_logs`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CaughtUp {
+pub struct Indexed {
     /// Log lines read into the database.
     pub lines: usize,
     /// The budget ran out before the end of the logs.
@@ -251,10 +251,10 @@ pub fn refresh(home: &Home) {
     if !logs.is_dir() {
         return;
     }
-    match Store::open(&db).and_then(|mut s| s.catch_up(&logs, REFRESH_BUDGET)) {
+    match Store::open(&db).and_then(|mut s| s.index_logs(&logs, REFRESH_BUDGET)) {
         Ok(c) if c.behind => tracing::warn!(
             db = %db.display(),
-            "meta.db is far behind the event logs; this answer misses the newest events (the daemon catches up)"
+            "meta.db is far behind the event logs; this answer misses the newest events (the daemon indexes them)"
         ),
         Ok(_) => {}
         Err(e) => {
@@ -339,14 +339,14 @@ fn read_lines(path: &Path, at: u64) -> Result<(Vec<u8>, u64)> {
     let at = if len < at { 0 } else { at };
     f.seek(SeekFrom::Start(at))?;
     let mut buf = Vec::new();
-    f.take(CATCH_UP_CHUNK).read_to_end(&mut buf).with_context(|| format!("read {}", path.display()))?;
+    f.take(INDEX_CHUNK).read_to_end(&mut buf).with_context(|| format!("read {}", path.display()))?;
     match buf.iter().rposition(|&b| b == b'\n') {
         Some(end) => {
             buf.truncate(end + 1);
             Ok((buf, at + end as u64 + 1))
         }
         // A line longer than a whole chunk is no event line: step over it.
-        None if buf.len() as u64 == CATCH_UP_CHUNK => Ok((Vec::new(), at + CATCH_UP_CHUNK)),
+        None if buf.len() as u64 == INDEX_CHUNK => Ok((Vec::new(), at + INDEX_CHUNK)),
         None => Ok((Vec::new(), at)),
     }
 }
@@ -568,7 +568,7 @@ mod tests {
     }
 
     #[test]
-    fn catching_up_reads_whole_lines_once_and_keeps_envelopes() {
+    fn indexing_reads_whole_lines_once_and_keeps_envelopes() {
         use netsky_bus::{Address, AgentName, Kind, NodeName};
         let (_d, db, logs) = home();
         let key = netsky_keys::SecretKey::generate();
@@ -589,15 +589,15 @@ mod tests {
         // A whole line, a line that is no event, and a line still being written.
         std::fs::write(&log, format!("{sent}\nnot json\n{{\"ts\": \"t2\", \"no")).unwrap();
         let mut s = Store::open(&db).unwrap();
-        assert_eq!(s.catch_up(&logs, u64::MAX).unwrap().lines, 1);
-        assert_eq!(s.catch_up(&logs, u64::MAX).unwrap().lines, 0, "nothing twice");
+        assert_eq!(s.index_logs(&logs, u64::MAX).unwrap().lines, 1);
+        assert_eq!(s.index_logs(&logs, u64::MAX).unwrap().lines, 0, "nothing twice");
         assert_eq!(count(&db, "SELECT count(*) FROM envelopes WHERE text = 'hello'"), 1);
         // The writer finishes its line; a second store (another process) takes only that.
         let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         std::io::Write::write_all(&mut f, b"de\": \"work\", \"event\": \"claimed\"}\n").unwrap();
         let mut other = Store::open(&db).unwrap();
-        assert_eq!(other.catch_up(&logs, u64::MAX).unwrap().lines, 1);
-        assert_eq!(s.catch_up(&logs, u64::MAX).unwrap().lines, 0);
+        assert_eq!(other.index_logs(&logs, u64::MAX).unwrap().lines, 1);
+        assert_eq!(s.index_logs(&logs, u64::MAX).unwrap().lines, 0);
         assert_eq!(count(&db, "SELECT count(*) FROM events"), 2);
     }
 
@@ -622,7 +622,7 @@ mod tests {
         ];
         std::fs::write(logs.join("events-2026-11-24.jsonl"), lines.join("\n") + "\n").unwrap();
         let mut s = Store::open(&db).unwrap();
-        assert_eq!(s.catch_up(&logs, u64::MAX).unwrap().lines, 1);
+        assert_eq!(s.index_logs(&logs, u64::MAX).unwrap().lines, 1);
         assert_eq!(count(&db, "SELECT count(*) FROM events WHERE event = 'claimed'"), 1);
         assert_eq!(count(&db, "SELECT count(*) FROM events"), 2);
     }
@@ -639,26 +639,26 @@ mod tests {
         );
         std::fs::write(logs.join("events-2026-11-25.jsonl"), text).unwrap();
         let mut s = Store::open(&db).unwrap();
-        assert_eq!(s.catch_up(&logs, u64::MAX).unwrap().lines, 2);
+        assert_eq!(s.index_logs(&logs, u64::MAX).unwrap().lines, 2);
         assert_eq!(count(&db, "SELECT count(*) FROM events WHERE event IN ('claimed', 'delivered')"), 2);
     }
 
     #[test]
-    fn a_budget_stops_catching_up_early_and_the_next_call_goes_on() {
+    fn a_budget_stops_indexing_early_and_the_next_call_goes_on() {
         let (_d, db, logs) = home();
         for day in ["2026-11-24", "2026-11-25"] {
             let line = format!(r#"{{"ts":"{day}","node":"w","event":"sent"}}"#);
             std::fs::write(logs.join(format!("events-{day}.jsonl")), line + "\n").unwrap();
         }
         let mut s = Store::open(&db).unwrap();
-        let first = s.catch_up(&logs, 1).unwrap();
+        let first = s.index_logs(&logs, 1).unwrap();
         assert_eq!((first.lines, first.behind), (1, true));
-        let rest = s.catch_up(&logs, u64::MAX).unwrap();
+        let rest = s.index_logs(&logs, u64::MAX).unwrap();
         assert_eq!((rest.lines, rest.behind), (1, false));
     }
 
     #[test]
-    fn stores_catching_up_at_once_take_every_line_exactly_once() {
+    fn stores_indexing_at_once_take_every_line_exactly_once() {
         let (_d, db, logs) = home();
         let n = 30_000;
         let text: String = (0..n)
@@ -671,7 +671,7 @@ mod tests {
                 sc.spawn(|| {
                     let mut s = Store::open(&db).unwrap();
                     loop {
-                        match s.catch_up(&logs, u64::MAX) {
+                        match s.index_logs(&logs, u64::MAX) {
                             Ok(c) if !c.behind && c.lines == 0 => break,
                             Ok(_) => {}
                             Err(e) if is_busy(&e) => {}

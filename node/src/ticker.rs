@@ -27,7 +27,7 @@ use netsky_bus::AgentName;
 use crate::constellation;
 use crate::home::Home;
 use crate::node::Node;
-use crate::record::Recorder;
+use crate::record::{EventKind, Recorder};
 
 /// What wakes the ticker between ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,8 +172,7 @@ fn new_mailbox_folder(ev: &notify::Event) -> Option<AgentName> {
     })
 }
 
-/// Inboxes that took mail since the ticker last looked: a send there may
-/// have taken a spare, whether or not the agent has a pane to deliver to.
+/// Inboxes that took mail since the ticker last looked, and journals written.
 /// Mailboxes just made are kept apart: they get a second look a moment later.
 #[derive(Debug, Default)]
 struct Landed(std::sync::Mutex<LandedSince>);
@@ -196,7 +195,7 @@ impl Landed {
 
     /// Bounded: a flood of new mailboxes waits for the tick's own pass.
     fn insert_bounded(set: &mut BTreeSet<AgentName>, agent: AgentName) {
-        if set.len() < SPARE_MAILBOXES {
+        if set.len() < NOTED_MAILBOXES {
             set.insert(agent);
         }
     }
@@ -274,7 +273,7 @@ fn watch_inboxes(
 
 /// What the heartbeat thread does next.
 enum Step {
-    /// The periodic tick (watchdog, hang checks, spares, meta.db catch-up).
+    /// The periodic tick (watchdog, hang checks, journal checkpoints, meta.db indexing).
     Tick,
     /// A second delivery round for mailboxes just made.
     Recheck,
@@ -293,24 +292,15 @@ const MIN_ROUND_GAP: Duration = Duration::from_millis(50);
 /// the journal while it does), so by then only a dead one's is missing.
 const JOURNAL_GRACE: Duration = Duration::from_millis(250);
 
-/// Mailboxes whose inboxes get spares (a bound on the work of one round).
-const SPARE_MAILBOXES: usize = 64;
+/// Mailboxes one wake notes at most (a bound on the work of one round; a
+/// flood of new mailboxes waits for the tick's own pass).
+const NOTED_MAILBOXES: usize = 64;
 
-/// Keeps spare files in the inboxes of `agents`, so a local `channel send`
-/// allocates no inode on its path (see `netsky_bus::spares`). Every tick
-/// covers the next `SPARE_MAILBOXES` mailboxes in turn; a wake, those that
-/// took mail or were just made, and those it delivered to.
-fn refill_spares(node: &Node, agents: impl Iterator<Item = AgentName>) {
-    let layout = node.home.layout();
-    netsky_bus::spares::refill_each(agents.map(|a| layout.inbox_dir(a)));
-}
-
-/// Settles every mailbox that holds batch journals (see `netsky_bus`'s
-/// journal): what a batch writer that died left only there is laid out, and
-/// laid-out batches are checkpointed. A mailbox another process holds is
-/// left for the next tick.
-fn settle_journals(node: &Node, agents: &[AgentName]) {
-    each_journal(node, agents.iter().copied(), netsky_bus::Mailbox::settle);
+/// Checkpoints every mailbox that holds journals (see `netsky_bus::store`):
+/// what a writer that died left only there is laid out first. A mailbox
+/// another process holds is left for the next tick.
+fn checkpoint_journals(node: &Node, agents: &[AgentName]) {
+    each_journal(node, agents.iter().copied(), netsky_bus::Mailbox::checkpoint);
 }
 
 /// Lays out what writers killed before their layout left in the journals
@@ -321,15 +311,15 @@ fn recover_journals(node: &Node, agents: &BTreeSet<AgentName>) {
     each_journal(node, agents.iter().copied(), netsky_bus::Mailbox::recover);
 }
 
-/// Runs `settle` on the journal of each of `agents` that has one, under its
+/// Runs `recover` on the journal of each of `agents` that has one, under its
 /// mailbox lock (never waited for), and records what it recovered or why it failed.
 fn each_journal(
     node: &Node,
     agents: impl Iterator<Item = AgentName>,
-    settle: fn(
+    recover: fn(
         &netsky_bus::Mailbox,
         &netsky_bus::MailboxLock,
-    ) -> Result<netsky_bus::Settled, netsky_bus::BusError>,
+    ) -> Result<netsky_bus::Recovered, netsky_bus::BusError>,
 ) {
     let layout = node.home.layout();
     for agent in agents {
@@ -337,12 +327,12 @@ fn each_journal(
             continue;
         }
         let rec = &node.recorder;
-        let settled = netsky_bus::Mailbox::open(&layout, &node.config.node.name, agent).and_then(|mb| {
-            // Never waits: a busy mailbox is settled by its claimer, or later.
+        let recovered = netsky_bus::Mailbox::open(&layout, &node.config.node.name, agent).and_then(|mb| {
+            // Never waits: a busy mailbox is recovered by its claimer, or later.
             let lock = mb.lock(Duration::ZERO)?;
-            settle(&mb, &lock)
+            recover(&mb, &lock)
         });
-        if let Some(ev) = rec.settled(agent, &settled) {
+        if let Some(ev) = rec.recovered(agent, &recovered) {
             rec.record(&[ev]);
         }
     }
@@ -359,28 +349,12 @@ fn look_at_journals(due: &mut Option<(Instant, BTreeSet<AgentName>)>, agents: BT
     }
 }
 
-/// The `n` items whose turn it is on tick `tick`: consecutive windows of
-/// `all`, wrapping, so every mailbox gets its spares within a few ticks
-/// however many there are.
-fn turn_of<T: Clone>(all: Vec<T>, tick: u64, n: usize) -> impl Iterator<Item = T> {
-    let len = all.len();
-    let start = if len <= n { 0 } else { (tick as usize).wrapping_mul(n) % len };
-    let take = n.min(len);
-    all.into_iter().cycle().skip(start).take(take)
-}
-
-/// Delivers what waits, then refills the spares of `refill` and of every
-/// inbox the round found mail in (the sends that woke us may have taken
-/// spares: refilled now, off their path).
-fn delivery_round(node: &Node, mut refill: BTreeSet<AgentName>) {
-    match constellation::deliver_now(node) {
-        Ok(d) => refill.extend(d.mail_for),
-        Err(e) => {
-            let rec = &node.recorder;
-            rec.record(&[rec.event("deliver-error", None, None, Some(format!("{e:#}")))]);
-        }
+/// Delivers what waits in every mailbox.
+fn delivery_round(node: &Node) {
+    if let Err(e) = constellation::deliver_now(node) {
+        let rec = &node.recorder;
+        rec.record(&[rec.event(EventKind::DeliverError, None, None, Some(format!("{e:#}")))]);
     }
-    refill_spares(node, refill.into_iter());
 }
 
 fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
@@ -395,7 +369,7 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
         }
     };
     let rec = &node.recorder;
-    rec.record(&[rec.event("ticker-started", None, None, Some(format!("every {interval:?}")))]);
+    rec.record(&[rec.event(EventKind::TickerStarted, None, None, Some(format!("every {interval:?}")))]);
     let mut ticks: u64 = 0;
     let mut next = Instant::now();
     let mut last_round: Option<Instant> = None;
@@ -448,9 +422,9 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                 while let Ok(w) = rx.try_recv() {
                     stop |= w == Wake::Shutdown;
                 }
-                let LandedSince { mail, made, journal } = landed.take();
+                let LandedSince { made, journal, .. } = landed.take();
                 look_at_journals(&mut recover, journal);
-                delivery_round(&node, mail);
+                delivery_round(&node);
                 last_round = Some(Instant::now());
                 if !made.is_empty() {
                     let mut again = recheck.take().map(|(_, a)| a).unwrap_or_default();
@@ -463,8 +437,8 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
             }
             Step::Recheck => {
                 // Mail that landed in a new mailbox before the watcher watched it.
-                if let Some((_, agents)) = recheck.take() {
-                    delivery_round(&node, agents);
+                if recheck.take().is_some() {
+                    delivery_round(&node);
                     last_round = Some(Instant::now());
                 }
             }
@@ -478,22 +452,19 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                 // silence the database for the rest of a long-lived heartbeat.
                 node.recorder = Recorder::indexing(&node.home, node.config.node.name.clone());
                 // What short-lived commands logged since the last tick goes into meta.db.
-                node.recorder.catch_up();
+                node.recorder.index_logs();
                 ticks += 1;
                 match constellation::tick(&node) {
                     Ok(r) => tracing::debug!(?r, "tick"),
                     Err(e) => {
                         let rec = &node.recorder;
-                        rec.record(&[rec.event("tick-error", None, None, Some(format!("{e:#}")))]);
+                        rec.record(&[rec.event(EventKind::TickError, None, None, Some(format!("{e:#}")))]);
                         tracing::warn!(error = %format!("{e:#}"), "tick failed");
                     }
                 }
                 match node.home.layout().agents() {
-                    Ok(all) => {
-                        settle_journals(&node, &all);
-                        refill_spares(&node, turn_of(all, ticks, SPARE_MAILBOXES));
-                    }
-                    Err(e) => tracing::debug!(error = %e, "cannot list mailboxes for spares"),
+                    Ok(all) => checkpoint_journals(&node, &all),
+                    Err(e) => tracing::debug!(error = %e, "cannot list mailboxes to checkpoint"),
                 }
                 if let Err(e) = constellation::stamp_tick(&node, ticks) {
                     tracing::warn!(error = %format!("{e:#}"), "cannot write state/tick.json");
@@ -503,7 +474,7 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
         }
     }
     let rec = &node.recorder;
-    rec.record(&[rec.event("ticker-stopped", None, None, None)]);
+    rec.record(&[rec.event(EventKind::TickerStopped, None, None, None)]);
 }
 
 #[cfg(test)]
@@ -583,13 +554,13 @@ mod tests {
     #[test]
     fn landed_inboxes_are_bounded_and_taken_once() {
         let l = Landed::default();
-        for n in 0..(SPARE_MAILBOXES as u16 + 10) {
+        for n in 0..(NOTED_MAILBOXES as u16 + 10) {
             l.note(AgentName::Numbered(n));
         }
         l.note_new(AgentName::Numbered(500));
         l.note_journal(AgentName::Numbered(2));
         let LandedSince { mail, made, journal } = l.take();
-        assert_eq!(mail.len(), SPARE_MAILBOXES);
+        assert_eq!(mail.len(), NOTED_MAILBOXES);
         assert_eq!(made.into_iter().collect::<Vec<_>>(), [AgentName::Numbered(500)]);
         assert_eq!(journal.into_iter().collect::<Vec<_>>(), [AgentName::Numbered(2)]);
         let LandedSince { mail, made, journal } = l.take();
@@ -623,15 +594,6 @@ mod tests {
     }
 
     #[test]
-    fn every_mailbox_gets_its_turn_for_spares() {
-        let all: Vec<u32> = (0..10).collect();
-        let turns: Vec<Vec<u32>> = (0..4).map(|t| turn_of(all.clone(), t, 4).collect()).collect();
-        assert_eq!(turns, [vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9, 0, 1], vec![2, 3, 4, 5]]);
-        assert_eq!(turn_of(vec![1, 2], 7, 4).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(turn_of(Vec::<u32>::new(), 3, 4).count(), 0);
-    }
-
-    #[test]
     fn a_new_mailbox_or_inbox_folder_names_its_agent() {
         use notify::event::{CreateKind, EventKind};
         let ev = |kind, p: &str| notify::Event { kind, paths: vec![p.into()], attrs: Default::default() };
@@ -641,7 +603,7 @@ mod tests {
         assert_eq!(new("/h/channels/agent/agentinfinity/inbox").as_deref(), Some("agentinfinity"));
         assert_eq!(new("/h/channels/agent/agent7/claimed"), None);
         assert_eq!(new("/h/channels/agent/nobody"), None);
-        assert_eq!(new("/h/channels/agent/agent7/inbox/.spares"), None);
+        assert_eq!(new("/h/channels/agent/agent7/inbox/.x.tmp"), None);
         let file = new_mailbox_folder(&ev(EventKind::Create(CreateKind::File), "/h/channels/agent/agent7"));
         assert_eq!(file, None);
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use netsky_bus::{Envelope, NodeName};
+use netsky_bus::{Checkpoint, Envelope, NodeName};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -17,8 +17,8 @@ use crate::wire::Receipt;
 
 /// How often `mesh/sent/` is pruned of copies older than a week.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
-/// How often the outbox's journal gets a full settle (see `MeshPaths::settle_outbox`).
-const SETTLE_EVERY: Duration = Duration::from_secs(60);
+/// How often the outbox's journal gets a full checkpoint (see `MeshPaths::recover_outbox`).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 
 /// The senders and what their queues hold.
 #[derive(Default)]
@@ -51,7 +51,7 @@ impl Shared {
     pub(super) async fn dispatch_loop(self: Arc<Self>) {
         // The audit trail is pruned now and then, never on the hot path.
         let mut next_prune = Instant::now() + Duration::from_secs(60);
-        let mut next_settle = Instant::now();
+        let mut next_checkpoint = Instant::now();
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -65,21 +65,23 @@ impl Shared {
                 warn!(error = %e, "outbox scan failed");
             }
             // The outbox's journal: what a sender killed after its barrier left
-            // only there is laid out (and scanned next round). A full settle at
-            // start and every minute; between them only past the rotation size.
-            let full = Instant::now() >= next_settle;
-            if full {
-                next_settle = Instant::now() + SETTLE_EVERY;
-            }
+            // only there is laid out (and scanned next round). A full checkpoint at
+            // start and every minute; between them only what is due.
+            let due = if Instant::now() >= next_checkpoint {
+                next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
+                Checkpoint::All
+            } else {
+                Checkpoint::Due
+            };
             let p = self.paths.clone();
-            match tokio::task::spawn_blocking(move || p.settle_outbox(full)).await {
+            match tokio::task::spawn_blocking(move || p.recover_outbox(due)).await {
                 Ok(Ok(s)) if s.relaid + s.restored + s.bad > 0 => {
                     warn!(relaid = s.relaid, restored = s.restored, bad = s.bad, "outbox journal recovered");
                     self.dispatch.wake.notify_one();
                 }
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => warn!(error = %e, "outbox journal not settled"),
-                Err(e) => warn!(error = %e, "outbox journal settle failed"),
+                Ok(Err(e)) => warn!(error = %e, "outbox journal not recovered"),
+                Err(e) => warn!(error = %e, "outbox journal recovery failed"),
             }
             if Instant::now() >= next_prune {
                 next_prune = Instant::now() + PRUNE_EVERY;
@@ -109,7 +111,7 @@ impl Shared {
             let state = p.home().join("state");
             [p.outbox(), p.receipts(), p.refused(), p.delivered(), p.tickets(), p.dir(), state]
                 .iter()
-                .map(|d| netsky_bus::sweep_stale_temps(d, crate::retention::STALE_TEMP))
+                .map(|d| netsky_bus::sweep_stale_temps(d, netsky_bus::STALE_TEMP))
                 .sum::<usize>()
         })
         .await
@@ -278,9 +280,6 @@ impl Shared {
                 debug!(%node, "queued");
                 woken.insert(node);
             }
-        }
-        if !woken.is_empty() {
-            self.spares.refill_soon();
         }
         let peers = lock(&self.dispatch.peers);
         for n in woken {

@@ -118,7 +118,6 @@ impl MeshHandler {
                 match res {
                     Ok(Ok(items)) => {
                         let acks = items.iter().map(|i| i.ack.clone()).collect();
-                        mesh.note_spares_taken(&items);
                         for i in items {
                             mesh.emit(MeshEvent::Received { peer: peer.to_string(), item: i });
                         }

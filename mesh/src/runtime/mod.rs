@@ -13,7 +13,6 @@
 //! - `inbound`: the handler for members' requests (pushes, charters, handovers);
 //! - `join`: the handler that redeems join tickets, and its rate limit;
 //! - `client`: the one-off `join` and `handover` calls of the command line;
-//! - `spares`: spare files kept ahead of the hot path's writes.
 
 mod charter_sync;
 mod client;
@@ -22,7 +21,6 @@ mod inbound;
 mod join;
 mod peer;
 mod reachability;
-mod spares;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,7 +48,6 @@ use dispatch::Dispatch;
 use inbound::MeshHandler;
 use join::JoinHandler;
 use reachability::Reachability;
-use spares::Spares;
 
 /// Where events go: the node records them (log, meta.db).
 pub type EventSink = Arc<dyn Fn(MeshEvent) + Send + Sync>;
@@ -114,8 +111,6 @@ struct Shared {
     dispatch: Dispatch,
     /// Which peers answered last time (`reachability`).
     reachability: Reachability,
-    /// Inboxes that took a spare (`spares`).
-    spares: Spares,
 }
 
 /// A running mesh node.
@@ -157,7 +152,6 @@ impl Mesh {
             charter: CharterState::new(allow, roster),
             dispatch: Dispatch::default(),
             reachability: Reachability::default(),
-            spares: Spares::default(),
         });
         let s = shared.clone();
         tokio::task::spawn_blocking(move || {
@@ -180,9 +174,6 @@ impl Mesh {
         let s = shared.clone();
         let span = info_span!("dispatch", node = %shared.name);
         shared.spawn(async move { s.dispatch_loop().await }.instrument(span));
-        let s = shared.clone();
-        let span = info_span!("spares", node = %shared.name);
-        shared.spawn(async move { s.spares_loop().await }.instrument(span));
         shared.dispatch.wake.notify_one();
         Ok(Mesh { shared, router, _watcher: watcher })
     }

@@ -28,8 +28,6 @@ struct Piped {
     per_s: f64,
     cpu_us: f64,
     floor_per_s: f64,
-    /// The bare file lifecycle's rate, run right after (see [`super::bare`]).
-    bare_per_s: f64,
 }
 
 /// Arguments of `netsky bench bus`.
@@ -82,12 +80,6 @@ struct BusFigures {
     cpu_ceiling_per_s: f64,
     /// This machine's cores.
     cores: usize,
-    /// The bare file lifecycle on two threads, per second (median of the
-    /// runs): the same files, renames and fsyncs with no signature, JSON or
-    /// guard; no bus with a file per envelope goes faster on this filesystem.
-    bare_lifecycle_per_s: f64,
-    /// That rate against the floor rate measured before it (median).
-    bare_lifecycle_vs_floor: f64,
 }
 
 #[derive(Serialize)]
@@ -97,8 +89,7 @@ struct Report {
     /// The process on its own (no daemon: it allocates its own file).
     send_process_ms: f64,
     send_process_p90_ms: f64,
-    /// With the node's daemon running: spares in the inbox, and the daemon's
-    /// own work on each landing sharing the cores.
+    /// With the node's daemon running: its own work on each landing shares the cores.
     send_process_daemon_ms: f64,
     targets: Vec<Target>,
 }
@@ -189,7 +180,7 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
         }
         // Timed too: the checkpoint that makes the journaled batches durable file by file.
         let t0 = Instant::now();
-        mb.settle(&lock)?;
+        mb.checkpoint(&lock)?;
         tp += ms(t0.elapsed());
         if debug {
             eprintln!("batch {batch}: put {tp:.1} ms, claim {tc:.1} ms, deliver {td:.1} ms for {count}");
@@ -255,7 +246,7 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
             }
             writer.join().map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
             // Timed too: the checkpoint that retires the batches' journals.
-            mb.settle(&lock)?;
+            mb.checkpoint(&lock)?;
             if done != n {
                 bail!("{done} of {n} envelopes delivered");
             }
@@ -270,13 +261,9 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
         .map(|i| -> Result<Piped> {
             let floor_per_s = DurableFloor::rate_now(&base.join(format!("floor-{i}")))?;
             let (per_s, cpu_us) = pipeline(&base.join(format!("pipelined-{i}")))?;
-            let bare_per_s = super::bare::lifecycle_per_s(&base.join(format!("bare-{i}")), n, batch)?;
-            Ok(Piped { per_s, cpu_us, floor_per_s, bare_per_s })
+            Ok(Piped { per_s, cpu_us, floor_per_s })
         })
         .collect::<Result<_>>()?;
-    let mut bare: Vec<f64> = piped.iter().map(|p| p.bare_per_s).collect();
-    let mut bare_ratio: Vec<f64> = piped.iter().map(|p| p.bare_per_s / p.floor_per_s).collect();
-    let (bare, bare_ratio) = (pct(&mut bare, 0.5), pct(&mut bare_ratio, 0.5));
     piped.sort_by(|a, b| (a.per_s / a.floor_per_s).total_cmp(&(b.per_s / b.floor_per_s)));
     let Piped { per_s: pipelined, cpu_us, floor_per_s: pipelined_floor, .. } = piped[piped.len() / 2];
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -326,7 +313,7 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
     };
     // The process on its own: every send allocates its file.
     let (mut start, mut send) = sends("a")?;
-    // As a node runs: the daemon keeps spare files in the inbox, and reacts to each landing.
+    // As a node runs: the daemon reacts to each landing.
     // The process starts between these sends keep their spacing the same as above, but
     // they are not the floor: the daemon's load is in them.
     let (_, mut send_d) = {
@@ -344,21 +331,11 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
     let pratio = pipelined / pipelined_floor;
     let sign_verify_per_s = 1e6 / (floor.sign_us + floor.verify_us);
     let report = Report {
-        targets: vec![
-            Target::at_most_ms(
-                "send process within 2x lone durable write + process start",
-                send_p50,
-                send_budget,
-            ),
-            Target {
-                name: "in-process durable throughput at least 10x one-fsync-per-envelope (writer and deliverer at once)",
-                figure: format!(
-                    "{pipelined:.0}/s ({pratio:.1}x; the bare file lifecycle reaches {bare_ratio:.1}x here)"
-                ),
-                target: format!(">= {:.0}/s (10x the floor rate measured beside it)", 10.0 * pipelined_floor),
-                met: pratio >= 10.0,
-            },
-        ],
+        targets: vec![Target::at_most_ms(
+            "send process within 2x lone durable write + process start",
+            send_p50,
+            send_budget,
+        )],
         floor,
         bus: BusFigures {
             sign_verify_per_s,
@@ -372,8 +349,6 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
             pipelined_cpu_us: cpu_us,
             cpu_ceiling_per_s: cores as f64 * 1e6 / cpu_us,
             cores,
-            bare_lifecycle_per_s: bare,
-            bare_lifecycle_vs_floor: bare_ratio,
         },
         send_process_ms: send_p50,
         send_process_p90_ms: send_p90,
@@ -434,11 +409,7 @@ fn human(r: &Report) -> String {
         r.bus.cpu_ceiling_per_s / r.bus.pipelined_floor_per_s
     ));
     s.push_str(&format!(
-        "    the bare file lifecycle (the same files, renames and fsyncs; no signature, JSON or guard) {:.0}/s ({:.1}x; median of {PIPELINE_RUNS})\n",
-        r.bus.bare_lifecycle_per_s, r.bus.bare_lifecycle_vs_floor
-    ));
-    s.push_str(&format!(
-        "  one `channel send` process       p50 {:.2} ms  p90 {:.2} ms\n  the same, node daemon running    p50 {:.2} ms (spares; its work on each landing shares the cores)\n",
+        "  one `channel send` process       p50 {:.2} ms  p90 {:.2} ms\n  the same, node daemon running    p50 {:.2} ms (its work on each landing shares the cores)\n",
         r.send_process_ms, r.send_process_p90_ms, r.send_process_daemon_ms
     ));
     s.push_str(&super::targets_text(&r.targets));

@@ -1,7 +1,6 @@
 //! `netsky bench`: netsky's figures measured against this machine's floors,
 //! in the same run, so every number has its reference beside it.
 
-mod bare;
 mod bus;
 mod mesh;
 

@@ -36,8 +36,6 @@ pub struct Delivered {
     pub poisoned: usize,
     /// Pastes that failed (left claimed, retried next round).
     pub failed: usize,
-    /// Agents whose inbox held mail this round (a send may have taken a spare there).
-    pub mail_for: BTreeSet<AgentName>,
 }
 
 /// Delivers waiting envelopes to every agent in `live` (agents with a live pane).
@@ -46,9 +44,6 @@ pub fn deliver(node: &Node, tmux: &Tmux, live: &BTreeSet<AgentName>) -> Delivere
     for &agent in live {
         match deliver_one(node, tmux, agent) {
             Ok(d) => {
-                if d.delivered + d.poisoned + d.failed > 0 {
-                    total.mail_for.insert(agent);
-                }
                 total.delivered += d.delivered;
                 total.poisoned += d.poisoned;
                 total.failed += d.failed;
@@ -77,12 +72,12 @@ fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Del
     };
     let roster = node.current_roster()?;
     let guard = Guard::new(&roster);
-    let netsky_bus::Claim { claimed, poisoned, settled } = mailbox.claim(&lock, &guard, MAX_PER_ROUND)?;
+    let netsky_bus::Claim { claimed, poisoned, recovered } = mailbox.claim(&lock, &guard, MAX_PER_ROUND)?;
     let rec = &node.recorder;
     // What crashed writers left, laid out by this claim (the tick then finds
-    // nothing to say); a failing settle is the tick's to report, once a tick.
+    // nothing to say); a failing recovery is the tick's to report, once a tick.
     let mut events: Vec<_> =
-        if settled.is_ok() { rec.settled(agent, &settled).into_iter().collect() } else { Vec::new() };
+        if recovered.is_ok() { rec.recovered(agent, &recovered).into_iter().collect() } else { Vec::new() };
     events.extend(rec.claim_events(agent, &poisoned, &claimed));
     rec.record(&events);
     out.poisoned = poisoned.len();

@@ -217,12 +217,12 @@ fn drain(ctx: &Ctx, node: &Node, agent: AgentName, max: usize) -> Result<ExitCod
     let lock = mailbox.lock(LOCK_WAIT)?;
     let guard = Guard::new(&node.roster);
     let rec = &node.recorder;
-    // Settled first: where no daemon runs, drains are what retire the
-    // mailbox's journals, and what lays out a record a killed send left
+    // A full checkpoint first: where no daemon runs, drains are what retire
+    // the mailbox's journals, and what lays out a record a killed send left
     // only in the segment, so this drain delivers it rather than the next.
-    let mut events: Vec<_> = rec.settled(agent, &mailbox.settle(&lock)).into_iter().collect();
-    let netsky_bus::Claim { claimed, poisoned, settled } = mailbox.claim(&lock, &guard, max)?;
-    events.extend(rec.settled(agent, &settled));
+    let mut events: Vec<_> = rec.recovered(agent, &mailbox.checkpoint(&lock)).into_iter().collect();
+    let netsky_bus::Claim { claimed, poisoned, recovered } = mailbox.claim(&lock, &guard, max)?;
+    events.extend(rec.recovered(agent, &recovered));
     events.extend(rec.claim_events(agent, &poisoned, &claimed));
     rec.record(&events);
     for p in &poisoned {

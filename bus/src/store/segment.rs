@@ -17,25 +17,25 @@
 //!   and the folder above it before it returns, then sets the bit; so no
 //!   record is acknowledged in a segment whose name could be lost.
 //! - A barrier that fails (EIO, a full disk) leaves the record in the file:
-//!   the writer appends a `{"void":[names]}` line after it, and a settle
+//!   the writer appends a `{"void":[names]}` line after it, and a recovery
 //!   lays out no record a void takes back (the nearest earlier one of each
 //!   name: a retry of the same id after it stands). The put fails and
 //!   nothing arrives.
-//! - Every claim's settle also reads, while no writer holds the segment,
+//! - Every claim's recovery also reads, while no writer holds the segment,
 //!   what was appended since that process last looked, and lays out what a
 //!   writer killed between its barrier and its layout left only there: it
-//!   arrives with the next claim, in order, not with the next forced settle.
+//!   arrives with the next claim, in order, not with the next full checkpoint.
 //! - A writer that cannot lay out a record it made durable (the put has
-//!   succeeded) marks the segment [`UNLAID`]; the next claim's settle then
+//!   succeeded) marks the segment [`UNLAID`]; the next claim's recovery then
 //!   moves it aside and lays the record out before the claim lists the
 //!   inbox, so the sender's later mail cannot overtake it.
-//! - A checkpoint (see [`crate::journal`]'s settle) renames the segment
+//! - A checkpoint (see [`super::recover()`]) renames the segment
 //!   `old-<boot>-<stamp>.seg` (new writers start a new one), then, holding
 //!   the lock exclusively, lays out again what a writer killed between its
 //!   barrier and its layout left only there, makes the files durable on
 //!   their own and removes the segment. While a writer holds it, the rename
 //!   still happens (so a steady stream of writers cannot keep it current
-//!   forever) and the rest waits for a later settle. A segment of an
+//!   forever) and the rest waits for a later recovery. A segment of an
 //!   earlier boot has every file compared with its record, as a batch
 //!   journal has.
 
@@ -45,16 +45,17 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::durable;
 #[cfg(test)]
-use crate::hooks::{Hook, says};
-use crate::{BusError, durable};
+use super::hooks::{Hook, says};
+use crate::BusError;
 
 /// A current segment this big is rotated by the next claim, not only by the tick.
 pub(crate) const ROTATE_BYTES: u64 = 4 << 20;
 
 /// A current segment this big takes no more records (nobody rotated it:
 /// no claims, no daemon): writers fall back to a durable write per file, so
-/// a segment never grows past what a settle reads whole.
+/// a segment never grows past what recovery reads whole.
 pub(crate) const MAX_BYTES: u64 = 16 << 20;
 
 /// How long a writer waits for a checkpoint's exclusive hold before it
@@ -121,7 +122,7 @@ pub(crate) fn append(
 ) -> Result<(), BusError> {
     let mut record = Vec::with_capacity(items.iter().map(|(_, b)| b.len() + 1).sum());
     for (n, b) in items {
-        crate::journal::one_line(n, b)?;
+        super::journal::one_line(n, b)?;
         record.push(b'\n');
         record.extend_from_slice(b);
     }
@@ -190,7 +191,7 @@ pub(crate) fn append(
                 mark_unlaid(&f, &path);
                 break;
             }
-            if let Err(e) = durable::write_unsynced(inbox, n, b, true) {
+            if let Err(e) = durable::write_unsynced(inbox, n, b) {
                 tracing::warn!(segment = %path.display(), error = %e, "a durable put is not laid out yet: the next claim will");
                 mark_unlaid(&f, &path);
                 break;
@@ -206,7 +207,7 @@ pub(crate) fn append(
 fn barrier(f: &File, path: &Path, jdir: &Path, mode: u32) -> Result<(), BusError> {
     #[cfg(test)]
     if says(&FAIL_BARRIER, path) {
-        return Err(crate::hooks::eio("fdatasync", path));
+        return Err(super::hooks::eio("fdatasync", path));
     }
     f.sync_data().map_err(BusError::io("fdatasync", path))?;
     if mode & NAMED_DURABLY == 0 {
@@ -223,7 +224,7 @@ fn barrier(f: &File, path: &Path, jdir: &Path, mode: u32) -> Result<(), BusError
 }
 
 /// The mode bit that says a segment holds an acknowledged record whose
-/// file a writer could not lay out: the next claim's settle moves the
+/// file a writer could not lay out: the next claim's recovery moves the
 /// segment aside and lays it out first, so later mail from the same sender
 /// cannot be delivered before it.
 pub(crate) const UNLAID: u32 = 0o010;
@@ -246,7 +247,7 @@ fn add_mode_bit(f: &File, bit: u32) -> std::io::Result<()> {
 }
 
 /// A record that takes back the envelopes of an earlier one whose barrier
-/// failed: a settle lays none of them out.
+/// failed: a recovery lays none of them out.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Void {
@@ -271,7 +272,7 @@ fn void(f: &File, path: &Path, items: &[(String, Vec<u8>)]) {
             }
         });
     if let Err(e) = written {
-        tracing::error!(segment = %path.display(), envelopes = ?names, error = %e, "a failed put could not be taken back: a settle may still deliver it");
+        tracing::error!(segment = %path.display(), envelopes = ?names, error = %e, "a failed put could not be taken back: a recovery may still deliver it");
     }
 }
 
@@ -289,7 +290,7 @@ pub(crate) static FAIL_BARRIER: Hook = Hook::new(None);
 
 /// A test's look between a writer's open of the segment and its lock.
 #[cfg(test)]
-pub(crate) static BEFORE_LOCK: std::sync::Mutex<Option<crate::journal::Look>> = std::sync::Mutex::new(None);
+pub(crate) static BEFORE_LOCK: std::sync::Mutex<Option<super::journal::Look>> = std::sync::Mutex::new(None);
 
 /// The mode bit that says a segment's name (and its folder's) is durable.
 const NAMED_DURABLY: u32 = 0o100;

@@ -9,10 +9,6 @@
 //! A failure at any step (a full disk above all) removes the temp file and
 //! reports the error: nothing half-written is ever left under a real name.
 //!
-//! A single write takes one of the folder's spare files as its temp file
-//! when there is one (see [`crate::spares`]): no inode to allocate on the
-//! hot path.
-//!
 //! Batches write every temp file first, then start the writeback of all of
 //! them at once (`sync_file_range` on Linux) before fsyncing each: the first
 //! fsync's journal commit then carries the whole batch and the rest find
@@ -69,28 +65,20 @@ pub(crate) fn open_unfollowed(path: &Path) -> std::io::Result<File> {
 /// Fsyncs a directory, making renames and creations inside it durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), BusError> {
     #[cfg(test)]
-    if crate::hooks::says(&FAIL_DIR_SYNC, dir) {
-        return Err(crate::hooks::eio("fsync dir", dir));
+    if super::hooks::says(&FAIL_DIR_SYNC, dir) {
+        return Err(super::hooks::eio("fsync dir", dir));
     }
     File::open(dir).and_then(|d| d.sync_all()).map_err(BusError::io("fsync dir", dir))
 }
 
 /// A test's folder whose fsync fails.
 #[cfg(test)]
-pub(crate) static FAIL_DIR_SYNC: crate::hooks::Hook = crate::hooks::Hook::new(None);
-
-/// A spare of `dir` taken as `tmp` (see [`crate::spares`]), else a new file.
-fn write_temp_spare(dir: &Path, tmp: &Path, bytes: &[u8]) -> Result<File, BusError> {
-    match crate::spares::claim(dir, tmp) {
-        Some(f) => fill_temp(f, tmp, bytes),
-        None => write_temp(tmp, bytes),
-    }
-}
+pub(crate) static FAIL_DIR_SYNC: super::hooks::Hook = super::hooks::Hook::new(None);
 
 /// Writes `bytes` to `dir/name` atomically and durably; returns the final path.
 pub fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, BusError> {
     let tmp = temp_path(dir, name);
-    let f = write_temp_spare(dir, &tmp, bytes)?;
+    let f = write_temp(&tmp, bytes)?;
     if let Err(e) = f.sync_all() {
         let _ = std::fs::remove_file(&tmp);
         return Err(BusError::Io { op: "fsync", path: tmp, source: e });
@@ -131,12 +119,10 @@ fn install(tmp: &Path, dir: &Path, name: &str) -> Result<PathBuf, BusError> {
 }
 
 /// Writes `bytes` to `dir/name` atomically (temp file, rename) but with no
-/// fsync: for files a journal already made durable (see [`crate::journal`]).
-/// With `spare`, one of the folder's spares is taken as the temp file when
-/// there is one (a small put's hot path allocates no inode).
-pub(crate) fn write_unsynced(dir: &Path, name: &str, bytes: &[u8], spare: bool) -> Result<(), BusError> {
+/// fsync: for files a journal already made durable (see [`super::journal`]).
+pub(crate) fn write_unsynced(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BusError> {
     let tmp = temp_path(dir, name);
-    let f = if spare { write_temp_spare(dir, &tmp, bytes)? } else { write_temp(&tmp, bytes)? };
+    let f = write_temp(&tmp, bytes)?;
     drop(f);
     install(&tmp, dir, name).map(|_| ())
 }
@@ -173,8 +159,7 @@ pub(crate) fn sweep_stale_named<'a>(
     let mut removed = 0;
     for name in temps {
         let path = dir.join(name);
-        // By the last change of any kind: a spare taken as a temp file keeps
-        // its old mtime, but the rename that took it set ctime.
+        // By the last change of any kind (a write sets mtime, a rename ctime).
         let stale = std::fs::symlink_metadata(&path).ok().filter(|m| m.is_file()).is_some_and(|m| {
             let changed =
                 SystemTime::UNIX_EPOCH + Duration::from_secs(m.ctime().max(m.mtime()).max(0) as u64);
@@ -297,17 +282,6 @@ mod tests {
             assert_eq!(&std::fs::read(d.path().join(n)).unwrap(), b);
         }
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 10);
-    }
-
-    #[test]
-    fn a_durable_write_takes_a_spare_when_there_is_one() {
-        let d = tempfile::tempdir().unwrap();
-        crate::spares::top_up(d.path(), 2).unwrap();
-        write_durable(d.path(), "a.json", b"hello").unwrap();
-        assert_eq!(crate::spares::count(d.path()), 1);
-        assert_eq!(std::fs::read(d.path().join("a.json")).unwrap(), b"hello");
-        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names.len(), 2, "only a.json and .spares: {names:?}");
     }
 
     #[test]
