@@ -345,7 +345,7 @@ fn the_daemon_lays_out_at_once_what_a_send_killed_before_its_layout_left_in_the_
     std::fs::remove_file(h.join(&format!("{inbox}/{name}"))).unwrap();
     std::fs::remove_dir_all(h.join("channels/agent/agent1/.journal")).unwrap();
     let d = h.start();
-    // Past the start tick, which settles every journal: the next is a minute away.
+    // Past the start tick, which checkpoints every journal: the next is a minute away.
     common::wait_for("the start tick", std::time::Duration::from_secs(20), || {
         h.join("state/tick.json").exists().then_some(()).ok_or_else(|| "no state/tick.json".to_string())
     });

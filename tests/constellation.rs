@@ -371,8 +371,8 @@ fn a_stream_of_landings_shares_delivery_rounds() {
         std::fs::rename(&tmp, inbox.join(format!("01JDQ7000000000000000000{i:02}.json"))).unwrap();
         std::thread::sleep(Duration::from_millis(5));
     }
-    let settle = Duration::from_millis(300);
-    std::thread::sleep(settle);
+    // The last landing's round comes within moments.
+    std::thread::sleep(Duration::from_millis(300));
     let window = start.elapsed();
     let rounds = pane_queries() - before;
     // Rounds start at least 50 ms apart, however fast the landings come.

@@ -120,7 +120,7 @@ fn a_tampered_envelope_is_refused_by_the_receiver_and_the_sender_keeps_the_evide
     std::fs::write(&path, text).unwrap();
     m.start("laptop");
     let (studio, laptop) = (m.home("studio"), m.home("laptop"));
-    wait_for("both to be settled", T, || {
+    wait_for("the outbox to empty", T, || {
         let n = laptop.files("mesh/outbox").len();
         if n == 0 { Ok(()) } else { Err(format!("{n} queued")) }
     });

@@ -124,9 +124,9 @@ pub enum EventKind {
     DeliverError,
     /// An escalation was raised.
     EscalationOpened,
-    /// Settling a mailbox's journal recovered what crashed writers left.
+    /// Recovering a mailbox's journal laid out or restored what crashed writers left.
     JournalRecovered,
-    /// Settling a mailbox's journal failed.
+    /// Recovering a mailbox's journal failed.
     JournalError,
     /// meta.db became unavailable; the logs go on alone.
     StoreError,

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::peer::{Peer, Queued, QueuedReceipt};
-use super::{Shared, SpooledReceipt, lock, now_ts, off_async, panic_text};
+use super::{Shared, SpooledReceipt, lock, off_async, panic_text};
 use crate::MeshEvent;
 use crate::wire::Receipt;
 
@@ -300,10 +300,7 @@ impl Shared {
     /// Moves an outbox file to `mesh/refused/`, its reason written first so a
     /// reader that sees the envelope there always finds why.
     pub(super) fn keep_refused(&self, path: &Path, name: &str, kind: &str, reason: &str) -> bool {
-        let line = format!("{} {kind}: {reason}\n", now_ts());
-        if let Err(e) =
-            netsky_bus::write_durable(&self.paths.refused(), &format!("{name}.reason"), line.as_bytes())
-        {
+        if let Err(e) = netsky_bus::write_reason(&self.paths.refused(), name, kind, reason) {
             warn!(error = %e, "cannot write the refusal reason");
         }
         std::fs::rename(path, self.paths.refused().join(name)).is_ok()
