@@ -449,9 +449,16 @@ fn a_killed_agent_is_restarted_and_after_down_nothing_is_revived() {
 
 #[test]
 fn a_runtime_that_does_not_exist_cools_down_and_escalates_instead_of_spinning() {
+    // This node has no mesh, so it is its own root: the escalation pages the owner's file leg.
+    let pages = tempfile::NamedTempFile::new().unwrap().into_temp_path();
     let w = World::new(
         &["/nonexistent/netsky-test-runtime"],
-        "crash_loop_restarts = 2\ncrash_loop_window_s = 60\ncrash_cooldown_s = 600\n",
+        &format!(
+            "crash_loop_restarts = 2\ncrash_loop_window_s = 60\ncrash_cooldown_s = 600\n\
+             [[owner.legs]]\nkind = \"command\"\nargv = [\"false\"]\n\
+             [[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n",
+            pages.display()
+        ),
     );
     let o = w.run(&["up", "0"]);
     assert!(o.status.success(), "{o:?}");
@@ -472,6 +479,23 @@ fn a_runtime_that_does_not_exist_cools_down_and_escalates_instead_of_spinning() 
     let n = w.escalations().iter().filter(|e| e["agent"] == "agent0").count();
     assert_eq!(n, 1, "{:?}", w.escalations());
     assert_eq!(w.count("SELECT count(*) AS n FROM escalations WHERE agent = 'agent0'"), 1);
+    // Paged once, through the legs in order: the failing command first, then the file.
+    let paged: Vec<Value> = std::fs::read_to_string(&pages)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|p| p["id"] == esc["id"])
+        .collect();
+    assert_eq!(paged.len(), 1, "{paged:?}");
+    assert_eq!(paged[0]["kind"], "incident", "{paged:?}");
+    let trail = std::fs::read_to_string(w.home.join("state/owner-pages.jsonl")).unwrap();
+    let legs: Vec<(String, bool)> = trail
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|t| t["page"] == esc["id"])
+        .map(|t| (t["leg"].as_str().unwrap().to_string(), t["ok"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(legs, [("command".to_string(), false), ("file".to_string(), true)], "{trail}");
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! Raising an escalation: an incident that needs the owner's attention.
 //!
-//! For now an escalation is recorded, not paged: a durable
-//! `state/escalations/<id>.json`, an `escalation-opened` event and a row in
-//! meta.db's `escalations` table. Paging through the owner legs (and relaying
-//! to the root) belongs to a later issue, which extends [`raise`] and keeps
-//! its callers as they are.
+//! An escalation is recorded first: a durable `state/escalations/<id>.json`,
+//! an `escalation-opened` event and a row in meta.db's `escalations` table.
+//! On the root (or a node with no mesh) it then pages the owner through the
+//! owner legs, in order, until one takes it (see [`crate::owner`]). On any
+//! other node it stays recorded there: relaying it to the root, and
+//! re-paging until acked, are not built yet.
 
 use anyhow::{Context, Result};
 use netsky_bus::{AgentName, format_ts};
@@ -67,5 +68,22 @@ pub fn raise(
         })
     });
     tracing::warn!(id = %e.id, subject, "escalation raised");
+    page_owner(node, &e);
     Ok(e)
+}
+
+/// Pages the owner about `e` where this node is the one that talks to the
+/// owner; a page that cannot be tried is logged, never a reason to lose the
+/// escalation (it is on disk already).
+fn page_owner(node: &Node, e: &Escalation) {
+    if node.config.owner.legs.is_empty() || crate::owner::check_root(node).is_err() {
+        return;
+    }
+    let page =
+        crate::owner::Page::new(node, crate::owner::PageKind::Incident, e.id.clone(), &e.subject, &e.body);
+    match crate::owner::page_in_order(node, &page) {
+        Ok(attempts) if attempts.iter().any(|a| a.ok) => {}
+        Ok(_) => tracing::error!(id = %e.id, "no owner leg took the page; see state/owner-pages.jsonl"),
+        Err(err) => tracing::error!(id = %e.id, error = %format!("{err:#}"), "cannot page the owner"),
+    }
 }

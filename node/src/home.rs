@@ -62,6 +62,10 @@ impl Home {
     pub fn escalations_dir(&self) -> PathBuf {
         self.state_dir().join("escalations")
     }
+    /// `state/owner-pages.jsonl`: every owner page attempt, one line per leg.
+    pub fn owner_pages_path(&self) -> PathBuf {
+        self.state_dir().join("owner-pages.jsonl")
+    }
     /// `state/prompts/`: each agent's rendered prompt.
     pub fn prompts_dir(&self) -> PathBuf {
         self.state_dir().join("prompts")

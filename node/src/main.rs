@@ -21,6 +21,7 @@ mod escalation;
 mod home;
 mod node;
 mod output;
+mod owner;
 mod proc;
 mod receipts;
 mod record;

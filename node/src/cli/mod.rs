@@ -6,6 +6,7 @@ mod init;
 mod keys;
 mod mesh;
 mod node;
+mod owner;
 mod prompts;
 mod query;
 mod restart;
@@ -54,6 +55,9 @@ enum Command {
     /// The node daemon.
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// The owner, reached through the root's owner legs.
+    #[command(subcommand)]
+    Owner(owner::OwnerCmd),
     /// Run read-only SQL over meta.db.
     Query(query::QueryArgs),
     /// Start agent0, agent1..agentN and agentinfinity in tmux, and the heartbeat.
@@ -83,6 +87,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Channel(c) => channel::run(&ctx, c),
         Command::Mesh(c) => mesh::run(&ctx, c),
         Command::Node(c) => node::run(&ctx, c),
+        Command::Owner(c) => owner::run(&ctx, c),
         Command::Query(a) => query::run(&ctx, a),
         Command::Up(a) => up::run(&ctx, a),
         Command::Down(a) => down::run(&ctx, a),
