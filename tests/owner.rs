@@ -84,3 +84,100 @@ fn a_node_without_legs_or_that_is_not_the_root_pages_nobody() {
     assert!(!pages.exists(), "a member's leg was used");
     assert!(!laptop.join("state/owner-pages.jsonl").exists());
 }
+
+/// Edits `h`'s config.toml: each `(from, to)` replaced once (each must be there).
+fn edit_config(h: &TestHome, edits: &[(&str, &str)]) {
+    let path = h.join("config.toml");
+    let mut config = std::fs::read_to_string(&path).unwrap();
+    for (from, to) in edits {
+        assert!(config.contains(from), "{from} not in {config}");
+        config = config.replacen(from, to, 1);
+    }
+    std::fs::write(&path, config).unwrap();
+}
+
+/// The root's incident `id`, once its file says `ok`.
+fn incident_when(
+    h: &TestHome,
+    id: &str,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let path = h.join(&format!("state/escalations/{id}.json"));
+    common::wait_for(what, T, || {
+        let v: serde_json::Value = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| format!("no {}", path.display()))?;
+        if ok(&v) { Ok(v) } else { Err(v.to_string()) }
+    })
+}
+
+const T: std::time::Duration = std::time::Duration::from_secs(20);
+
+#[test]
+fn an_escalation_anywhere_pages_through_the_root_alone_until_acked_and_a_resolve_reopens() {
+    let mut m = TestMesh::new(&["studio", "laptop", "desk"]);
+    // The root ticks every second and re-pages every second, at most twice.
+    m.stop("studio");
+    let (studio, laptop) = (m.home("studio"), m.home("laptop"));
+    let root_pages = studio.join("root-pages.jsonl");
+    edit_config(
+        studio,
+        &[
+            ("tick_interval_s = 60", "tick_interval_s = 1"),
+            ("repage_after_s = 900", "repage_after_s = 1"),
+            ("max_repages = 8", "max_repages = 2"),
+        ],
+    );
+    set_legs(studio, &format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", root_pages.display()));
+    let member_pages = laptop.join("member-pages.jsonl");
+    set_legs(laptop, &format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", member_pages.display()));
+    // Spooled while the root is down: the escalation waits in laptop's outbox.
+    let v = laptop.json(&["escalate", "disk full", "/ on laptop is at 100%"]);
+    assert_eq!((v["state"].as_str(), v["root"].as_str()), (Some("queued"), Some("studio")), "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    m.start("studio");
+    let (studio, laptop, desk) = (m.home("studio"), m.home("laptop"), m.home("desk"));
+    let i = incident_when(studio, &id, "the incident on the root", |i| i["pages"].as_u64() >= Some(1));
+    assert_eq!((i["origin"].as_str(), i["subject"].as_str()), (Some("laptop"), Some("disk full")), "{i}");
+    // Repeats join it: counted, not paged again for themselves.
+    for _ in 0..3 {
+        laptop.ok(&["escalate", "disk full", "still full"]);
+    }
+    incident_when(studio, &id, "the repeats counted", |i| i["count"] == 4);
+    assert_eq!(studio.json(&["escalate", "ls"]).as_array().unwrap().len(), 1);
+    // Re-paged (max 2, then once more through every leg), then it stops.
+    let i =
+        incident_when(studio, &id, "re-paged to the cap", |i| i["pages"] == 4 && i["next_page"].is_null());
+    assert_eq!(i["state"], "open", "{i}");
+    // An ack from a third node: acked, by desk.
+    desk.ok(&["escalate", "ack", &id]);
+    let i = incident_when(studio, &id, "acked from desk", |i| i["state"] == "acked");
+    assert!(i["acked_by"].as_str().unwrap().starts_with("agent0@desk"), "{i}");
+    // Resolved, the same subject opens a new incident.
+    studio.ok(&["escalate", "resolve", &id]);
+    incident_when(studio, &id, "resolved", |i| i["state"] == "resolved");
+    let again = laptop.json(&["escalate", "disk full", "full again"])["id"].as_str().unwrap().to_string();
+    incident_when(studio, &again, "a new incident after the resolve", |i| i["pages"].as_u64() >= Some(1));
+    // Every page went through the root's leg; the member's leg was never used.
+    let pages = json_lines(&root_pages);
+    assert!(pages.iter().filter(|p| p["id"] == id.as_str()).count() == 4, "{pages:?}");
+    assert!(pages.iter().all(|p| p["origin"] == "laptop" && p["kind"] == "incident"), "{pages:?}");
+    assert!(!member_pages.exists(), "a member paged the owner");
+    // A message for the owner from a member is paged too.
+    let msg = laptop.json(&["owner", "send", "wave landed", "--from", "agent3"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    common::wait_for("the owner message paged", T, || {
+        let p = json_lines(&root_pages);
+        p.iter()
+            .find(|p| p["id"] == msg.as_str())
+            .filter(|p| {
+                p["kind"] == "message" && p["subject"] == "from agent3@laptop" && p["body"] == "wave landed"
+            })
+            .cloned()
+            .ok_or_else(|| format!("{p:?}"))
+    });
+}

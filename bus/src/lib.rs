@@ -24,7 +24,7 @@ pub mod store;
 pub use envelope::{ENVELOPE_DOMAIN, Envelope, Kind, MAX_ENVELOPE_BYTES, format_ts, parse_ts};
 pub use error::BusError;
 pub use guard::{Guard, Refusal, RefusalKind, read_envelope_file, write_reason};
-pub use layout::Layout;
+pub use layout::{Holder, Layout};
 pub use mailbox::{Claim, Claimed, Counts, Mailbox, MailboxLock, Poisoned, PutOutcome};
 pub use name::{Address, AgentName, NodeName};
 pub use roster::{Member, Roster};

@@ -1,4 +1,5 @@
-//! One agent's mailbox: `inbox -> claimed -> delivered`, and `poison/`.
+//! One mailbox (an agent's, or the owner's desk on the root): `inbox ->
+//! claimed -> delivered`, and `poison/`.
 //!
 //! - `put` makes an envelope durable in `inbox/` (or reports it is already
 //!   known there, in `claimed/` or in `delivered/`: exactly-once by id).
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use crate::guard::{Refusal, RefusalKind};
 use crate::store::{self, Checkpoint, Dir, Places, Recovered, STALE_TEMP};
-use crate::{AgentName, BusError, Envelope, Guard, Layout, NodeName};
+use crate::{Address, BusError, Envelope, Guard, Holder, Layout, NodeName};
 
 /// Threads that check a big claim at most (signature checks are CPU-bound).
 const CHECK_THREADS: usize = 4;
@@ -89,10 +90,10 @@ pub struct MailboxLock {
     _lock: store::FileLock,
 }
 
-/// One agent's mailbox on this node.
+/// One mailbox on this node: an agent's, or the owner's desk.
 #[derive(Debug, Clone)]
 pub struct Mailbox {
-    agent: AgentName,
+    holder: Holder,
     node: NodeName,
     dir: PathBuf,
     inbox: PathBuf,
@@ -120,18 +121,20 @@ fn is_envelope_name(name: &str) -> bool {
 }
 
 impl Mailbox {
-    /// Opens (creating its folders) the mailbox of `agent` on `node`.
-    pub fn open(layout: &Layout, node: &NodeName, agent: AgentName) -> Result<Mailbox, BusError> {
+    /// Opens (creating its folders) the mailbox of `holder` (an agent, or
+    /// the owner's desk) on `node`.
+    pub fn open(layout: &Layout, node: &NodeName, holder: impl Into<Holder>) -> Result<Mailbox, BusError> {
+        let holder = holder.into();
         let mb = Mailbox {
-            agent,
+            holder,
             node: node.clone(),
-            dir: layout.mailbox_dir(agent),
-            inbox: layout.inbox_dir(agent),
-            claimed: layout.claimed_dir(agent),
-            delivered: layout.delivered_dir(agent),
-            poison: layout.poison_dir(agent),
-            journal: layout.journal_dir(agent),
-            moved_on: vec![layout.claimed_dir(agent), layout.delivered_dir(agent)],
+            dir: layout.mailbox_dir(holder),
+            inbox: layout.inbox_dir(holder),
+            claimed: layout.claimed_dir(holder),
+            delivered: layout.delivered_dir(holder),
+            poison: layout.poison_dir(holder),
+            journal: layout.journal_dir(holder),
+            moved_on: vec![layout.claimed_dir(holder), layout.delivered_dir(holder)],
             dirs: std::sync::OnceLock::new(),
         };
         let mut made = false;
@@ -145,17 +148,18 @@ impl Mailbox {
         if made {
             // New folders' names made durable up to the home, once: a first
             // envelope's fsyncs cover only the folder it is in.
-            for d in [mb.dir.as_path(), &layout.agents_dir(), &layout.root().join("channels"), layout.root()]
-            {
-                store::fsync_dir(d)?;
+            let mut d = Some(mb.dir.as_path());
+            while let Some(dir) = d {
+                store::fsync_dir(dir)?;
+                d = dir.parent().filter(|_| dir != layout.root());
             }
         }
         Ok(mb)
     }
 
-    /// The agent this mailbox belongs to.
-    pub fn agent(&self) -> AgentName {
-        self.agent
+    /// Whose mailbox this is.
+    pub fn holder(&self) -> Holder {
+        self.holder
     }
 
     /// The mailbox folder.
@@ -190,9 +194,12 @@ impl Mailbox {
             .any(|d| d.join(file_name).symlink_metadata().is_ok())
     }
 
-    /// Whether `env` is addressed to this mailbox's agent on this node.
+    /// Whether `env` is addressed to this mailbox's holder on this node.
     fn is_for(&self, env: &Envelope) -> bool {
-        env.to.agent_on(&self.node) == Some(self.agent)
+        match self.holder {
+            Holder::Agent(a) => env.to.agent_on(&self.node) == Some(a),
+            Holder::Owner => env.to == Address::Owner,
+        }
     }
 
     fn check_recipient(&self, env: &Envelope) -> Result<(), BusError> {
@@ -201,7 +208,7 @@ impl Mailbox {
         } else {
             Err(BusError::BadEnvelope(format!(
                 "envelope {} is for {}, not {}@{}",
-                env.id, env.to, self.agent, self.node
+                env.id, env.to, self.holder, self.node
             )))
         }
     }
@@ -439,7 +446,7 @@ impl Mailbox {
         if !self.is_for(&env) {
             return Err(Refusal::new(
                 RefusalKind::WrongRecipient,
-                format!("addressed to {}, found in the mailbox of {}@{}", env.to, self.agent, self.node),
+                format!("addressed to {}, found in the mailbox of {}@{}", env.to, self.holder, self.node),
             ));
         }
         Ok(env)
@@ -614,7 +621,7 @@ mod tests {
 
     /// agent1's mailbox on the test node.
     fn agent1(w: &World) -> Mailbox {
-        Mailbox::open(&w.layout, &w.node, "agent1".parse().unwrap()).unwrap()
+        Mailbox::open(&w.layout, &w.node, "agent1".parse::<crate::AgentName>().unwrap()).unwrap()
     }
 
     /// Runs `f` with the test failure `hook` set for `mb`'s journal folder
@@ -1175,7 +1182,7 @@ mod tests {
     #[test]
     fn writers_in_a_steady_stream_with_checkpoints_and_claims_among_them_lose_and_double_nothing() {
         let w = world();
-        let agent: AgentName = "agent1".parse().unwrap();
+        let agent: crate::AgentName = "agent1".parse().unwrap();
         let done = std::sync::atomic::AtomicBool::new(false);
         let (acked, delivered) = std::thread::scope(|s| {
             let writers: Vec<_> = (0..4)

@@ -24,7 +24,7 @@ pub mod wire;
 pub use charter::{CHARTER_DOMAIN, Charter, CharterMember, Decision, MAX_CHARTER_BYTES, SignedCharter};
 pub use endpoint::{Relay, dialable_addrs};
 pub use error::MeshError;
-pub use ingest::{Ingested, ingest};
+pub use ingest::{Ingested, Receivers, ingest};
 pub use membership::Allowlist;
 pub use paths::MeshPaths;
 pub use runtime::{AgentCheck, EventSink, Mesh, MeshConfig, PeerState, SpooledReceipt, handover, join};

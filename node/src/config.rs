@@ -150,6 +150,9 @@ pub struct OwnerSection {
     /// Seconds between re-pages of an unacknowledged incident.
     #[serde(default = "default_repage", deserialize_with = "positive")]
     pub repage_after_s: u64,
+    /// Re-pages of one incident at most; then every leg once more, and it stops.
+    #[serde(default = "default_max_repages")]
+    pub max_repages: u32,
     /// The owner legs, tried in order.
     #[serde(default)]
     pub legs: Vec<Leg>,
@@ -157,7 +160,11 @@ pub struct OwnerSection {
 
 impl Default for OwnerSection {
     fn default() -> Self {
-        OwnerSection { repage_after_s: default_repage(), legs: Vec::new() }
+        OwnerSection {
+            repage_after_s: default_repage(),
+            max_repages: default_max_repages(),
+            legs: Vec::new(),
+        }
     }
 }
 
@@ -214,6 +221,10 @@ fn default_runtime() -> Vec<String> {
 fn default_hang() -> u64 {
     1800
 }
+fn default_max_repages() -> u32 {
+    8
+}
+
 fn default_repage() -> u64 {
     900
 }

@@ -221,7 +221,11 @@ fn translate(r: &Recorder, e: MeshEvent) -> Vec<Event> {
                     (EventKind::Refused, format!("from {peer}: {kind}: {reason}"))
                 }
             };
-            let mut ev = r.event(what, item.agent, item.env.as_ref(), Some(detail));
+            let agent = match item.holder {
+                Some(netsky_bus::Holder::Agent(a)) => Some(a),
+                _ => None,
+            };
+            let mut ev = r.event(what, agent, item.env.as_ref(), Some(detail));
             if ev.envelope.is_none() {
                 ev.envelope = Some(item.ack.id.clone());
             }

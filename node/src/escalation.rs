@@ -1,40 +1,28 @@
-//! Raising an escalation: an incident that needs the owner's attention.
+//! Raising an escalation: a failure somewhere that needs the owner.
 //!
-//! An escalation is recorded first: a durable `state/escalations/<id>.json`,
-//! an `escalation-opened` event and a row in meta.db's `escalations` table.
-//! On the root (or a node with no mesh) it then pages the owner through the
-//! owner legs, in order, until one takes it (see [`crate::owner`]). On any
-//! other node it stays recorded there: relaying it to the root, and
-//! re-paging until acked, are not built yet.
+//! The origin keeps its own evidence (an `escalation-opened` event and a row
+//! in meta.db's `escalations` table), then sends the escalation to the
+//! owner's desk on the root as a signed envelope: into its own desk when it
+//! is the root, else durably into the outbox, kept until the root acks. The
+//! root turns it into an incident and pages (see [`crate::owner`]).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use netsky_bus::{AgentName, format_ts};
-use serde::Serialize;
 use time::OffsetDateTime;
-use ulid::Ulid;
 
 use crate::node::Node;
+use crate::owner::{self, EscalationOp};
 use crate::record::EventKind;
 use crate::store::EscalationRow;
 
-/// One incident, as written to `state/escalations/<id>.json`.
-#[derive(Debug, Clone, Serialize)]
+/// One raised escalation, as its origin knows it.
+#[derive(Debug, Clone)]
 pub struct Escalation {
-    /// Incident id (ULID).
+    /// The envelope's id: the incident's id if it opens one on the root.
     pub id: String,
-    /// One-line subject.
-    pub subject: String,
-    /// What happened, for a human.
-    pub body: String,
-    /// When it was opened (canonical UTC timestamp).
-    pub opened: String,
-    /// Who raised it: `watchdog`, ...
-    pub source: &'static str,
-    /// The agent concerned, if any.
-    pub agent: Option<String>,
 }
 
-/// Opens an escalation: durable file first, then the event and the database row; returns it.
+/// Raises an escalation from `source` (about `agent`, if any); returns its id.
 pub fn raise(
     node: &Node,
     source: &'static str,
@@ -42,48 +30,35 @@ pub fn raise(
     subject: &str,
     body: &str,
 ) -> Result<Escalation> {
-    let e = Escalation {
-        id: Ulid::new().to_string(),
+    let op = EscalationOp::Open {
         subject: subject.to_string(),
         body: body.to_string(),
-        opened: format_ts(OffsetDateTime::now_utc()),
-        source,
+        source: Some(source.to_string()),
         agent: agent.map(|a| a.to_string()),
     };
-    let dir = node.home.escalations_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let json = serde_json::to_vec_pretty(&e).context("escalation to JSON")?;
-    netsky_bus::write_durable(&dir, &format!("{}.json", e.id), &json)
-        .with_context(|| format!("escalation {} not written", e.id))?;
+    // The watchdog speaks for the node; anything else for agent0.
+    let from = if source == "watchdog" { AgentName::Infinity } else { AgentName::ROOT };
+    let (env, sent) = owner::escalate(node, from, &op)?;
+    let id = env.id.to_string();
+    let whither = match sent {
+        owner::Sent::Desk => "the owner's desk here".to_string(),
+        owner::Sent::Queued(root) => format!("the root {root}"),
+    };
     let rec = &node.recorder;
-    rec.record(&[rec.event(EventKind::EscalationOpened, agent, None, Some(format!("{}: {subject}", e.id)))]);
+    let detail = format!("{id}: {subject} (to {whither})");
+    rec.record(&[rec.event(EventKind::EscalationOpened, agent, Some(&env), Some(detail))]);
+    let opened = format_ts(OffsetDateTime::now_utc());
+    let agent_name = agent.map(|a| a.to_string());
     rec.with_store(|s| {
         s.insert_escalation(&EscalationRow {
-            id: &e.id,
-            subject: &e.subject,
-            body: &e.body,
-            opened: &e.opened,
-            source: e.source,
-            agent: e.agent.as_deref(),
+            id: &id,
+            subject,
+            body,
+            opened: &opened,
+            source,
+            agent: agent_name.as_deref(),
         })
     });
-    tracing::warn!(id = %e.id, subject, "escalation raised");
-    page_owner(node, &e);
-    Ok(e)
-}
-
-/// Pages the owner about `e` where this node is the one that talks to the
-/// owner; a page that cannot be tried is logged, never a reason to lose the
-/// escalation (it is on disk already).
-fn page_owner(node: &Node, e: &Escalation) {
-    if node.config.owner.legs.is_empty() || crate::owner::check_root(node).is_err() {
-        return;
-    }
-    let page =
-        crate::owner::Page::new(node, crate::owner::PageKind::Incident, e.id.clone(), &e.subject, &e.body);
-    match crate::owner::page_in_order(node, &page) {
-        Ok(attempts) if attempts.iter().any(|a| a.ok) => {}
-        Ok(_) => tracing::error!(id = %e.id, "no owner leg took the page; see state/owner-pages.jsonl"),
-        Err(err) => tracing::error!(id = %e.id, error = %format!("{err:#}"), "cannot page the owner"),
-    }
+    tracing::warn!(id = %id, subject, "escalation raised");
+    Ok(Escalation { id })
 }

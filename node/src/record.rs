@@ -124,6 +124,20 @@ pub enum EventKind {
     DeliverError,
     /// An escalation was raised.
     EscalationOpened,
+    /// The root opened an incident (paged the owner).
+    IncidentOpened,
+    /// An escalation joined an open incident with the same origin and subject.
+    IncidentJoined,
+    /// The root paged the owner again about an incident nobody acked.
+    IncidentRepaged,
+    /// An incident was acknowledged: no more pages.
+    IncidentAcked,
+    /// An incident was resolved: its key opens a new incident next time.
+    IncidentResolved,
+    /// A message reached the owner's desk and was paged.
+    OwnerMessage,
+    /// Something at the owner's desk could not be handled (bad input, unknown incident).
+    OwnerDeskError,
     /// Recovering a mailbox's journal laid out or restored what crashed writers left.
     JournalRecovered,
     /// Recovering a mailbox's journal failed.
@@ -134,7 +148,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, so a name read back from disk can be matched.
-    const ALL: [EventKind; 42] = [
+    const ALL: [EventKind; 49] = [
         EventKind::Sent,
         EventKind::Queued,
         EventKind::Claimed,
@@ -174,6 +188,13 @@ impl EventKind {
         EventKind::PasteFailed,
         EventKind::DeliverError,
         EventKind::EscalationOpened,
+        EventKind::IncidentOpened,
+        EventKind::IncidentJoined,
+        EventKind::IncidentRepaged,
+        EventKind::IncidentAcked,
+        EventKind::IncidentResolved,
+        EventKind::OwnerMessage,
+        EventKind::OwnerDeskError,
         EventKind::JournalRecovered,
         EventKind::JournalError,
         EventKind::StoreError,
@@ -222,6 +243,13 @@ impl EventKind {
             EventKind::PasteFailed => "paste-failed",
             EventKind::DeliverError => "deliver-error",
             EventKind::EscalationOpened => "escalation-opened",
+            EventKind::IncidentOpened => "incident-opened",
+            EventKind::IncidentJoined => "incident-joined",
+            EventKind::IncidentRepaged => "incident-repaged",
+            EventKind::IncidentAcked => "incident-acked",
+            EventKind::IncidentResolved => "incident-resolved",
+            EventKind::OwnerMessage => "owner-message",
+            EventKind::OwnerDeskError => "owner-desk-error",
             EventKind::JournalRecovered => "journal-recovered",
             EventKind::JournalError => "journal-error",
             EventKind::StoreError => "store-error",
@@ -322,13 +350,18 @@ impl Recorder {
 
     /// The events of one claim from `agent`'s mailbox, in order: each file
     /// the guard refused, then each envelope claimed (or adopted from a crashed claimer).
-    pub fn claim_events(&self, agent: AgentName, poisoned: &[Poisoned], claimed: &[Claimed]) -> Vec<Event> {
+    pub fn claim_events(
+        &self,
+        agent: Option<AgentName>,
+        poisoned: &[Poisoned],
+        claimed: &[Claimed],
+    ) -> Vec<Event> {
         let refused = poisoned.iter().map(|p| {
-            self.event(EventKind::Poisoned, Some(agent), None, Some(format!("{}: {}", p.file, p.refusal)))
+            self.event(EventKind::Poisoned, agent, None, Some(format!("{}: {}", p.file, p.refusal)))
         });
         let taken = claimed.iter().map(|c| {
             let kind = if c.adopted { EventKind::Adopted } else { EventKind::Claimed };
-            self.event(kind, Some(agent), Some(&c.env), None)
+            self.event(kind, agent, Some(&c.env), None)
         });
         refused.chain(taken).collect()
     }

@@ -239,9 +239,13 @@ fn watch_inboxes(
     use notify::Watcher;
     let dir = node.home.layout().agents_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // The owner's desk too (on the root, owner mail lands there).
+    let desk = node.home.layout().inbox_dir(netsky_bus::Holder::Owner);
+    std::fs::create_dir_all(&desk).with_context(|| format!("cannot create {}", desk.display()))?;
+    let desk_in_callback = desk.clone();
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
-        let mut any = false;
+        let mut any = ev.paths.iter().any(|p| p.starts_with(&desk_in_callback)) && lands_at_desk(&ev);
         for agent in landed_in_inboxes(&ev) {
             landed.note(agent);
             any = true;
@@ -268,6 +272,8 @@ fn watch_inboxes(
     // Recursive, so mailboxes created after start are watched too.
     w.watch(&dir, notify::RecursiveMode::Recursive)
         .with_context(|| format!("cannot watch {}", dir.display()))?;
+    w.watch(&desk, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("cannot watch {}", desk.display()))?;
     Ok(w)
 }
 
@@ -349,12 +355,32 @@ fn look_at_journals(due: &mut Option<(Instant, BTreeSet<AgentName>)>, agents: BT
     }
 }
 
-/// Delivers what waits in every mailbox.
+/// Delivers what waits in every mailbox, and (on the root) what waits at the owner's desk.
 fn delivery_round(node: &Node) {
     if let Err(e) = constellation::deliver_now(node) {
         let rec = &node.recorder;
         rec.record(&[rec.event(EventKind::DeliverError, None, None, Some(format!("{e:#}")))]);
     }
+    owner_desk(node);
+}
+
+/// The owner's desk: pages for what arrived, re-pages for what is due (root only).
+fn owner_desk(node: &Node) {
+    if let Err(e) = crate::owner::run_desk(node) {
+        let rec = &node.recorder;
+        rec.record(&[rec.event(EventKind::OwnerDeskError, None, None, Some(format!("{e:#}")))]);
+    }
+}
+
+/// Whether a watcher event at the owner's desk is an envelope arriving (not a temp file).
+fn lands_at_desk(ev: &notify::Event) -> bool {
+    matches!(
+        ev.kind,
+        notify::EventKind::Create(_) | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+    ) && ev.paths.iter().any(|p| {
+        p.extension().is_some_and(|x| x == "json")
+            && !p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+    })
 }
 
 fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
@@ -462,6 +488,7 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                         tracing::warn!(error = %format!("{e:#}"), "tick failed");
                     }
                 }
+                owner_desk(&node);
                 match node.home.layout().agents() {
                     Ok(all) => checkpoint_journals(&node, &all),
                     Err(e) => tracing::debug!(error = %e, "cannot list mailboxes to checkpoint"),

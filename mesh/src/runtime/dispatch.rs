@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use netsky_bus::{Checkpoint, Envelope, NodeName};
+use netsky_bus::{Address, Checkpoint, Envelope, NodeName};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -234,7 +234,18 @@ impl Shared {
                     }
                 } else {
                     match Envelope::from_json(&bytes) {
-                        Ok(env) => env.to.node().cloned().map(|n| (n, Item::Env(env))),
+                        // Owner mail goes to whoever is root when it is queued.
+                        Ok(env) => env
+                            .to
+                            .node()
+                            .cloned()
+                            .or_else(|| {
+                                charter
+                                    .as_ref()
+                                    .filter(|_| env.to == Address::Owner)
+                                    .map(|c| c.charter.root.clone())
+                            })
+                            .map(|n| (n, Item::Env(env))),
                         Err(_) => None,
                     }
                 };

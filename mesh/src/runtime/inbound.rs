@@ -112,7 +112,9 @@ impl MeshHandler {
                 let res = off_async(move || {
                     let _one_at_a_time = lock(&ingest_lock);
                     let roster = s.roster();
-                    ingest::ingest(&s.layout, &s.name, &roster, &*s.agent_exists, remote, envs)
+                    let receivers =
+                        ingest::Receivers { agent_exists: &*s.agent_exists, is_root: s.is_root() };
+                    ingest::ingest(&s.layout, &s.name, &roster, &receivers, remote, envs)
                 })
                 .await;
                 match res {

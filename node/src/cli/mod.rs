@@ -2,6 +2,7 @@
 
 mod channel;
 mod down;
+mod escalate;
 mod init;
 mod keys;
 mod mesh;
@@ -55,6 +56,8 @@ enum Command {
     /// The node daemon.
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// Raise, acknowledge, resolve or list incidents for the owner.
+    Escalate(escalate::EscalateArgs),
     /// The owner, reached through the root's owner legs.
     #[command(subcommand)]
     Owner(owner::OwnerCmd),
@@ -88,6 +91,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mesh(c) => mesh::run(&ctx, c),
         Command::Node(c) => node::run(&ctx, c),
         Command::Owner(c) => owner::run(&ctx, c),
+        Command::Escalate(a) => escalate::run(&ctx, a),
         Command::Query(a) => query::run(&ctx, a),
         Command::Up(a) => up::run(&ctx, a),
         Command::Down(a) => down::run(&ctx, a),

@@ -1,4 +1,4 @@
-//! `netsky owner test`: the owner legs, tried from the root.
+//! `netsky owner send | test`: mail for the owner, and the owner legs tried from the root.
 
 use std::process::ExitCode;
 
@@ -13,6 +13,15 @@ use crate::owner::{self, Attempt, Page, PageKind};
 /// `netsky owner ...`
 #[derive(Debug, Subcommand)]
 pub enum OwnerCmd {
+    /// Send TEXT to the owner from any node: the root pages it through its legs.
+    /// Prints the envelope id once it is durable (at the root's desk, or in the outbox).
+    Send {
+        /// The message.
+        text: String,
+        /// Sending agent on this node (default: $AGENT_N, else agent0).
+        #[arg(long)]
+        from: Option<netsky_bus::AgentName>,
+    },
     /// Root only: one test page through every owner leg, and each leg's result.
     /// Exits 1 unless every leg took it.
     Test,
@@ -27,6 +36,12 @@ struct TestOut {
 /// Runs `netsky owner`.
 pub fn run(ctx: &Ctx, cmd: OwnerCmd) -> Result<ExitCode> {
     match cmd {
+        OwnerCmd::Send { text, from } => {
+            let node = Node::open(ctx.home.clone())?;
+            let from = super::channel::sender(from)?;
+            let (env, sent) = owner::send_to_owner(&node, netsky_bus::Kind::Owner, from, text)?;
+            print_sent(ctx, &env, &sent)
+        }
         OwnerCmd::Test => {
             let node = Node::open(ctx.home.clone())?;
             owner::check_root(&node)?;
@@ -55,4 +70,22 @@ pub fn run(ctx: &Ctx, cmd: OwnerCmd) -> Result<ExitCode> {
             Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+#[derive(Serialize)]
+struct SentOut {
+    id: String,
+    /// `desk` (this node is the root) or `queued` (in the outbox, for the root).
+    state: &'static str,
+    root: Option<String>,
+}
+
+/// Prints where owner mail went.
+pub(super) fn print_sent(ctx: &Ctx, env: &netsky_bus::Envelope, sent: &owner::Sent) -> Result<ExitCode> {
+    let out = match sent {
+        owner::Sent::Desk => SentOut { id: env.id.to_string(), state: "desk", root: None },
+        owner::Sent::Queued(r) => SentOut { id: env.id.to_string(), state: "queued", root: Some(r.clone()) },
+    };
+    emit(ctx, &out, || out.id.clone())?;
+    Ok(ExitCode::SUCCESS)
 }

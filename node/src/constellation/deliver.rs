@@ -78,7 +78,7 @@ fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Del
     // nothing to say); a failing recovery is the tick's to report, once a tick.
     let mut events: Vec<_> =
         if recovered.is_ok() { rec.recovered(agent, &recovered).into_iter().collect() } else { Vec::new() };
-    events.extend(rec.claim_events(agent, &poisoned, &claimed));
+    events.extend(rec.claim_events(Some(agent), &poisoned, &claimed));
     rec.record(&events);
     out.poisoned = poisoned.len();
     let scratch = node.home.paste_dir();

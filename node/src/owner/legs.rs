@@ -32,6 +32,7 @@ fn fill(argv: &[String], page: &Page) -> Vec<String> {
     let kind = match page.kind {
         super::PageKind::Test => "test",
         super::PageKind::Incident => "incident",
+        super::PageKind::Message => "message",
     };
     argv.iter()
         .map(|a| {

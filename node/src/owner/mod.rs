@@ -6,7 +6,14 @@
 //! is one line in `state/owner-pages.jsonl`, written before the caller
 //! hears of it, so the trail explains every page afterwards.
 
+mod desk;
+mod incident;
 mod legs;
+mod relay;
+
+pub use desk::run as run_desk;
+pub use incident::{State as IncidentState, list as incidents};
+pub use relay::{EscalationOp, Sent, escalate, send as send_to_owner};
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -30,6 +37,8 @@ pub enum PageKind {
     Test,
     /// An escalation: a failure that needs the owner.
     Incident,
+    /// A message for the owner (`owner send`).
+    Message,
 }
 
 /// One page for the owner, as legs send it (the file leg's line, the command leg's substitutions).

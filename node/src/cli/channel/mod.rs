@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use netsky_bus::{
-    Address, AgentName, Envelope, Guard, Kind, MAX_ENVELOPE_BYTES, Mailbox, PutOutcome, format_ts,
+    Address, AgentName, Envelope, Guard, Holder, Kind, MAX_ENVELOPE_BYTES, Mailbox, PutOutcome, format_ts,
 };
 use serde::Serialize;
 
@@ -25,11 +25,12 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// `netsky channel ...`
 #[derive(Debug, Subcommand)]
 pub enum ChannelCmd {
-    /// Send TEXT to an agent (`agentN` here, `agentN@node` elsewhere); prints the envelope id.
+    /// Send TEXT to an agent (`agentN` here, `agentN@node` elsewhere) or to `owner`
+    /// (through the root); prints the envelope id.
     ///
     /// Exits 0 only once the signed envelope is durable in the target inbox.
     Send {
-        /// Recipient: agentN, agentN@node.
+        /// Recipient: agentN, agentN@node, owner.
         to: Address,
         /// The message; `-` reads it from stdin.
         text: String,
@@ -84,7 +85,7 @@ pub fn run(ctx: &Ctx, cmd: ChannelCmd) -> Result<ExitCode> {
 }
 
 /// The sending agent: `--from`, else `$AGENT_N` (`3`, `agent3`, `infinity`), else agent0.
-fn sender(from: Option<AgentName>) -> Result<AgentName> {
+pub(super) fn sender(from: Option<AgentName>) -> Result<AgentName> {
     if let Some(a) = from {
         return Ok(a);
     }
@@ -156,16 +157,20 @@ fn send(ctx: &Ctx, node: &Node, o: Outgoing, wait: Option<Duration>) -> Result<E
     let from = Address::agent(sender(o.from)?, local.clone());
     let text = read_text(o.text)?;
     let target = match &to {
-        Address::Owner => bail!(
-            "messages to the owner travel through the mesh root's owner legs, which do not exist yet; \
-             send to an agent instead"
-        ),
+        // Owner mail lands in the owner's desk on the root: here, or through the mesh.
+        Address::Owner => match node.charter.as_ref().map(|c| &c.charter.root).filter(|r| *r != local) {
+            Some(root) => {
+                let env = Envelope::new(&node.key, o.kind, from, to.clone(), text, o.in_reply_to)?;
+                return remote::send(ctx, node, root, env, wait);
+            }
+            None => Holder::Owner,
+        },
         Address::Agent { agent, node: Some(n) } if n == local => {
             let here = agents::answered_for(&node.home, &node.config);
             if !here.contains(*agent) {
                 bail!("no agent {agent} on this node (agent0, agent1..agent{}, agentinfinity)", here.clones);
             }
-            *agent
+            Holder::Agent(*agent)
         }
         Address::Agent { node: Some(n), .. } => {
             let env = Envelope::new(&node.key, o.kind, from, to.clone(), text, o.in_reply_to)?;
@@ -180,7 +185,11 @@ fn send(ctx: &Ctx, node: &Node, o: Outgoing, wait: Option<Duration>) -> Result<E
         PutOutcome::Stored => "inbox",
         PutOutcome::Duplicate => "duplicate",
     };
-    node.recorder.record(&[node.recorder.event(EventKind::Sent, Some(target), Some(&env), None)]);
+    let agent = match target {
+        Holder::Agent(a) => Some(a),
+        Holder::Owner => None,
+    };
+    node.recorder.record(&[node.recorder.event(EventKind::Sent, agent, Some(&env), None)]);
     let out = SendOut::new(&env, state);
     emit(ctx, &out, || out.id.clone())?;
     Ok(ExitCode::SUCCESS)
@@ -223,7 +232,7 @@ fn drain(ctx: &Ctx, node: &Node, agent: AgentName, max: usize) -> Result<ExitCod
     let mut events: Vec<_> = rec.recovered(agent, &mailbox.checkpoint(&lock)).into_iter().collect();
     let netsky_bus::Claim { claimed, poisoned, recovered } = mailbox.claim(&lock, &guard, max)?;
     events.extend(rec.recovered(agent, &recovered));
-    events.extend(rec.claim_events(agent, &poisoned, &claimed));
+    events.extend(rec.claim_events(Some(agent), &poisoned, &claimed));
     rec.record(&events);
     for p in &poisoned {
         eprintln!("netsky: refused {} in {agent}'s inbox: {}", p.file, p.refusal);
