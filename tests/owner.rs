@@ -181,3 +181,169 @@ fn an_escalation_anywhere_pages_through_the_root_alone_until_acked_and_a_resolve
             .ok_or_else(|| format!("{p:?}"))
     });
 }
+
+#[test]
+fn every_command_the_agent_prompts_name_exists_with_its_flags() {
+    let h = TestHome::init("studio");
+    let mut named = std::collections::BTreeSet::new();
+    for agent in ["agent0", "agent1", "agentinfinity"] {
+        let prompt = h.ok(&["prompts", "render", agent]);
+        // Every `netsky ...` span in backticks.
+        for span in prompt.split('`').skip(1).step_by(2).filter(|s| s.starts_with("netsky ")) {
+            named.insert(span.to_string());
+        }
+    }
+    assert!(named.iter().any(|c| c.starts_with("netsky owner send")), "{named:?}");
+    assert!(named.iter().any(|c| c.starts_with("netsky escalate")), "{named:?}");
+    let is_verb = |w: &&str| {
+        w.chars().all(|c| c.is_ascii_lowercase() || c == '-') && !w.starts_with("agent") && !w.is_empty()
+    };
+    for cmd in &named {
+        let words: Vec<&str> = cmd.split_whitespace().skip(1).collect();
+        let verbs: Vec<&str> = words.iter().copied().take_while(|w| is_verb(w)).collect();
+        let mut args = verbs.clone();
+        args.push("--help");
+        let help = h.ok(&args);
+        for flag in words.iter().filter(|w| w.starts_with("--")) {
+            assert!(help.contains(flag), "`{cmd}`: {flag} is not a flag of `netsky {}`", verbs.join(" "));
+        }
+    }
+}
+
+/// One request a [`Server`] received.
+#[derive(Debug, Clone)]
+struct Request {
+    head: String,
+    body: String,
+}
+
+/// A plain HTTP/1.1 server on loopback: `/ok` answers 200, `/fail` 500, `/hang` never.
+struct Server {
+    addr: std::net::SocketAddr,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        use std::io::{BufRead, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = got.clone();
+        // Ends with the test process: each test has its own listener and port.
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut r = std::io::BufReader::new(conn.try_clone().unwrap());
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    seen.lock().unwrap().push(Request { head, body: String::from_utf8_lossy(&body).into() });
+                    let mut conn = conn;
+                    match path.as_str() {
+                        "/hang" => std::thread::sleep(std::time::Duration::from_secs(30)),
+                        "/fail" => {
+                            let _ = conn.write_all(
+                                b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n",
+                            );
+                        }
+                        _ => {
+                            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                        }
+                    }
+                });
+            }
+        });
+        Server { addr, got }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn requests(&self, path: &str) -> Vec<Request> {
+        let prefix = format!(" {path} ");
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.head.lines().next().is_some_and(|l| l.contains(&prefix)))
+            .cloned()
+            .collect()
+    }
+}
+
+#[test]
+fn webhook_legs_post_json_slack_and_ntfy_bodies_and_a_500_or_a_hang_fails_in_bounded_time() {
+    let s = Server::start();
+    let h = TestHome::init("studio");
+    edit_config(&h, &[("leg_timeout_s = 10", "leg_timeout_s = 1")]);
+    let hook = |path: &str, body: &str| {
+        format!("[[owner.legs]]\nkind = \"webhook\"\nurl = \"{}\"\n{body}", s.url(path))
+    };
+    set_legs(
+        &h,
+        &[
+            hook("/ok", ""),
+            hook("/ok?slack", "body = \"slack\"\n"),
+            hook("/ok?ntfy", "body = \"ntfy\"\n"),
+            hook("/fail", ""),
+            hook("/hang", ""),
+        ]
+        .concat(),
+    );
+    let started = std::time::Instant::now();
+    let o = h.run(&["--json", "owner", "test"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "the hang was not bounded");
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let oks: Vec<bool> =
+        out["attempts"].as_array().unwrap().iter().map(|a| a["ok"].as_bool().unwrap()).collect();
+    assert_eq!(oks, [true, true, true, false, false], "{out}");
+    assert!(out["attempts"][3]["error"].as_str().unwrap().contains("500"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&s.requests("/ok")[0].body).unwrap();
+    assert_eq!((&json["id"], json["kind"].as_str()), (&out["page"], Some("test")), "{json}");
+    let slack: serde_json::Value = serde_json::from_str(&s.requests("/ok?slack")[0].body).unwrap();
+    assert_eq!(slack["text"], "test page: a test page from netsky on studio", "{slack}");
+    let ntfy = &s.requests("/ok?ntfy")[0];
+    assert_eq!(ntfy.body, "a test page from netsky on studio");
+    assert!(ntfy.head.to_ascii_lowercase().contains("title: test page"), "{}", ntfy.head);
+}
+
+#[test]
+fn the_root_pings_its_dead_mans_switch_every_beacon_interval() {
+    let s = Server::start();
+    let h = TestHome::init("studio");
+    edit_config(
+        &h,
+        &[
+            ("beacon_interval_s = 30", "beacon_interval_s = 1"),
+            ("heartbeat_url = \"\"", &format!("heartbeat_url = \"{}\"", s.url("/beat"))),
+        ],
+    );
+    let d = h.start();
+    common::wait_for("three pings", T, || {
+        let n = s.requests("/beat").len();
+        if n >= 3 { Ok(()) } else { Err(format!("{n} pings")) }
+    });
+    d.stop();
+    assert!(s.requests("/beat").iter().all(|r| r.head.starts_with("GET ")));
+}

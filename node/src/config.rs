@@ -153,6 +153,13 @@ pub struct OwnerSection {
     /// Re-pages of one incident at most; then every leg once more, and it stops.
     #[serde(default = "default_max_repages")]
     pub max_repages: u32,
+    /// Seconds one leg may take before it counts as failed and the next is tried.
+    #[serde(default = "default_leg_timeout", deserialize_with = "positive")]
+    pub leg_timeout_s: u64,
+    /// A dead-man's switch (Healthchecks.io style) the root requests every
+    /// beacon interval, so a dead root is seen from outside; empty = none.
+    #[serde(default)]
+    pub heartbeat_url: String,
     /// The owner legs, tried in order.
     #[serde(default)]
     pub legs: Vec<Leg>,
@@ -163,6 +170,8 @@ impl Default for OwnerSection {
         OwnerSection {
             repage_after_s: default_repage(),
             max_repages: default_max_repages(),
+            leg_timeout_s: default_leg_timeout(),
+            heartbeat_url: String::new(),
             legs: Vec::new(),
         }
     }
@@ -183,10 +192,13 @@ pub enum Leg {
         #[serde(deserialize_with = "argv")]
         argv: Vec<String>,
     },
-    /// HTTP POST of the incident as JSON.
+    /// HTTP POST of the page.
     Webhook {
-        /// Where to post.
+        /// Where to post (http or https).
         url: String,
+        /// The body: the page as JSON (default), Slack's `{"text": ...}`, or ntfy's plain text.
+        #[serde(default)]
+        body: WebhookBody,
     },
     /// SMTP mail.
     Email {
@@ -201,6 +213,19 @@ pub enum Leg {
     Desktop {},
     /// A banner on agent0's pane.
     Tmux {},
+}
+
+/// What a webhook leg posts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookBody {
+    /// The page as JSON: id, kind, subject, body, origin, ts.
+    #[default]
+    Json,
+    /// `{"text": "subject: body"}`, as Slack's (and Mattermost's) incoming webhooks take.
+    Slack,
+    /// The body as plain text, the subject as the `Title` header, as ntfy takes.
+    Ntfy,
 }
 
 fn default_listen() -> SocketAddr {
@@ -221,6 +246,10 @@ fn default_runtime() -> Vec<String> {
 fn default_hang() -> u64 {
     1800
 }
+fn default_leg_timeout() -> u64 {
+    10
+}
+
 fn default_max_repages() -> u32 {
     8
 }

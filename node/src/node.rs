@@ -46,8 +46,12 @@ impl Node {
     /// The roster under the charter on disk now (a long-lived holder of a
     /// `Node`, like the heartbeat, must see members who joined since it opened).
     pub fn current_roster(&self) -> Result<Roster> {
-        let charter = netsky_mesh::charter_file::load(&self.home.mesh_paths())?;
-        roster_under(charter.as_ref(), &self.config.node.name, &self.key)
+        roster_under(self.current_charter()?.as_ref(), &self.config.node.name, &self.key)
+    }
+
+    /// The charter on disk now, verified (who is root may have changed since this `Node` opened).
+    pub fn current_charter(&self) -> Result<Option<netsky_mesh::SignedCharter>> {
+        Ok(netsky_mesh::charter_file::load(&self.home.mesh_paths())?)
     }
 }
 

@@ -138,6 +138,8 @@ pub enum EventKind {
     OwnerMessage,
     /// Something at the owner's desk could not be handled (bad input, unknown incident).
     OwnerDeskError,
+    /// The root's dead-man's switch could not be reached.
+    HeartbeatFailed,
     /// Recovering a mailbox's journal laid out or restored what crashed writers left.
     JournalRecovered,
     /// Recovering a mailbox's journal failed.
@@ -148,7 +150,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, so a name read back from disk can be matched.
-    const ALL: [EventKind; 49] = [
+    const ALL: [EventKind; 50] = [
         EventKind::Sent,
         EventKind::Queued,
         EventKind::Claimed,
@@ -195,6 +197,7 @@ impl EventKind {
         EventKind::IncidentResolved,
         EventKind::OwnerMessage,
         EventKind::OwnerDeskError,
+        EventKind::HeartbeatFailed,
         EventKind::JournalRecovered,
         EventKind::JournalError,
         EventKind::StoreError,
@@ -250,6 +253,7 @@ impl EventKind {
             EventKind::IncidentResolved => "incident-resolved",
             EventKind::OwnerMessage => "owner-message",
             EventKind::OwnerDeskError => "owner-desk-error",
+            EventKind::HeartbeatFailed => "heartbeat-failed",
             EventKind::JournalRecovered => "journal-recovered",
             EventKind::JournalError => "journal-error",
             EventKind::StoreError => "store-error",

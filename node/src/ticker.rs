@@ -287,6 +287,8 @@ enum Step {
     Recover,
     /// A delivery round for a wake.
     Round,
+    /// The root's request to its dead-man's switch (`[owner] heartbeat_url`).
+    Heartbeat,
 }
 
 /// The least time from the end of one wake's delivery round to the start of
@@ -403,6 +405,9 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
     let mut recheck: Option<(Instant, BTreeSet<AgentName>)> = None;
     // Journals written, to look at once their writers had time to lay out.
     let mut recover: Option<(Instant, BTreeSet<AgentName>)> = None;
+    // The dead-man's switch, every beacon interval from the start (where one is set).
+    let beacon = Duration::from_secs(node.config.node.beacon_interval_s);
+    let mut heartbeat = (!node.config.owner.heartbeat_url.is_empty()).then(Instant::now);
     loop {
         // What is due comes first: a steady stream of wakes (one waits in the
         // channel after every round) must not starve the tick and its watchdog.
@@ -413,8 +418,11 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
             Step::Recheck
         } else if recover.as_ref().is_some_and(|(at, _)| *at <= now) {
             Step::Recover
+        } else if heartbeat.is_some_and(|at| at <= now) {
+            Step::Heartbeat
         } else {
             let due = [&recheck, &recover].into_iter().flatten().fold(next, |d, (at, _)| d.min(*at));
+            let due = heartbeat.map_or(due, |h| due.min(h));
             match rx.recv_timeout(due.saturating_duration_since(now)) {
                 Ok(Wake::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(Wake::Inbox) => Step::Round,
@@ -466,6 +474,22 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                 if recheck.take().is_some() {
                     delivery_round(&node);
                     last_round = Some(Instant::now());
+                }
+            }
+            Step::Heartbeat => {
+                heartbeat = Some(Instant::now() + beacon);
+                // Only the root's death must be seen from outside; a member's ping would hide it.
+                if crate::owner::check_root(&node).is_ok() {
+                    let timeout = Duration::from_secs(node.config.owner.leg_timeout_s);
+                    if let Err(e) = crate::owner::ping(&node.config.owner.heartbeat_url, timeout) {
+                        let rec = &node.recorder;
+                        rec.record(&[rec.event(
+                            EventKind::HeartbeatFailed,
+                            None,
+                            None,
+                            Some(format!("{e:#}")),
+                        )]);
+                    }
                 }
             }
             Step::Recover => {

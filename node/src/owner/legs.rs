@@ -1,28 +1,65 @@
 //! Each owner leg's way of delivering one page, every one bounded by
-//! [`super::LEG_TIMEOUT`].
+//! `[owner] leg_timeout_s`.
 
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::{LEG_TIMEOUT, Page, append_durably};
-use crate::config::Leg;
+use super::{Page, append_durably};
+use crate::config::{Leg, WebhookBody};
 use crate::proc::run_bounded;
 
-/// Delivers `page` through `leg`; `Ok` once the leg took it.
-pub fn send(leg: &Leg, page: &Page) -> Result<()> {
+/// Delivers `page` through `leg` within `timeout`; `Ok` once the leg took it.
+pub fn send(leg: &Leg, page: &Page, timeout: Duration) -> Result<()> {
     match leg {
         Leg::File { path } => {
             let mut line = serde_json::to_vec(page).context("page to JSON")?;
             line.push(b'\n');
             append_durably(path, &line)
         }
-        Leg::Command { argv } => run(&fill(argv, page)),
-        Leg::Desktop {} => run(&desktop_argv(page)),
-        Leg::Webhook { .. } | Leg::Email { .. } | Leg::Tmux {} => {
+        Leg::Command { argv } => run(&fill(argv, page), timeout),
+        Leg::Desktop {} => run(&desktop_argv(page), timeout),
+        Leg::Webhook { url, body } => post(url, *body, page, timeout),
+        Leg::Email { .. } | Leg::Tmux {} => {
             bail!("the {} leg is not built yet; the legs after it are still tried", super::leg_kind(leg))
         }
     }
+}
+
+/// An HTTP client that gives up after `timeout` and reads any status as an answer.
+fn http(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into()
+}
+
+/// Posts `page` to `url` as `body` says; any answer but 2xx is a failure.
+fn post(url: &str, body: WebhookBody, page: &Page, timeout: Duration) -> Result<()> {
+    let req = http(timeout).post(url);
+    let res = match body {
+        WebhookBody::Json => req.header("Content-Type", "application/json").send(serde_json::to_vec(page)?),
+        WebhookBody::Slack => {
+            let text = serde_json::json!({ "text": format!("{}: {}", page.subject, page.body) });
+            req.header("Content-Type", "application/json").send(serde_json::to_vec(&text)?)
+        }
+        // A header holds one line: the subject's line breaks become spaces.
+        WebhookBody::Ntfy => {
+            req.header("Title", page.subject.replace(['\r', '\n'], " ")).send(page.body.as_bytes())
+        }
+    };
+    let status = res.with_context(|| format!("POST {url}"))?.status();
+    if !status.is_success() {
+        bail!("POST {url} answered {status}");
+    }
+    Ok(())
+}
+
+/// A GET of the dead-man's switch `url`, bounded by `timeout`; any answer but 2xx is a failure.
+pub fn ping(url: &str, timeout: Duration) -> Result<()> {
+    let status = http(timeout).get(url).call().with_context(|| format!("GET {url}"))?.status();
+    if !status.is_success() {
+        bail!("GET {url} answered {status}");
+    }
+    Ok(())
 }
 
 /// `argv` with `{subject}`, `{body}`, `{id}`, `{kind}` and `{origin}`
@@ -58,10 +95,10 @@ fn desktop_argv(page: &Page) -> Vec<String> {
     }
 }
 
-/// Runs `argv` bounded by the leg timeout; any exit but 0 is a failure, with its stderr.
-fn run(argv: &[String]) -> Result<()> {
+/// Runs `argv` bounded by `timeout`; any exit but 0 is a failure, with its stderr.
+fn run(argv: &[String], timeout: Duration) -> Result<()> {
     let (program, args) = argv.split_first().context("an empty argv")?;
-    let out = run_bounded(Command::new(program).args(args), LEG_TIMEOUT)?;
+    let out = run_bounded(Command::new(program).args(args), timeout)?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let line = err.lines().next().unwrap_or("").trim();
@@ -102,9 +139,10 @@ mod tests {
 
     #[test]
     fn a_failing_or_missing_program_is_an_error_with_its_reason() {
-        let e = run(&["sh".into(), "-c".into(), "echo nope >&2; exit 3".into()]).unwrap_err();
+        let t = Duration::from_secs(5);
+        let e = run(&["sh".into(), "-c".into(), "echo nope >&2; exit 3".into()], t).unwrap_err();
         assert!(format!("{e:#}").contains("nope"), "{e:#}");
-        assert!(run(&["netsky-no-such-program".into()]).is_err());
-        assert!(run(&[]).is_err());
+        assert!(run(&["netsky-no-such-program".into()], t).is_err());
+        assert!(run(&[], t).is_err());
     }
 }

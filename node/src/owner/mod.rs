@@ -2,7 +2,7 @@
 //!
 //! Only the charter's root talks to the owner (ARCHITECTURE.md section 5); a
 //! node with no charter is its own root. A page goes through the legs of
-//! `[[owner.legs]]` in order, each bounded by [`LEG_TIMEOUT`]; every attempt
+//! `[[owner.legs]]` in order, each bounded by `[owner] leg_timeout_s`; every attempt
 //! is one line in `state/owner-pages.jsonl`, written before the caller
 //! hears of it, so the trail explains every page afterwards.
 
@@ -13,6 +13,7 @@ mod relay;
 
 pub use desk::run as run_desk;
 pub use incident::{State as IncidentState, list as incidents};
+pub use legs::ping;
 pub use relay::{EscalationOp, Sent, escalate, send as send_to_owner};
 
 use std::io::Write;
@@ -25,9 +26,6 @@ use time::OffsetDateTime;
 
 use crate::config::Leg;
 use crate::node::Node;
-
-/// How long one leg may take before it counts as failed and the next is tried.
-pub const LEG_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a page is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -93,9 +91,10 @@ pub struct Attempt {
     pub ms: f64,
 }
 
-/// Whether this node may page the owner: it is the charter's root, or it has no charter.
+/// Whether this node may page the owner: it is the root of the charter on
+/// disk now (a promotion takes effect at once), or it has no charter.
 pub fn check_root(node: &Node) -> Result<()> {
-    match &node.charter {
+    match &node.current_charter()? {
         Some(c) if c.charter.root != node.config.node.name => bail!(
             "only the root pages the owner; the root of mesh {} is {}, this node is {}",
             c.charter.mesh,
@@ -121,7 +120,7 @@ fn attempt(node: &Node, page: &Page, stop_at_first: bool) -> Result<Vec<Attempt>
     let mut out = Vec::new();
     for (index, leg) in node.config.owner.legs.iter().enumerate() {
         let t = Instant::now();
-        let res = legs::send(leg, page);
+        let res = legs::send(leg, page, Duration::from_secs(node.config.owner.leg_timeout_s));
         let a = Attempt {
             ts: format_ts(OffsetDateTime::now_utc()),
             page: page.id.clone(),

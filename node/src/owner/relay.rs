@@ -53,7 +53,8 @@ pub fn send(node: &Node, kind: Kind, from: AgentName, text: String) -> Result<(E
     let local = &node.config.node.name;
     let env =
         Envelope::new(&node.key, kind, Address::agent(from, local.clone()), Address::Owner, text, None)?;
-    let root = node.charter.as_ref().map(|c| c.charter.root.clone()).filter(|r| r != local);
+    // The root now: a long-lived caller (the watchdog) must follow a promotion.
+    let root = node.current_charter()?.map(|c| c.charter.root).filter(|r| r != local);
     let rec = &node.recorder;
     match root {
         Some(root) => {
