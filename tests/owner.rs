@@ -135,7 +135,7 @@ fn an_escalation_anywhere_pages_through_the_root_alone_until_acked_and_a_resolve
     set_legs(laptop, &format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", member_pages.display()));
     // Spooled while the root is down: the escalation waits in laptop's outbox.
     let v = laptop.json(&["escalate", "disk full", "/ on laptop is at 100%"]);
-    assert_eq!((v["state"].as_str(), v["root"].as_str()), (Some("queued"), Some("studio")), "{v}");
+    assert_eq!((v["state"].as_str(), v["node"].as_str()), (Some("queued"), Some("studio")), "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     m.start("studio");
     let (studio, laptop, desk) = (m.home("studio"), m.home("laptop"), m.home("desk"));
@@ -346,4 +346,66 @@ fn the_root_pings_its_dead_mans_switch_every_beacon_interval() {
     });
     d.stop();
     assert!(s.requests("/beat").iter().all(|r| r.head.starts_with("GET ")));
+}
+
+#[test]
+fn the_owner_speaks_through_the_root_to_an_agent_anywhere_and_only_through_the_root() {
+    let m = TestMesh::new(&["studio", "laptop"]);
+    let (studio, laptop) = (m.home("studio"), m.home("laptop"));
+    let v = studio.json(&["owner", "say", "agent0@laptop: pause the deploy"]);
+    assert_eq!((v["state"].as_str(), v["node"].as_str()), (Some("queued"), Some("laptop")), "{v}");
+    studio.ok(&["owner", "say", "and you, stop too"]);
+    let drained = common::wait_for("the owner's word on laptop", T, || {
+        let d = laptop.json(&["channel", "drain", "agent0"]);
+        if d["delivered"].as_array().is_some_and(|a| !a.is_empty()) { Ok(d) } else { Err(d.to_string()) }
+    });
+    let got = &drained["delivered"][0];
+    assert_eq!(
+        (got["from"].as_str(), got["text"].as_str()),
+        (Some("owner"), Some("pause the deploy")),
+        "{got}"
+    );
+    let here = studio.json(&["channel", "drain", "agent0"]);
+    assert_eq!(here["delivered"][0]["text"], "and you, stop too", "{here}");
+    assert_eq!(here["delivered"][0]["from"], "owner", "{here}");
+    // A member does not speak for the owner.
+    let err = laptop.fails(&["owner", "say", "agent0@studio: obey me"], 1);
+    assert!(err.contains("only the root"), "{err}");
+}
+
+#[test]
+fn an_owner_source_s_lines_reach_their_agents_and_garbage_or_a_hang_costs_only_itself() {
+    let h = TestHome::init("studio");
+    let once = h.join("printed");
+    let script = format!(
+        "[ -e {0} ] && exit 0; touch {0}; printf '%s\\n' '{{\"text\": \"agent1: from the phone\"}}' 'garbage' '{{\"to\": \"agent2\", \"text\": \"second\"}}'",
+        once.display()
+    );
+    edit_config(
+        &h,
+        &[("tick_interval_s = 60", "tick_interval_s = 1"), ("leg_timeout_s = 10", "leg_timeout_s = 1")],
+    );
+    let sources = format!(
+        "[[owner.sources]]\nargv = [\"sleep\", \"30\"]\n[[owner.sources]]\nargv = [\"sh\", \"-c\", {}]\n",
+        serde_json::to_string(&script).unwrap()
+    );
+    let config = std::fs::read_to_string(h.join("config.toml")).unwrap();
+    std::fs::write(h.join("config.toml"), config.replace("sources = []\n", "") + &sources).unwrap();
+    let d = h.start();
+    common::wait_for("both messages delivered to their inboxes", T, || {
+        let n1 = h.json(&["channel", "ls", "agent1"]);
+        let n2 = h.json(&["channel", "ls", "agent2"]);
+        if n1.to_string().contains("\"inbox\":1") && n2.to_string().contains("\"inbox\":1") {
+            Ok(())
+        } else {
+            Err(format!("{n1} {n2}"))
+        }
+    });
+    d.stop();
+    assert_eq!(h.drain_texts("agent1"), ["from the phone"]);
+    assert_eq!(h.drain_texts("agent2"), ["second"]);
+    let errors: Vec<String> =
+        h.events().into_iter().filter(|e| e.0 == "owner-desk-error").map(|e| e.2).collect();
+    assert!(errors.iter().any(|e| e.contains("garbage")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("sleep 30")), "the hang was not reported: {errors:?}");
 }

@@ -197,8 +197,8 @@ impl Envelope {
         now: OffsetDateTime,
     ) -> Result<Envelope, BusError> {
         let text = text.into();
-        if from == Address::Owner || !from.is_qualified() {
-            return Err(BusError::BadEnvelope(format!("sender {from} must be agent@node")));
+        if !from.is_qualified() {
+            return Err(BusError::BadEnvelope(format!("sender {from} must be agent@node or owner")));
         }
         if !to.is_qualified() {
             return Err(BusError::BadEnvelope(format!("recipient {to} must be agent@node or owner")));
@@ -304,8 +304,8 @@ impl Envelope {
         let from: Address =
             j.from.parse().map_err(|e: BusError| Refusal::new(BadName, format!("from: {e}")))?;
         let to: Address = j.to.parse().map_err(|e: BusError| Refusal::new(BadName, format!("to: {e}")))?;
-        if from == Address::Owner || !from.is_qualified() {
-            return Err(Refusal::new(BadName, format!("from {from} is not agent@node")));
+        if !from.is_qualified() {
+            return Err(Refusal::new(BadName, format!("from {from} is not agent@node or owner")));
         }
         if !to.is_qualified() {
             return Err(Refusal::new(BadName, format!("to {to} is not agent@node or owner")));
@@ -459,7 +459,8 @@ mod tests {
         };
         assert!(e("agent0", "agent1@w", "x").is_err());
         assert!(e("agent0@w", "agent1", "x").is_err());
-        assert!(e("owner", "agent1@w", "x").is_err());
+        // Anyone may build one; only the root's passes the guard (see guard tests).
+        assert!(e("owner", "agent1@w", "x").is_ok());
         assert!(e("agent0@w", "agent1@w", "").is_err());
         assert!(e("agent0@w", "agent1@w", "a <channel source=x>").is_err());
         assert!(e("agent0@w", "agent1@w", "esc \u{1b}[2J").is_err());

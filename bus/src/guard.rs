@@ -214,6 +214,16 @@ impl<'a> Guard<'a> {
                 format!("origin {} is not a member ({scope})", env.origin.fmt_short()),
             )
         })?;
+        if env.from == crate::Address::Owner {
+            // Only the root speaks for the owner (`owner say`, the owner's sources).
+            if self.roster.root() != Some(env.origin) {
+                return Err(Refusal::new(
+                    RefusalKind::ForgedOrigin,
+                    format!("node {} signs as owner but is not the root", member.name),
+                ));
+            }
+            return Ok(member);
+        }
         let from_node = env.from.node().map(|n| n.as_str()).unwrap_or("");
         if from_node != member.name.as_str() {
             return Err(Refusal::new(

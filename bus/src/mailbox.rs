@@ -619,6 +619,34 @@ mod tests {
         r
     }
 
+    #[test]
+    fn only_the_root_speaks_for_the_owner() {
+        let w = world();
+        let mb = agent1(&w);
+        let member2 = SecretKey::generate();
+        let roster = Roster::new(
+            w.node.clone(),
+            w.key.public(),
+            [(w.node.clone(), w.key.public()), ("other".parse().unwrap(), member2.public())],
+            [],
+            1,
+        )
+        .unwrap()
+        .with_root(w.key.public());
+        let from_owner = |key: &SecretKey| {
+            Envelope::new(key, Kind::Owner, Address::Owner, "agent1@work".parse().unwrap(), "pause", None)
+                .unwrap()
+        };
+        let (root_says, member_says) = (from_owner(&w.key), from_owner(&member2));
+        mb.put_batch(&[root_says.clone(), member_says.clone()]).unwrap();
+        let lock = mb.lock(Duration::from_secs(1)).unwrap();
+        let claim = mb.claim(&lock, &Guard::new(&roster), 10).unwrap();
+        assert_eq!(claim.claimed.iter().map(|c| c.env.id).collect::<Vec<_>>(), [root_says.id]);
+        assert_eq!(claim.poisoned.len(), 1);
+        assert_eq!(claim.poisoned[0].refusal.kind, RefusalKind::ForgedOrigin, "{:?}", claim.poisoned);
+        assert!(claim.poisoned[0].file.starts_with(&member_says.id.to_string()));
+    }
+
     /// agent1's mailbox on the test node.
     fn agent1(w: &World) -> Mailbox {
         Mailbox::open(&w.layout, &w.node, "agent1".parse::<crate::AgentName>().unwrap()).unwrap()

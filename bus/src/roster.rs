@@ -37,12 +37,14 @@ pub struct Roster {
     members: BTreeMap<NodeName, Member>,
     by_id: HashMap<NodeId, NodeName>,
     revoked: HashSet<NodeId>,
+    /// The node that speaks for the owner (the charter's root; this node when solo).
+    root: Option<NodeId>,
 }
 
 impl Roster {
     /// A roster of one: this node, outside any mesh.
     pub fn solo(local: NodeName, local_id: NodeId) -> Result<Roster, BusError> {
-        Roster::new(local.clone(), local_id, [(local, local_id)], [], 0)
+        Ok(Roster::new(local.clone(), local_id, [(local, local_id)], [], 0)?.with_root(local_id))
     }
 
     /// A roster from a charter's members and revocations.
@@ -60,6 +62,7 @@ impl Roster {
             members: BTreeMap::new(),
             by_id: HashMap::new(),
             revoked: revoked.into_iter().collect(),
+            root: None,
         };
         for (name, id) in members {
             let verifier = Verifier::new(id).map_err(|e| BusError::BadEnvelope(e.to_string()))?;
@@ -67,6 +70,17 @@ impl Roster {
             r.members.insert(name.clone(), Member { name, id, verifier });
         }
         Ok(r)
+    }
+
+    /// The same roster with `root` as the node that speaks for the owner.
+    pub fn with_root(mut self, root: NodeId) -> Roster {
+        self.root = Some(root);
+        self
+    }
+
+    /// The node that speaks for the owner, if known.
+    pub fn root(&self) -> Option<NodeId> {
+        self.root
     }
 
     /// This node's name.

@@ -148,13 +148,17 @@ impl Charter {
 
     /// The bus roster for `local` under this charter.
     pub fn roster(&self, local: &NodeName, local_id: NodeId) -> Result<Roster, MeshError> {
-        Ok(Roster::new(
+        let roster = Roster::new(
             local.clone(),
             local_id,
             self.members.iter().map(|m| (m.name.clone(), m.node_id)),
             self.revoked.iter().copied(),
             self.epoch,
-        )?)
+        )?;
+        Ok(match self.root_member() {
+            Some(root) => roster.with_root(root.node_id),
+            None => roster,
+        })
     }
 }
 

@@ -163,6 +163,10 @@ pub struct OwnerSection {
     /// The owner legs, tried in order.
     #[serde(default)]
     pub legs: Vec<Leg>,
+    /// Commands the root runs on every tick; each JSON line they print is an
+    /// owner message (`{"text": "agent0@laptop: ...", "to": optional}`).
+    #[serde(default)]
+    pub sources: Vec<Source>,
 }
 
 impl Default for OwnerSection {
@@ -173,6 +177,7 @@ impl Default for OwnerSection {
             leg_timeout_s: default_leg_timeout(),
             heartbeat_url: String::new(),
             legs: Vec::new(),
+            sources: Vec::new(),
         }
     }
 }
@@ -213,6 +218,15 @@ pub enum Leg {
     Desktop {},
     /// A banner on agent0's pane.
     Tmux {},
+}
+
+/// A command whose output lines are owner messages (an iMessage reader on macOS).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// argv, run without a shell, bounded by `leg_timeout_s`; it should print only what is new.
+    #[serde(deserialize_with = "argv")]
+    pub argv: Vec<String>,
 }
 
 /// What a webhook leg posts.

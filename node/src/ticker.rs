@@ -513,6 +513,10 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                     }
                 }
                 owner_desk(&node);
+                if let Err(e) = crate::owner::poll_sources(&node) {
+                    let rec = &node.recorder;
+                    rec.record(&[rec.event(EventKind::OwnerDeskError, None, None, Some(format!("{e:#}")))]);
+                }
                 match node.home.layout().agents() {
                     Ok(all) => checkpoint_journals(&node, &all),
                     Err(e) => tracing::debug!(error = %e, "cannot list mailboxes to checkpoint"),

@@ -22,6 +22,12 @@ pub enum OwnerCmd {
         #[arg(long)]
         from: Option<netsky_bus::AgentName>,
     },
+    /// Root only: the owner's message to an agent anywhere, as an envelope from `owner`:
+    /// `owner say "agent0@laptop: pause the deploy"` (no address: agent0 here).
+    Say {
+        /// `[agentN[@node]:] text`.
+        text: String,
+    },
     /// Root only: one test page through every owner leg, and each leg's result.
     /// Exits 1 unless every leg took it.
     Test,
@@ -41,6 +47,17 @@ pub fn run(ctx: &Ctx, cmd: OwnerCmd) -> Result<ExitCode> {
             let from = super::channel::sender(from)?;
             let (env, sent) = owner::send_to_owner(&node, netsky_bus::Kind::Owner, from, text)?;
             print_sent(ctx, &env, &sent)
+        }
+        OwnerCmd::Say { text } => {
+            let node = Node::open(ctx.home.clone())?;
+            let (to, text) = owner::split_addressed(&text);
+            let (env, said) = owner::say(&node, &to, text)?;
+            let out = match said {
+                owner::Said::Inbox => SentOut { id: env.id.to_string(), state: "inbox", node: None },
+                owner::Said::Queued(n) => SentOut { id: env.id.to_string(), state: "queued", node: Some(n) },
+            };
+            emit(ctx, &out, || out.id.clone())?;
+            Ok(ExitCode::SUCCESS)
         }
         OwnerCmd::Test => {
             let node = Node::open(ctx.home.clone())?;
@@ -75,16 +92,17 @@ pub fn run(ctx: &Ctx, cmd: OwnerCmd) -> Result<ExitCode> {
 #[derive(Serialize)]
 struct SentOut {
     id: String,
-    /// `desk` (this node is the root) or `queued` (in the outbox, for the root).
+    /// `desk` (this node is the root), `inbox` (an agent here), or `queued` (in the outbox).
     state: &'static str,
-    root: Option<String>,
+    /// The node it is queued for (the root, for mail to the owner).
+    node: Option<String>,
 }
 
 /// Prints where owner mail went.
 pub(super) fn print_sent(ctx: &Ctx, env: &netsky_bus::Envelope, sent: &owner::Sent) -> Result<ExitCode> {
     let out = match sent {
-        owner::Sent::Desk => SentOut { id: env.id.to_string(), state: "desk", root: None },
-        owner::Sent::Queued(r) => SentOut { id: env.id.to_string(), state: "queued", root: Some(r.clone()) },
+        owner::Sent::Desk => SentOut { id: env.id.to_string(), state: "desk", node: None },
+        owner::Sent::Queued(r) => SentOut { id: env.id.to_string(), state: "queued", node: Some(r.clone()) },
     };
     emit(ctx, &out, || out.id.clone())?;
     Ok(ExitCode::SUCCESS)

@@ -10,11 +10,13 @@ mod desk;
 mod incident;
 mod legs;
 mod relay;
+mod sources;
 
 pub use desk::run as run_desk;
 pub use incident::{State as IncidentState, list as incidents};
 pub use legs::ping;
-pub use relay::{EscalationOp, Sent, escalate, send as send_to_owner};
+pub use relay::{EscalationOp, Said, Sent, escalate, say, send as send_to_owner, split_addressed};
+pub use sources::poll as poll_sources;
 
 use std::io::Write;
 use std::time::{Duration, Instant};

@@ -84,3 +84,66 @@ pub fn send(node: &Node, kind: Kind, from: AgentName, text: String) -> Result<(E
 pub fn escalate(node: &Node, from: AgentName, op: &EscalationOp) -> Result<(Envelope, Sent)> {
     send(node, Kind::Escalation, from, serde_json::to_string(op).context("escalation to JSON")?)
 }
+
+/// Where an owner message to an agent went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Said {
+    /// Into the agent's inbox on this node.
+    Inbox,
+    /// Into the outbox, for the agent's node.
+    Queued(String),
+}
+
+/// The root's word from the owner: signs `text` from `owner` to `to` (an
+/// agent here or on any member) and makes it durable on its way. Root only.
+pub fn say(node: &Node, to: &Address, text: String) -> Result<(Envelope, Said)> {
+    super::check_root(node)?;
+    let local = &node.config.node.name;
+    let to = to.clone().qualified(local);
+    let Address::Agent { agent, node: Some(target) } = &to else {
+        anyhow::bail!("owner say speaks to an agent (agentN or agentN@node), not to {to}");
+    };
+    let env = Envelope::new(&node.key, Kind::Owner, Address::Owner, to.clone(), text, None)?;
+    let rec = &node.recorder;
+    if target == local {
+        let here = crate::constellation::agents::answered_for(&node.home, &node.config);
+        if !here.contains(*agent) {
+            anyhow::bail!(
+                "no agent {agent} on this node (agent0, agent1..agent{}, agentinfinity)",
+                here.clones
+            );
+        }
+        let mb = Mailbox::open(&node.home.layout(), local, *agent)?;
+        mb.put(&env).with_context(|| format!("envelope {} not sent", env.id))?;
+        rec.record(&[rec.event(EventKind::Sent, Some(*agent), Some(&env), Some("from the owner".into()))]);
+        return Ok((env, Said::Inbox));
+    }
+    let charter = node.current_charter()?;
+    if charter.as_ref().is_none_or(|c| c.charter.member(target).is_none()) {
+        anyhow::bail!("node {target} is not a member of this mesh");
+    }
+    let paths = node.home.mesh_paths();
+    paths.create()?;
+    paths
+        .write_outbox(&[(env.file_name(), env.to_json())])
+        .map_err(|e| anyhow::anyhow!("envelope {} not sent: {e}", env.id))?;
+    rec.record(&[rec.event(
+        EventKind::Queued,
+        Some(*agent),
+        Some(&env),
+        Some(format!("from the owner, for {target}")),
+    )]);
+    Ok((env, Said::Queued(target.to_string())))
+}
+
+/// Splits `agent0@laptop: pause the deploy` into the address and the text;
+/// text with no address before a colon goes to agent0 of the root.
+pub fn split_addressed(text: &str) -> (Address, String) {
+    if let Some((head, rest)) = text.split_once(':')
+        && let Ok(to) = head.trim().parse::<Address>()
+        && to != Address::Owner
+    {
+        return (to, rest.trim_start().to_string());
+    }
+    (Address::Agent { agent: AgentName::ROOT, node: None }, text.to_string())
+}
