@@ -409,3 +409,17 @@ fn an_owner_source_s_lines_reach_their_agents_and_garbage_or_a_hang_costs_only_i
     assert!(errors.iter().any(|e| e.contains("garbage")), "{errors:?}");
     assert!(errors.iter().any(|e| e.contains("sleep 30")), "the hang was not reported: {errors:?}");
 }
+
+#[test]
+fn the_owner_bench_runs_small_and_reports_each_figure() {
+    let h = TestHome::init("bench");
+    let dir = h.join("scratch");
+    std::fs::create_dir(&dir).unwrap();
+    let r = h.json(&["bench", "owner", "--dir", dir.to_str().unwrap(), "--n", "2", "--flood", "20"]);
+    for f in ["escalate_to_page_p50_ms", "say_to_inbox_p50_ms", "process_start_ms", "flood_per_s"] {
+        assert!(r[f].as_f64().is_some_and(|x| x > 0.0), "{f} in {r}");
+    }
+    assert_eq!(r["flood_pages"], 1, "{r}");
+    assert_eq!(r["targets"].as_array().unwrap().len(), 3, "{r}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "the scratch folder is left behind");
+}

@@ -357,13 +357,12 @@ fn look_at_journals(due: &mut Option<(Instant, BTreeSet<AgentName>)>, agents: BT
     }
 }
 
-/// Delivers what waits in every mailbox, and (on the root) what waits at the owner's desk.
+/// Delivers what waits in every mailbox.
 fn delivery_round(node: &Node) {
     if let Err(e) = constellation::deliver_now(node) {
         let rec = &node.recorder;
         rec.record(&[rec.event(EventKind::DeliverError, None, None, Some(format!("{e:#}")))]);
     }
-    owner_desk(node);
 }
 
 /// The owner's desk: pages for what arrived, re-pages for what is due (root only).
@@ -449,13 +448,17 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                             stop = true;
                             break;
                         }
-                        Ok(Wake::Inbox | Wake::Journal) | Err(RecvTimeoutError::Timeout) => {}
+                        // The owner's desk starts no tmux client: it waits for no gap.
+                        Ok(Wake::Inbox) => owner_desk(&node),
+                        Ok(Wake::Journal) | Err(RecvTimeoutError::Timeout) => {}
                     }
                 }
                 // Coalesce a burst of wakes into one round, but never swallow a shutdown.
                 while let Ok(w) = rx.try_recv() {
                     stop |= w == Wake::Shutdown;
                 }
+                // After the coalescing: a wake it swallowed is the desk's too.
+                owner_desk(&node);
                 let LandedSince { made, journal, .. } = landed.take();
                 look_at_journals(&mut recover, journal);
                 delivery_round(&node);

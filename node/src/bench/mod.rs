@@ -3,6 +3,7 @@
 
 mod bus;
 mod mesh;
+mod owner;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -21,6 +22,9 @@ pub enum BenchCmd {
     /// Two nodes on loopback, in process: acked latency and pipelined throughput
     /// against the durable-write floor and the raw iroh round trip.
     Mesh(mesh::MeshArgs),
+    /// Two daemons on loopback: escalation to the root's first leg, the owner's
+    /// word to a member's inbox, and a flood of identical escalations.
+    Owner(owner::OwnerArgs),
 }
 
 /// Runs `netsky bench`.
@@ -28,6 +32,7 @@ pub fn run(ctx: &Ctx, cmd: BenchCmd) -> Result<ExitCode> {
     match cmd {
         BenchCmd::Bus(a) => bus::run(ctx, a),
         BenchCmd::Mesh(a) => mesh::run(ctx, a),
+        BenchCmd::Owner(a) => owner::run(ctx, a),
     }
 }
 

@@ -41,8 +41,22 @@ pub fn run(node: &Node) -> Result<()> {
             let rec = &node.recorder;
             rec.record(&rec.claim_events(None, &claim.poisoned, &claim.claimed));
             let mut all = incident::list(&node.home)?;
+            // Joins are counted in memory and each changed incident written
+            // once per round, before the round's envelopes are marked
+            // delivered: a crash in between counts them again from the
+            // last written state, never twice.
+            let mut joined = std::collections::BTreeMap::new();
             for c in &claim.claimed {
-                handle(node, &mut all, &c.env)?;
+                handle(node, &mut all, &c.env, &mut joined)?;
+            }
+            for i in all.iter() {
+                if let Some(n) = joined.get(&i.id) {
+                    incident::save(&node.home, i)?;
+                    // One event per incident and round: a flood is counted, not logged line by line
+                    // (each envelope stays in the desk's delivered/ as the trail).
+                    let detail = format!("{n} escalation(s) joined incident {} ({} so far)", i.id, i.count);
+                    rec.record(&[rec.event(EventKind::IncidentJoined, None, None, Some(detail))]);
+                }
             }
             desk.deliver(&lock, &claim.claimed)?;
         }
@@ -50,8 +64,13 @@ pub fn run(node: &Node) -> Result<()> {
     repage(node)
 }
 
-/// One envelope at the desk.
-fn handle(node: &Node, all: &mut Vec<Incident>, env: &Envelope) -> Result<()> {
+/// One envelope at the desk; an incident it joined is counted in `joined`, to be written.
+fn handle(
+    node: &Node,
+    all: &mut Vec<Incident>,
+    env: &Envelope,
+    joined: &mut std::collections::BTreeMap<String, u64>,
+) -> Result<()> {
     let rec = &node.recorder;
     let from = env.from.to_string();
     let origin = env.from.node().map(|n| n.to_string()).unwrap_or_default();
@@ -72,9 +91,7 @@ fn handle(node: &Node, all: &mut Vec<Incident>, env: &Envelope) -> Result<()> {
         Some(EscalationOp::Open { subject, body, source, agent }) => {
             if let Some(i) = incident::find_unresolved(all, &origin, &subject) {
                 i.count += 1;
-                incident::save(&node.home, i)?;
-                let detail = format!("{} joins incident {} ({} so far)", env.id, i.id, i.count);
-                rec.record(&[rec.event(EventKind::IncidentJoined, None, Some(env), Some(detail))]);
+                *joined.entry(i.id.clone()).or_default() += 1;
                 return Ok(());
             }
             let mut i = Incident {
