@@ -423,3 +423,43 @@ fn the_owner_bench_runs_small_and_reports_each_figure() {
     assert_eq!(r["targets"].as_array().unwrap().len(), 3, "{r}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "the scratch folder is left behind");
 }
+
+#[test]
+fn a_promotion_hands_the_open_incidents_and_their_re_pages_to_the_new_root() {
+    let mut m = TestMesh::new(&["studio", "laptop"]);
+    m.stop("studio");
+    m.stop("laptop");
+    let (studio, laptop) = (m.home("studio"), m.home("laptop"));
+    let (old_pages, new_pages) = (studio.join("pages.jsonl"), laptop.join("pages.jsonl"));
+    for (h, pages) in [(studio, &old_pages), (laptop, &new_pages)] {
+        edit_config(
+            h,
+            &[
+                ("tick_interval_s = 60", "tick_interval_s = 1"),
+                ("repage_after_s = 900", "repage_after_s = 1"),
+            ],
+        );
+        set_legs(h, &format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", pages.display()));
+    }
+    m.start("studio");
+    m.start("laptop");
+    let (studio, laptop) = (m.home("studio"), m.home("laptop"));
+    let id =
+        laptop.json(&["escalate", "backups failing", "three nights"])["id"].as_str().unwrap().to_string();
+    incident_when(studio, &id, "paged by the first root", |i| i["pages"].as_u64() >= Some(1));
+    studio.json(&["mesh", "promote", "laptop"]);
+    // The new root holds it, count and schedule as they stood, and re-pages it through its own leg.
+    incident_when(laptop, &id, "the incident on the new root", |i| i["count"] == 1);
+    common::wait_for("a page by the new root", T, || {
+        let p = json_lines(&new_pages);
+        if p.iter().any(|p| p["id"] == id.as_str()) { Ok(()) } else { Err(format!("{p:?}")) }
+    });
+    assert!(!studio.join(&format!("state/escalations/{id}.json")).exists(), "the old root kept it");
+    // The old root pages no more.
+    let before = json_lines(&old_pages).len();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(json_lines(&old_pages).len(), before, "the old root still pages");
+    // An ack now goes to the new root.
+    studio.ok(&["escalate", "ack", &id]);
+    incident_when(laptop, &id, "acked on the new root", |i| i["state"] == "acked");
+}

@@ -134,6 +134,8 @@ pub enum EventKind {
     IncidentAcked,
     /// An incident was resolved: its key opens a new incident next time.
     IncidentResolved,
+    /// A former root handed an unresolved incident on to the new root.
+    IncidentHandedOn,
     /// A message reached the owner's desk and was paged.
     OwnerMessage,
     /// Something at the owner's desk could not be handled (bad input, unknown incident).
@@ -150,7 +152,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, so a name read back from disk can be matched.
-    const ALL: [EventKind; 50] = [
+    const ALL: [EventKind; 51] = [
         EventKind::Sent,
         EventKind::Queued,
         EventKind::Claimed,
@@ -195,6 +197,7 @@ impl EventKind {
         EventKind::IncidentRepaged,
         EventKind::IncidentAcked,
         EventKind::IncidentResolved,
+        EventKind::IncidentHandedOn,
         EventKind::OwnerMessage,
         EventKind::OwnerDeskError,
         EventKind::HeartbeatFailed,
@@ -251,6 +254,7 @@ impl EventKind {
             EventKind::IncidentRepaged => "incident-repaged",
             EventKind::IncidentAcked => "incident-acked",
             EventKind::IncidentResolved => "incident-resolved",
+            EventKind::IncidentHandedOn => "incident-handed-on",
             EventKind::OwnerMessage => "owner-message",
             EventKind::OwnerDeskError => "owner-desk-error",
             EventKind::HeartbeatFailed => "heartbeat-failed",

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use netsky_bus::{Envelope, Guard, Holder, Kind, Mailbox, format_ts, parse_ts};
 use time::OffsetDateTime;
 
@@ -27,10 +27,11 @@ const MAX_PER_ROUND: usize = 256;
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Handles what waits at the desk, then re-pages the incidents that are due.
-/// Does nothing on a node that is not the root.
+/// On a node that is not the root it only hands on the incidents it still
+/// holds (it was root before a promotion).
 pub fn run(node: &Node) -> Result<()> {
     if check_root(node).is_err() {
-        return Ok(());
+        return hand_on(node);
     }
     let desk = Mailbox::open(&node.home.layout(), &node.config.node.name, Holder::Owner)?;
     if desk.pending()? {
@@ -115,6 +116,14 @@ fn handle(
             page_incident(node, &mut i, false)?;
             all.push(i);
         }
+        Some(EscalationOp::Transfer { incident }) => {
+            if all.iter().all(|i| i.id != incident.id) {
+                incident::save(&node.home, &incident)?;
+                let detail = format!("incident {} taken over from {from}", incident.id);
+                rec.record(&[rec.event(EventKind::IncidentOpened, None, Some(env), Some(detail))]);
+                all.push(*incident);
+            }
+        }
         Some(EscalationOp::Ack { id }) => change(node, all, env, &id, State::Acked)?,
         Some(EscalationOp::Resolve { id }) => change(node, all, env, &id, State::Resolved)?,
         None => {
@@ -181,6 +190,30 @@ fn page_incident(node: &Node, i: &mut Incident, again: bool) -> Result<()> {
         let rec = &node.recorder;
         let detail = format!("incident {} page {}", i.id, i.pages);
         rec.record(&[rec.event(EventKind::IncidentRepaged, None, None, Some(detail))]);
+    }
+    Ok(())
+}
+
+/// A former root's incidents, unresolved, sent to the new root (durably, in
+/// the outbox), then removed here: the root that pages is the one that holds them.
+fn hand_on(node: &Node) -> Result<()> {
+    for i in incident::list(&node.home)?.into_iter().filter(|i| i.state != State::Resolved) {
+        let id = i.id.clone();
+        let op = EscalationOp::Transfer { incident: Box::new(i) };
+        let (_, sent) = super::relay::escalate(node, netsky_bus::AgentName::ROOT, &op)?;
+        let path = node.home.escalations_dir().join(format!("{id}.json"));
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        let rec = &node.recorder;
+        let to = match sent {
+            super::Sent::Queued(root) => root,
+            super::Sent::Desk => "this node".into(),
+        };
+        rec.record(&[rec.event(
+            EventKind::IncidentHandedOn,
+            None,
+            None,
+            Some(format!("incident {id} to {to}")),
+        )]);
     }
     Ok(())
 }

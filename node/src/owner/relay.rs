@@ -36,6 +36,12 @@ pub enum EscalationOp {
         /// The incident.
         id: String,
     },
+    /// An incident handed on by a root that is root no more: the new root
+    /// keeps it as it stands, count and re-page schedule included.
+    Transfer {
+        /// The incident.
+        incident: Box<super::incident::Incident>,
+    },
 }
 
 /// Where owner mail went.
