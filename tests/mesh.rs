@@ -355,3 +355,20 @@ fn a_remote_send_whose_file_was_lost_after_its_barrier_still_goes_from_the_outbo
     });
     assert_eq!(m.home("studio").drain_texts("agent1"), ["kept 0", "kept 1", "kept 2"]);
 }
+
+#[test]
+fn the_readme_demo_runs_end_to_end_and_leaves_nothing_behind() {
+    let o = std::process::Command::new(common::exe())
+        .arg("demo")
+        .env_remove("NETSKY_HOME")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    for step in ["tests are green on laptop", "the page that reached the root's file leg", "from=\"owner\""] {
+        assert!(out.contains(step), "no {step:?} in:\n{out}");
+    }
+    let removed = out.lines().find_map(|l| l.strip_prefix("demo done; removed ")).expect("the cleanup line");
+    assert!(!std::path::Path::new(removed).exists(), "{removed} is left behind");
+}

@@ -463,3 +463,14 @@ fn a_promotion_hands_the_open_incidents_and_their_re_pages_to_the_new_root() {
     studio.ok(&["escalate", "ack", &id]);
     incident_when(laptop, &id, "acked on the new root", |i| i["state"] == "acked");
 }
+
+#[test]
+fn the_readme_s_configuration_is_one_netsky_accepts() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme.find("```\n[node]\n").expect("the README's config block") + 4;
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let h = TestHome::init("studio");
+    std::fs::write(h.join("config.toml"), block).unwrap();
+    // Loads (unknown keys and bad values are errors naming file and line).
+    h.ok(&["keys", "show"]);
+}

@@ -3,8 +3,10 @@
 //!
 //! Three nodes on loopback, relay-less: `studio` creates a mesh, `laptop`
 //! and `desk` join it by ticket, each runs its daemon, and messages cross
-//! the mesh every way; a stranger's forgery is refused, receipts come back,
-//! and `mesh status` shows the result.
+//! the mesh every way; a message for an agent that does not exist is
+//! refused, receipts come back, an escalation on a member pages the owner
+//! through the root (whose owner leg is a file here), the owner's word
+//! reaches an agent on another machine, and `mesh status` shows the result.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -127,7 +129,14 @@ fn story(n: &Narrator, daemons: &mut Daemons) -> Result<()> {
     for node in ["studio", "laptop", "desk"] {
         n.run(node, &["init", "--name", node, "--listen", "127.0.0.1:0", "--relay", "disabled"])?;
     }
-    println!("\n# studio creates the mesh and becomes its root");
+    // The root's owner leg: a file, so the demo can show each page.
+    let pages = n.base.join("owner-pages.jsonl");
+    let config = n.home("studio").join("config.toml");
+    let text =
+        std::fs::read_to_string(&config).with_context(|| format!("cannot read {}", config.display()))?;
+    let leg = format!("[[owner.legs]]\nkind = \"file\"\npath = {:?}\n", pages.display().to_string());
+    std::fs::write(&config, text.replace("legs = []\n", "") + &leg)?;
+    println!("\n# studio creates the mesh and becomes its root (its owner leg: a file, {})", pages.display());
     n.run("studio", &["mesh", "init", "--mesh", "demo"])?;
     n.start("studio", daemons)?;
     for node in ["laptop", "desk"] {
@@ -183,6 +192,34 @@ fn story(n: &Narrator, daemons: &mut Daemons) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     n.run("laptop", &["channel", "status", id])?;
+    println!("\n# a failure on laptop pages the owner through the root, and only the root");
+    let incident = n.run("laptop", &["escalate", "disk full on laptop", "/ is at 100%"])?;
+    let incident = incident.trim();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&pages).unwrap_or_default().contains(incident) {
+        if Instant::now() > deadline {
+            bail!("the root did not page the owner about {incident}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("[owner] the page that reached the root's file leg:");
+    for line in std::fs::read_to_string(&pages).unwrap_or_default().lines() {
+        println!("    {line}");
+    }
+    n.run("studio", &["escalate", "ls"])?;
+    n.run("desk", &["escalate", "ack", incident])?;
+    println!("\n# the owner answers through the root, to an agent on another machine");
+    n.run("studio", &["owner", "say", "agent0@laptop: clean up /var/tmp, then report"])?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = n.quiet("laptop", &["--json", "channel", "ls", "agent0"])?;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if v.to_string().contains("\"inbox\":1") || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    n.run("laptop", &["channel", "drain", "agent0"])?;
     println!("\n# the mesh as the root sees it");
     n.run("studio", &["mesh", "status"])?;
     println!("\n# the evidence on the root: meta.db (logs/events-*.jsonl hold the same)");
