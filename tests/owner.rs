@@ -474,3 +474,112 @@ fn the_readme_s_configuration_is_one_netsky_accepts() {
     // Loads (unknown keys and bad values are errors naming file and line).
     h.ok(&["keys", "show"]);
 }
+
+/// A real SMTP server (aiosmtpd, which `.ci/run` installs) requiring STARTTLS
+/// and AUTH as `user`/`secret`; stopped when dropped (its stdin closes).
+struct Smtp {
+    dir: tempfile::TempDir,
+    port: u16,
+    _child: std::process::Child,
+}
+
+impl Smtp {
+    fn start() -> Smtp {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/support/smtp_server.py");
+        let mut child = std::process::Command::new("python3")
+            .args([script, dir.path().to_str().unwrap(), "user", "secret"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (with aiosmtpd: pip install aiosmtpd; .ci/run does)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the SMTP server did not start (aiosmtpd installed?): {line:?}"));
+        Smtp { dir, port, _child: child }
+    }
+
+    fn mails(&self) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        names.sort();
+        names.into_iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+    }
+}
+
+#[test]
+fn the_email_leg_mails_through_starttls_with_auth_and_a_refusal_or_a_wrong_password_fails() {
+    let smtp = Smtp::start();
+    let h = TestHome::init("studio");
+    // A wrong password may be answered by silence: the leg's timeout ends it.
+    edit_config(&h, &[("leg_timeout_s = 10", "leg_timeout_s = 2")]);
+    let (good, bad) = (h.join("password"), h.join("wrong-password"));
+    std::fs::write(&good, "secret\n").unwrap();
+    std::fs::write(&bad, "guess\n").unwrap();
+    let ca = smtp.dir.path().join("ca.pem");
+    let leg = |server: String, password: &std::path::Path| {
+        format!(
+            "[[owner.legs]]\nkind = \"email\"\nserver = \"{server}\"\nfrom = \"netsky@example.org\"\nto = \"owner@example.org\"\n\
+             username = \"user\"\npassword_file = \"{}\"\nca_file = \"{}\"\n",
+            password.display(),
+            ca.display()
+        )
+    };
+    // A port nobody listens on: refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let server = format!("127.0.0.1:{}", smtp.port);
+    set_legs(&h, &[leg(server.clone(), &good), leg(server, &bad), leg(closed.to_string(), &good)].concat());
+    let o = h.run(&["--json", "owner", "test"]);
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let oks: Vec<bool> =
+        out["attempts"].as_array().unwrap().iter().map(|a| a["ok"].as_bool().unwrap()).collect();
+    assert_eq!(oks, [true, false, false], "{out}");
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(mails[0].contains("Subject: netsky: test page"), "{}", mails[0]);
+    assert!(mails[0].contains(out["page"].as_str().unwrap()), "{}", mails[0]);
+}
+
+#[test]
+fn the_tmux_leg_puts_a_banner_on_agent0_and_fails_without_it() {
+    let sock = format!("nsky-owner-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .arg("-L")
+            .arg(&sock)
+            .args(args)
+            .env_remove("TMUX")
+            .output()
+            .unwrap()
+    };
+    // The test's tmux server goes with the test, pass or fail.
+    struct Server<'a>(&'a dyn Fn(&[&str]) -> std::process::Output);
+    impl Drop for Server<'_> {
+        fn drop(&mut self) {
+            (self.0)(&["kill-server"]);
+        }
+    }
+    let _server = Server(&tmux);
+    let h = TestHome::init("studio");
+    edit_config(&h, &[("tmux_socket = \"\"", &format!("tmux_socket = \"{sock}\""))]);
+    set_legs(&h, "[[owner.legs]]\nkind = \"tmux\"\n");
+    // No agent0 session: the leg fails, with tmux's reason.
+    let o = h.run(&["--json", "owner", "test"]);
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["attempts"][0]["ok"], false, "{out}");
+    assert!(tmux(&["new-session", "-d", "-s", "agent0", "cat"]).status.success());
+    let v = h.json(&["owner", "test"]);
+    let banner =
+        String::from_utf8_lossy(&tmux(&["show-options", "-v", "-t", "=agent0:", "@netsky-page"]).stdout)
+            .into_owned();
+    assert_eq!(v["attempts"][0]["ok"], true, "{v}");
+    assert!(banner.contains("netsky test: test page"), "{banner}");
+}

@@ -205,7 +205,7 @@ pub enum Leg {
         #[serde(default)]
         body: WebhookBody,
     },
-    /// SMTP mail.
+    /// SMTP mail: STARTTLS (or implicit TLS, or none for a local relay), with optional auth.
     Email {
         /// `host:port` of the SMTP server.
         server: String,
@@ -213,6 +213,18 @@ pub enum Leg {
         from: String,
         /// Recipient address.
         to: String,
+        /// `starttls` (default), `tls` (implicit, port 465), or `none` (a relay on this machine).
+        #[serde(default)]
+        tls: EmailTls,
+        /// The SMTP user, if the server asks for one.
+        #[serde(default)]
+        username: Option<String>,
+        /// A file holding the password (mode 0600), never the password itself.
+        #[serde(default)]
+        password_file: Option<PathBuf>,
+        /// A PEM certificate to trust besides the public roots (a self-hosted server).
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
     },
     /// A desktop notification.
     Desktop {},
@@ -227,6 +239,19 @@ pub struct Source {
     /// argv, run without a shell, bounded by `leg_timeout_s`; it should print only what is new.
     #[serde(deserialize_with = "argv")]
     pub argv: Vec<String>,
+}
+
+/// How an email leg secures its connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailTls {
+    /// Plain connection upgraded with STARTTLS; refused if the server cannot.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS: only for a relay on this machine.
+    None,
 }
 
 /// What a webhook leg posts.

@@ -129,6 +129,19 @@ impl Tmux {
         Ok(best.into_iter().map(|(k, (_, p))| (k, p)).collect())
     }
 
+    /// Shows `text` as a banner on session `name`: a message on its clients
+    /// until a key is pressed, and the session option `@netsky-page`, which
+    /// stays for a status line or a script to show.
+    pub fn banner(&self, name: &str, text: &str) -> Result<()> {
+        // `=name:`: exactly that session, never a prefix match of another.
+        let target = format!("={name}:");
+        self.call_ok(&["set-option", "-t", &target, "@netsky-page", text])?;
+        // display-message expands formats, and `#(...)` would run a command:
+        // every `#` doubled keeps the page's text as text.
+        self.call_ok(&["display-message", "-t", &target, "-d", "0", &text.replace('#', "##")])?;
+        Ok(())
+    }
+
     /// Starts detached session `name` running `argv` with `env` added, in `cwd`.
     pub fn new_session(&self, name: &str, env: &[(&str, String)], argv: &[String], cwd: &Path) -> Result<()> {
         let mut args: Vec<std::ffi::OsString> =

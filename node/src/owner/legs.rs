@@ -7,11 +7,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::{Page, append_durably};
-use crate::config::{Leg, WebhookBody};
+use crate::config::{EmailTls, Leg, WebhookBody};
 use crate::proc::run_bounded;
 
 /// Delivers `page` through `leg` within `timeout`; `Ok` once the leg took it.
-pub fn send(leg: &Leg, page: &Page, timeout: Duration) -> Result<()> {
+pub fn send(node: &crate::node::Node, leg: &Leg, page: &Page, timeout: Duration) -> Result<()> {
     match leg {
         Leg::File { path } => {
             let mut line = serde_json::to_vec(page).context("page to JSON")?;
@@ -21,8 +21,14 @@ pub fn send(leg: &Leg, page: &Page, timeout: Duration) -> Result<()> {
         Leg::Command { argv } => run(&fill(argv, page), timeout),
         Leg::Desktop {} => run(&desktop_argv(page), timeout),
         Leg::Webhook { url, body } => post(url, *body, page, timeout),
-        Leg::Email { .. } | Leg::Tmux {} => {
-            bail!("the {} leg is not built yet; the legs after it are still tried", super::leg_kind(leg))
+        Leg::Email { server, from, to, tls, username, password_file, ca_file } => {
+            let e = Email { server, from, to, tls: *tls, username, password_file, ca_file };
+            mail(&e, page, timeout)
+        }
+        Leg::Tmux {} => {
+            // agent0's session on this node's tmux server (every tmux call is bounded by its own timeout).
+            let tmux = crate::constellation::tmux::Tmux::new(&node.config.constellation.tmux_socket);
+            tmux.banner("agent0", &format!("netsky {}: {}: {}", page.kind.as_str(), page.subject, page.body))
         }
     }
 }
@@ -53,6 +59,74 @@ fn post(url: &str, body: WebhookBody, page: &Page, timeout: Duration) -> Result<
     Ok(())
 }
 
+/// An email leg's settings, borrowed from the config.
+struct Email<'a> {
+    server: &'a str,
+    from: &'a str,
+    to: &'a str,
+    tls: EmailTls,
+    username: &'a Option<String>,
+    password_file: &'a Option<std::path::PathBuf>,
+    ca_file: &'a Option<std::path::PathBuf>,
+}
+
+/// Mails `page` through the SMTP server of `e`, bounded by `timeout`.
+fn mail(e: &Email<'_>, page: &Page, timeout: Duration) -> Result<()> {
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    use lettre::{Message, SmtpTransport, Transport};
+    let (host, port) = e
+        .server
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .with_context(|| format!("email server {:?} is not host:port", e.server))?;
+    let msg = Message::builder()
+        .from(e.from.parse().with_context(|| format!("email from {:?}", e.from))?)
+        .to(e.to.parse().with_context(|| format!("email to {:?}", e.to))?)
+        .subject(format!("netsky: {}", page.subject))
+        .body(format!(
+            "{}\n\n{} {} from {} at {}\n",
+            page.body,
+            page.kind.as_str(),
+            page.id,
+            page.origin,
+            page.ts
+        ))
+        .context("the page as an email")?;
+    let mut params = TlsParameters::builder(host.to_string());
+    if let Some(ca) = e.ca_file {
+        let pem = read_small(ca)?;
+        params = params.add_root_certificate(
+            Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
+        );
+    }
+    let tls = match e.tls {
+        EmailTls::Starttls => Tls::Required(params.build_rustls()?),
+        EmailTls::Tls => Tls::Wrapper(params.build_rustls()?),
+        EmailTls::None => Tls::None,
+    };
+    let mut smtp = SmtpTransport::builder_dangerous(host).port(port).tls(tls).timeout(Some(timeout));
+    if let Some(user) = e.username {
+        let file = e.password_file.as_ref().context("an email username needs password_file")?;
+        let password = String::from_utf8(read_small(file)?).context("the password file is not UTF-8")?;
+        smtp = smtp
+            .credentials(Credentials::new(user.clone(), password.trim_end_matches(['\r', '\n']).to_string()));
+    }
+    smtp.build().send(&msg).with_context(|| format!("SMTP {}", e.server))?;
+    Ok(())
+}
+
+/// A small file (a password, a certificate), read whole.
+fn read_small(path: &std::path::Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut buf))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(buf)
+}
+
 /// A GET of the dead-man's switch `url`, bounded by `timeout`; any answer but 2xx is a failure.
 pub fn ping(url: &str, timeout: Duration) -> Result<()> {
     let status = http(timeout).get(url).call().with_context(|| format!("GET {url}"))?.status();
@@ -66,11 +140,7 @@ pub fn ping(url: &str, timeout: Duration) -> Result<()> {
 /// substituted inside each argument: never through a shell, so a page's
 /// text cannot become a command.
 fn fill(argv: &[String], page: &Page) -> Vec<String> {
-    let kind = match page.kind {
-        super::PageKind::Test => "test",
-        super::PageKind::Incident => "incident",
-        super::PageKind::Message => "message",
-    };
+    let kind = page.kind.as_str();
     argv.iter()
         .map(|a| {
             a.replace("{subject}", &page.subject)

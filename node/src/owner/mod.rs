@@ -41,6 +41,17 @@ pub enum PageKind {
     Message,
 }
 
+impl PageKind {
+    /// The word pages and templates use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PageKind::Test => "test",
+            PageKind::Incident => "incident",
+            PageKind::Message => "message",
+        }
+    }
+}
+
 /// One page for the owner, as legs send it (the file leg's line, the command leg's substitutions).
 #[derive(Debug, Clone, Serialize)]
 pub struct Page {
@@ -122,7 +133,7 @@ fn attempt(node: &Node, page: &Page, stop_at_first: bool) -> Result<Vec<Attempt>
     let mut out = Vec::new();
     for (index, leg) in node.config.owner.legs.iter().enumerate() {
         let t = Instant::now();
-        let res = legs::send(leg, page, Duration::from_secs(node.config.owner.leg_timeout_s));
+        let res = legs::send(node, leg, page, Duration::from_secs(node.config.owner.leg_timeout_s));
         let a = Attempt {
             ts: format_ts(OffsetDateTime::now_utc()),
             page: page.id.clone(),
