@@ -401,6 +401,16 @@ fn an_owner_source_s_lines_reach_their_agents_and_garbage_or_a_hang_costs_only_i
             Err(format!("{n1} {n2}"))
         }
     });
+    // Bad input at the desk: an ack for no incident, an escalation that is no operation.
+    h.ok(&["escalate", "ack", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
+    h.ok(&["channel", "send", "owner", "not an operation", "--kind", "escalation"]);
+    common::wait_for("both refusals recorded", T, || {
+        let e: Vec<String> =
+            h.events().into_iter().filter(|e| e.0 == "owner-desk-error").map(|e| e.2).collect();
+        let ok = e.iter().any(|d| d.contains("no incident 01ARZ3NDEKTSV4RRFFQ69G5FAV"))
+            && e.iter().any(|d| d.contains("is not an operation"));
+        if ok { Ok(()) } else { Err(format!("{e:?}")) }
+    });
     d.stop();
     assert_eq!(h.drain_texts("agent1"), ["from the phone"]);
     assert_eq!(h.drain_texts("agent2"), ["second"]);
@@ -415,11 +425,12 @@ fn the_owner_bench_runs_small_and_reports_each_figure() {
     let h = TestHome::init("bench");
     let dir = h.join("scratch");
     std::fs::create_dir(&dir).unwrap();
-    let r = h.json(&["bench", "owner", "--dir", dir.to_str().unwrap(), "--n", "2", "--flood", "20"]);
+    let r = h.json(&["bench", "owner", "--dir", dir.to_str().unwrap(), "--n", "2", "--flood", "1000"]);
     for f in ["escalate_to_page_p50_ms", "say_to_inbox_p50_ms", "process_start_ms", "flood_per_s"] {
         assert!(r[f].as_f64().is_some_and(|x| x > 0.0), "{f} in {r}");
     }
-    assert_eq!(r["flood_pages"], 1, "{r}");
+    // A thousand identical escalations at once: counted, paged once.
+    assert_eq!((r["flood"].as_u64(), r["flood_pages"].as_u64()), (Some(1000), Some(1)), "{r}");
     assert_eq!(r["targets"].as_array().unwrap().len(), 3, "{r}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "the scratch folder is left behind");
 }

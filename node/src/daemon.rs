@@ -72,9 +72,10 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     let name = node.config.node.name.clone();
     let (tx, rx) = sync_channel::<Option<Event>>(EVENT_QUEUE);
     let recorder = Recorder::indexing(&node.home, name.clone());
+    let rec_home = node.home.clone();
     let rec_thread = std::thread::Builder::new()
         .name("recorder".into())
-        .spawn(move || record_loop(recorder, rx))
+        .spawn(move || record_loop(recorder, rx, rec_home))
         .context("cannot start the recorder thread")?;
     // The heartbeat: delivery into panes, watchdog, hang detection, on its own thread.
     let ticker = Ticker::start(node.home.clone())?;
@@ -157,8 +158,10 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
 }
 
 /// Records events in batches (whatever queued up while the last batch was
-/// written) until `None` or until every sender is gone.
-fn record_loop(recorder: Recorder, rx: Receiver<Option<Event>>) {
+/// written) until `None` or until every sender is gone. A refused charter
+/// that is not merely stale (a conflict, a foreign key, a bad signature) is
+/// also escalated: someone may be forging or forking the mesh.
+fn record_loop(recorder: Recorder, rx: Receiver<Option<Event>>, home: crate::home::Home) {
     while let Ok(Some(first)) = rx.recv() {
         let mut batch = vec![first];
         let mut end = false;
@@ -173,6 +176,20 @@ fn record_loop(recorder: Recorder, rx: Receiver<Option<Event>>) {
             }
         }
         recorder.record(&batch);
+        for e in batch.iter().filter(|e| e.event == EventKind::CharterRefused.as_str()) {
+            let detail = e.detail.clone().unwrap_or_default();
+            if detail.contains(": stale") {
+                continue;
+            }
+            let subject = format!("a charter was refused on node {}", e.node);
+            let body =
+                format!("{detail}. A conflicting or forged charter may mean a forked or attacked mesh.");
+            let raised = crate::node::Node::open(home.clone())
+                .and_then(|n| crate::escalation::raise(&n, "mesh", None, &subject, &body));
+            if let Err(err) = raised {
+                warn!(error = %format!("{err:#}"), "cannot escalate a refused charter");
+            }
+        }
         if end {
             return;
         }
