@@ -27,7 +27,9 @@ pub use error::MeshError;
 pub use ingest::{Ingested, Receivers, ingest};
 pub use membership::Allowlist;
 pub use paths::MeshPaths;
-pub use runtime::{AgentCheck, EventSink, Mesh, MeshConfig, PeerState, SpooledReceipt, handover, join};
+pub use runtime::{
+    AgentCheck, Answers, EventSink, Mesh, MeshConfig, PeerState, SpooledReceipt, ask, handover, join,
+};
 pub use ticket::{TICKET_DOMAIN, Ticket, TicketBody};
 
 /// Something the mesh did or saw, for the node's records.

@@ -111,6 +111,17 @@ pub enum Frame {
         /// Why, in one line.
         reason: String,
     },
+    /// A member asks a question the node's owner side answers (`incidents`).
+    /// New frames go last: the encoding numbers variants in order.
+    Query {
+        /// What is asked.
+        what: String,
+    },
+    /// The answer to `Query`, as JSON.
+    Answer {
+        /// The answer's JSON bytes.
+        json: Vec<u8>,
+    },
 }
 
 /// A join request, the only frame the join protocol reads.

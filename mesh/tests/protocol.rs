@@ -131,6 +131,7 @@ async fn start_with(home: &Path, node: &str, key: &SecretKey, events: &Events, r
         listen: "127.0.0.1:0".parse().unwrap(),
         relay,
         mdns: false,
+        answers: None,
         agent_exists: all_but_agent9(),
         events: events.sink(),
     })

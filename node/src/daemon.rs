@@ -91,6 +91,7 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
         relay: relay_of(&node.config.node.relay),
         mdns: node.config.node.mdns,
         agent_exists: Arc::new(move |a| agents::answered_for(&home, &config).contains(a)),
+        answers: Some(crate::owner::answers(node.home.clone())),
         events: sink,
     };
     // An unpinned port: reuse the last one, so peers' charters stay right across restarts.

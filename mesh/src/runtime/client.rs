@@ -54,6 +54,40 @@ pub async fn handover(
     res
 }
 
+/// Asks member `target` a question (`incidents`) its owner side answers; returns the JSON answer.
+pub async fn ask(
+    key: &SecretKey,
+    target: &CharterMember,
+    what: &str,
+    relay: &Relay,
+    mdns: bool,
+) -> Result<Vec<u8>, MeshError> {
+    let peer = target.name.to_string();
+    let Some(addr) = dial_addr(target.node_id, &target.addrs, relay, mdns) else {
+        return Err(MeshError::Connect { peer, reason: "no known address (is its daemon running?)".into() });
+    };
+    let ep = crate::endpoint::bind_client(key, relay, mdns).await?;
+    let res = async {
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect(addr, ALPN_MESH))
+            .await
+            .map_err(|_| MeshError::Connect { peer: peer.clone(), reason: "no answer within 5 s".into() })?
+            .map_err(|e| MeshError::Connect { peer: peer.clone(), reason: e.to_string() })?;
+        let resp = request(&conn, &Frame::Query { what: what.to_string() }, FRAME_TIMEOUT, &peer).await;
+        conn.close(0u32.into(), b"done");
+        match resp? {
+            Frame::Answer { json } => Ok(json),
+            Frame::Refused { reason } => Err(MeshError::Protocol { peer: peer.clone(), reason }),
+            other => Err(MeshError::Protocol {
+                peer: peer.clone(),
+                reason: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+    .await;
+    ep.close().await;
+    res
+}
+
 /// Joins a mesh with `ticket`, from a one-off endpoint with the node key.
 ///
 /// Returns the charter that names this node, verified against the ticket's

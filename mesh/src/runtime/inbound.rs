@@ -140,6 +140,14 @@ impl MeshHandler {
                     .unwrap_or_else(|e| Frame::Refused { reason: format!("receiver failed: {e}") })
             }
             Frame::Hello { addrs, epoch } => mesh.hello(remote, addrs, epoch).await,
+            Frame::Query { what } => match mesh.answers.clone() {
+                None => Frame::Refused { reason: format!("this node answers no questions ({what})") },
+                Some(answer) => match off_async(move || answer(&what)).await {
+                    Ok(Ok(json)) => Frame::Answer { json },
+                    Ok(Err(reason)) => Frame::Refused { reason },
+                    Err(e) => Frame::Refused { reason: e },
+                },
+            },
             Frame::Handover { mesh_key, charter } => {
                 let s = mesh.clone();
                 let res = tokio::task::spawn_blocking(move || s.take_over(remote, &mesh_key, &charter)).await;

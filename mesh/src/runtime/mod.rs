@@ -40,7 +40,7 @@ use crate::membership::Allowlist;
 use crate::wire::{ALPN_JOIN, ALPN_MESH, Receipt};
 use crate::{MeshError, MeshEvent, MeshPaths};
 
-pub use client::{handover, join};
+pub use client::{ask, handover, join};
 pub use reachability::PeerState;
 
 use charter_sync::CharterState;
@@ -54,6 +54,9 @@ pub type EventSink = Arc<dyn Fn(MeshEvent) + Send + Sync>;
 
 /// Which agents exist on this node (envelopes for others are refused).
 pub type AgentCheck = Arc<dyn Fn(AgentName) -> bool + Send + Sync>;
+
+/// Answers members' questions (`incidents`) as JSON, or says why not; run off the async threads.
+pub type Answers = Arc<dyn Fn(&str) -> Result<Vec<u8>, String> + Send + Sync>;
 
 /// How long a dial may take (a peer's sender and the one-off client calls).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,6 +78,8 @@ pub struct MeshConfig {
     pub mdns: bool,
     /// Which agents exist here.
     pub agent_exists: AgentCheck,
+    /// What this node answers members who ask (none: every question is refused).
+    pub answers: Option<Answers>,
     /// Where events go.
     pub events: EventSink,
 }
@@ -102,6 +107,7 @@ struct Shared {
     layout: Layout,
     endpoint: Endpoint,
     agent_exists: AgentCheck,
+    answers: Option<Answers>,
     events: EventSink,
     cancel: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
@@ -146,6 +152,7 @@ impl Mesh {
             paths,
             endpoint: endpoint.clone(),
             agent_exists: cfg.agent_exists,
+            answers: cfg.answers,
             events: cfg.events,
             cancel: CancellationToken::new(),
             tasks: Mutex::new(JoinSet::new()),

@@ -151,6 +151,7 @@ async fn start_node(base: &std::path::Path, name: &str, acks: mpsc::UnboundedSen
         listen: "127.0.0.1:0".parse()?,
         relay: Relay::Disabled,
         mdns: false,
+        answers: None,
         agent_exists: Arc::new(|_| true),
         events,
     })

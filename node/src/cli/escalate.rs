@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use crate::node::Node;
@@ -36,7 +36,7 @@ enum EscalateCmd {
         /// The incident id.
         id: ulid::Ulid,
     },
-    /// The root's incidents: open, acked and resolved.
+    /// The root's incidents: open, acked and resolved (from any node: asked over the mesh).
     Ls,
 }
 
@@ -58,10 +58,20 @@ pub fn run(ctx: &Ctx, a: EscalateArgs) -> Result<ExitCode> {
 }
 
 fn ls(ctx: &Ctx, node: &Node) -> Result<ExitCode> {
-    if let Err(e) = owner::check_root(node) {
-        bail!("{e:#}: incidents live there; run `netsky escalate ls` on the root");
-    }
-    let all = owner::incidents(&node.home)?;
+    // Incidents live on the root: here, or asked over the mesh.
+    let all: Vec<owner::Incident> = match owner::check_root(node) {
+        Ok(()) => owner::incidents(&node.home)?,
+        Err(_) => {
+            let charter = node.current_charter()?.context("this node is in no mesh")?;
+            let root = charter.charter.root_member().context("the charter names no root member")?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let relay = crate::daemon::relay_of(&node.config.node.relay);
+            let json = rt
+                .block_on(netsky_mesh::ask(&node.key, root, "incidents", &relay, node.config.node.mdns))
+                .with_context(|| format!("cannot ask the root {} for its incidents", root.name))?;
+            serde_json::from_slice(&json).context("the root's answer is not a list of incidents")?
+        }
+    };
     emit(ctx, &all, || {
         let mut s = String::new();
         for i in &all {

@@ -13,7 +13,7 @@ mod relay;
 mod sources;
 
 pub use desk::run as run_desk;
-pub use incident::{State as IncidentState, list as incidents};
+pub use incident::{Incident, State as IncidentState, list as incidents};
 pub use legs::ping;
 pub use relay::{EscalationOp, Said, Sent, escalate, say, send as send_to_owner, split_addressed};
 pub use sources::poll as poll_sources;
@@ -102,6 +102,21 @@ pub struct Attempt {
     pub error: Option<String>,
     /// How long it took.
     pub ms: f64,
+}
+
+/// What the root answers members who ask: `incidents`, its incidents as a JSON array.
+pub fn answers(home: crate::home::Home) -> netsky_mesh::Answers {
+    std::sync::Arc::new(move |what: &str| {
+        let node = Node::open(home.clone()).map_err(|e| format!("{e:#}"))?;
+        match what {
+            "incidents" => {
+                check_root(&node).map_err(|e| format!("{e:#}"))?;
+                let all = incident::list(&node.home).map_err(|e| format!("{e:#}"))?;
+                serde_json::to_vec(&all).map_err(|e| e.to_string())
+            }
+            other => Err(format!("no such question: {other:?}")),
+        }
+    })
 }
 
 /// Whether this node may page the owner: it is the root of the charter on
