@@ -579,3 +579,29 @@ fn a_prompt_addendum_that_is_not_utf8_is_refused_before_anything_starts() {
     assert!(out.ends_with("## Operator addendum\n\nUse the staging database.\n"), "{out}");
     assert_eq!(read(&w.state("prompts/agentinfinity.md")), out);
 }
+
+#[test]
+fn health_reports_the_agents_depths_disk_load_and_tick_and_writes_its_file() {
+    let w = World::new(&["cat"], "");
+    w.ok(&["up", "1"]);
+    w.wait_ticks(1);
+    let h = wait_for(
+        "every agent up in the snapshot",
+        || Some(w.json(&["health"])).filter(|h| h["agents_total"] == 3 && h["agents_up"] == 3),
+        || w.json(&["health"]).to_string(),
+    );
+    assert_eq!((h["node"].as_str(), h["outbox_depth"].as_u64()), (Some("t"), Some(0)), "{h}");
+    assert!(h["disk_free_bytes"].as_u64().is_some_and(|b| b > 0), "{h}");
+    assert!(h["load_1m"].as_f64().is_some(), "{h}");
+    assert!(h["tick_age_s"].as_f64().is_some_and(|t| t < 60.0), "{h}");
+    assert!(h["uptime_s"].as_u64().is_some(), "the daemon `up` started runs: {h}");
+    let names: Vec<&str> =
+        h["agents"].as_array().unwrap().iter().map(|a| a["agent"].as_str().unwrap()).collect();
+    assert_eq!(names, ["agent0", "agent1", "agentinfinity"], "{h}");
+    let file: Value = serde_json::from_slice(&std::fs::read(w.state("health.json")).unwrap()).unwrap();
+    assert_eq!(file["node"], "t");
+    // With the constellation down, the snapshot says so.
+    w.ok(&["down"]);
+    let h = w.json(&["health"]);
+    assert_eq!(h["agents_up"], 0, "{h}");
+}

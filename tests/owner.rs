@@ -149,7 +149,11 @@ fn an_escalation_anywhere_pages_through_the_root_alone_until_acked_and_a_resolve
     assert_eq!(studio.json(&["escalate", "ls"]).as_array().unwrap().len(), 1);
     // Any node lists the root's incidents: asked over the mesh.
     let listed = desk.json(&["escalate", "ls"]);
-    assert_eq!((listed[0]["id"].as_str(), listed[0]["count"].as_u64()), (Some(id.as_str()), Some(4)), "{listed}");
+    assert_eq!(
+        (listed[0]["id"].as_str(), listed[0]["count"].as_u64()),
+        (Some(id.as_str()), Some(4)),
+        "{listed}"
+    );
     // Re-paged (max 2, then once more through every leg), then it stops.
     let i =
         incident_when(studio, &id, "re-paged to the cap", |i| i["pages"] == 4 && i["next_page"].is_null());

@@ -62,6 +62,10 @@ impl Home {
     pub fn escalations_dir(&self) -> PathBuf {
         self.state_dir().join("escalations")
     }
+    /// `state/health.json`: this node's latest health snapshot.
+    pub fn health_path(&self) -> PathBuf {
+        self.state_dir().join("health.json")
+    }
     /// `state/owner-pages.jsonl`: every owner page attempt, one line per leg.
     pub fn owner_pages_path(&self) -> PathBuf {
         self.state_dir().join("owner-pages.jsonl")

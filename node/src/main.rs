@@ -18,6 +18,7 @@ mod daemon;
 mod daemon_state;
 mod demo;
 mod escalation;
+mod health;
 mod home;
 mod node;
 mod output;

@@ -3,6 +3,7 @@
 mod channel;
 mod down;
 mod escalate;
+mod health;
 mod init;
 mod keys;
 mod mesh;
@@ -56,6 +57,8 @@ enum Command {
     /// The node daemon.
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// This node's health now (agents, depths, disk, load, tick age); writes state/health.json.
+    Health(health::HealthArgs),
     /// Raise, acknowledge, resolve or list incidents for the owner.
     Escalate(escalate::EscalateArgs),
     /// The owner, reached through the root's owner legs.
@@ -92,6 +95,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Node(c) => node::run(&ctx, c),
         Command::Owner(c) => owner::run(&ctx, c),
         Command::Escalate(a) => escalate::run(&ctx, a),
+        Command::Health(a) => health::run(&ctx, a),
         Command::Query(a) => query::run(&ctx, a),
         Command::Up(a) => up::run(&ctx, a),
         Command::Down(a) => down::run(&ctx, a),
