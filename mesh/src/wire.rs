@@ -122,6 +122,11 @@ pub enum Frame {
         /// The answer's JSON bytes.
         json: Vec<u8>,
     },
+    /// A member's signed health beacon, for the root; answered with the mesh view (`Answer`).
+    Beacon {
+        /// The signed beacon's bytes, as the node layer encodes them.
+        signed: Vec<u8>,
+    },
 }
 
 /// A join request, the only frame the join protocol reads.

@@ -132,6 +132,7 @@ async fn start_with(home: &Path, node: &str, key: &SecretKey, events: &Events, r
         relay,
         mdns: false,
         answers: None,
+        beacons: None,
         agent_exists: all_but_agent9(),
         events: events.sink(),
     })

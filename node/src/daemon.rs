@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use netsky_bus::format_ts;
@@ -17,9 +18,11 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
+use crate::beacon;
 use crate::config;
 use crate::constellation::agents;
 use crate::daemon_state::{self, DaemonState};
+use crate::home::Home;
 use crate::node::Node;
 use crate::output::{Ctx, emit};
 use crate::record::{Event, EventKind, Recorder};
@@ -83,6 +86,8 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     let events = Arc::new(Recorder::new(&node.home, name.clone()));
     let sink = event_sink(events.clone(), tx.clone(), ticker.waker());
     let (home, config) = (node.home.clone(), node.config.clone());
+    // The root's beacon desk (members' beacons in, the mesh view out).
+    let desk = Arc::new(beacon::Desk::new(node.home.clone()));
     let cfg = MeshConfig {
         home: node.home.root().to_path_buf(),
         name: name.clone(),
@@ -92,6 +97,12 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
         mdns: node.config.node.mdns,
         agent_exists: Arc::new(move |a| agents::answered_for(&home, &config).contains(a)),
         answers: Some(crate::owner::answers(node.home.clone())),
+        beacons: Some({
+            let desk = desk.clone();
+            Arc::new(move |peer: &str, id, bytes: &[u8]| {
+                desk.take(peer, id, bytes).map_err(|e| format!("{e:#}"))
+            })
+        }),
         events: sink,
     };
     // An unpinned port: reuse the last one, so peers' charters stay right across restarts.
@@ -136,11 +147,27 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
             ready.name, ready.pid, ready.node_id, ready.addrs
         )
     })?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: stopping"),
-        _ = int.recv() => info!("SIGINT: stopping"),
-        _ = hup.recv() => info!("SIGHUP: stopping"),
+    let interval = Duration::from_secs(node.config.node.beacon_interval_s);
+    let mut beat = tokio::time::interval(interval);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: stopping"); break }
+            _ = int.recv() => { info!("SIGINT: stopping"); break }
+            _ = hup.recv() => { info!("SIGHUP: stopping"); break }
+            _ = beat.tick() => {
+                // Bounded: a round never holds a signal up for more than an interval.
+                let round = beacon_round(&mesh, &node.home, &desk, false, interval);
+                if tokio::time::timeout(interval.max(Duration::from_secs(1)), round).await.is_err() {
+                    warn!("a beacon round took longer than the beacon interval");
+                }
+            }
+        }
     }
+    // A last beacon says this node leaves on purpose: offline, announced, never paged.
+    let _ =
+        tokio::time::timeout(Duration::from_secs(3), beacon_round(&mesh, &node.home, &desk, true, interval))
+            .await;
     mesh.shutdown().await;
     match tokio::task::spawn_blocking(move || ticker.stop()).await {
         Ok(Ok(())) => {}
@@ -298,5 +325,56 @@ fn translate(r: &Recorder, e: MeshEvent) -> Vec<Event> {
         MeshEvent::JoinRefused { remote, reason } => {
             vec![r.event(EventKind::JoinRefused, None, None, Some(format!("{remote}: {reason}")))]
         }
+    }
+}
+
+/// One beacon: this node's health, signed, to the root; the view it answers
+/// with kept as this node's copy. On the root, also the check for silent members.
+async fn beacon_round(mesh: &Mesh, home: &Home, desk: &Arc<beacon::Desk>, leaving: bool, interval: Duration) {
+    let h = home.clone();
+    let signed = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>> {
+        let node = Node::open(h)?;
+        if node.current_charter()?.is_none() {
+            return Ok(None);
+        }
+        let health = crate::health::snapshot(&node)?;
+        Ok(Some(beacon::sign(&node.key, &beacon::Beacon { health, leaving })?))
+    })
+    .await;
+    let signed = match signed {
+        Ok(Ok(Some(s))) => s,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => return warn!(error = %format!("{e:#}"), "no beacon: the snapshot failed"),
+        Err(e) => return warn!(error = %e, "no beacon: the snapshot panicked"),
+    };
+    match mesh.beacon_to_root(signed).await {
+        Ok(view) => {
+            let h = home.clone();
+            let kept = tokio::task::spawn_blocking(move || {
+                // The root's own copy is the one its desk wrote; a member keeps the answer.
+                let is_root =
+                    Node::open(h.clone()).ok().is_some_and(|n| crate::owner::check_root(&n).is_ok());
+                if !is_root {
+                    crate::home::write_durable(&h.mesh_health_path(), &view)?;
+                }
+                anyhow::Ok(())
+            })
+            .await;
+            if let Ok(Err(e)) = kept {
+                warn!(error = %format!("{e:#}"), "cannot keep the mesh view");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "beacon not delivered"),
+    }
+    if !leaving {
+        let d = desk.clone();
+        let h = home.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let root = Node::open(h).ok().is_some_and(|n| crate::owner::check_root(&n).is_ok());
+            if root && let Err(e) = d.check(interval) {
+                warn!(error = %format!("{e:#}"), "the check for silent members failed");
+            }
+        })
+        .await;
     }
 }

@@ -62,6 +62,10 @@ impl Home {
     pub fn escalations_dir(&self) -> PathBuf {
         self.state_dir().join("escalations")
     }
+    /// `state/mesh-health.json`: the mesh as the root sees it (every node keeps a copy).
+    pub fn mesh_health_path(&self) -> PathBuf {
+        self.state_dir().join("mesh-health.json")
+    }
     /// `state/health.json`: this node's latest health snapshot.
     pub fn health_path(&self) -> PathBuf {
         self.state_dir().join("health.json")

@@ -10,6 +10,7 @@
 //! `main` parses arguments, sets up logging and hands over to `cli`; errors
 //! come out as one line on stderr with exit code 1 (usage errors: 2).
 
+mod beacon;
 mod bench;
 mod cli;
 mod config;

@@ -140,6 +140,19 @@ impl MeshHandler {
                     .unwrap_or_else(|e| Frame::Refused { reason: format!("receiver failed: {e}") })
             }
             Frame::Hello { addrs, epoch } => mesh.hello(remote, addrs, epoch).await,
+            Frame::Beacon { signed } => match mesh.beacons.clone().filter(|_| mesh.is_root()) {
+                None => Frame::Refused {
+                    reason: format!("{} is not the root: beacons go to the root", mesh.name),
+                },
+                Some(take) => {
+                    let peer = peer.to_string();
+                    match off_async(move || take(&peer, remote, &signed)).await {
+                        Ok(Ok(json)) => Frame::Answer { json },
+                        Ok(Err(reason)) => Frame::Refused { reason },
+                        Err(e) => Frame::Refused { reason: e },
+                    }
+                }
+            },
             Frame::Query { what } => match mesh.answers.clone() {
                 None => Frame::Refused { reason: format!("this node answers no questions ({what})") },
                 Some(answer) => match off_async(move || answer(&what)).await {

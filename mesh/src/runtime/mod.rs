@@ -12,8 +12,10 @@
 //! - `reachability`: which peers answered, as written to `state/peers.json`;
 //! - `inbound`: the handler for members' requests (pushes, charters, handovers);
 //! - `join`: the handler that redeems join tickets, and its rate limit;
-//! - `client`: the one-off `join` and `handover` calls of the command line;
+//! - `client`: the one-off `join`, `handover` and `ask` calls of the command line;
+//! - `beacon`: a member's health beacon to the root, answered with the mesh view;
 
+mod beacon;
 mod charter_sync;
 mod client;
 mod dispatch;
@@ -58,6 +60,10 @@ pub type AgentCheck = Arc<dyn Fn(AgentName) -> bool + Send + Sync>;
 /// Answers members' questions (`incidents`) as JSON, or says why not; run off the async threads.
 pub type Answers = Arc<dyn Fn(&str) -> Result<Vec<u8>, String> + Send + Sync>;
 
+/// Takes a member's beacon at the root (the sender's name and node id, the
+/// signed bytes) and returns the mesh view to answer with, or why it is refused.
+pub type BeaconSink = Arc<dyn Fn(&str, NodeId, &[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
 /// How long a dial may take (a peer's sender and the one-off client calls).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -80,6 +86,8 @@ pub struct MeshConfig {
     pub agent_exists: AgentCheck,
     /// What this node answers members who ask (none: every question is refused).
     pub answers: Option<Answers>,
+    /// Where beacons go when this node is root (none: beacons are refused).
+    pub beacons: Option<BeaconSink>,
     /// Where events go.
     pub events: EventSink,
 }
@@ -108,6 +116,7 @@ struct Shared {
     endpoint: Endpoint,
     agent_exists: AgentCheck,
     answers: Option<Answers>,
+    beacons: Option<BeaconSink>,
     events: EventSink,
     cancel: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
@@ -153,6 +162,7 @@ impl Mesh {
             endpoint: endpoint.clone(),
             agent_exists: cfg.agent_exists,
             answers: cfg.answers,
+            beacons: cfg.beacons,
             events: cfg.events,
             cancel: CancellationToken::new(),
             tasks: Mutex::new(JoinSet::new()),

@@ -152,6 +152,7 @@ async fn start_node(base: &std::path::Path, name: &str, acks: mpsc::UnboundedSen
         relay: Relay::Disabled,
         mdns: false,
         answers: None,
+        beacons: None,
         agent_exists: Arc::new(|_| true),
         events,
     })

@@ -273,12 +273,19 @@ struct MemberRow {
     agents_up: Option<u32>,
     agents_total: Option<u32>,
     version: Option<String>,
+    /// From its beacons at the root: `fresh`, `suspect` (silent), `offline` (announced), or null (never heard).
+    beacon: Option<&'static str>,
+    /// Its clock minus the root's, from its last beacon.
+    clock_skew_s: Option<f64>,
 }
 
 fn status(ctx: &Ctx, node: &Node) -> Result<ExitCode> {
     let c = held(node)?;
     let peers = PeerState::load_all(&node.home.mesh_paths());
     let me = daemon_state::running(&node.home);
+    // The mesh as the root sees it (every node keeps the root's last answer).
+    let view = crate::beacon::load(&node.home);
+    let now = time::OffsetDateTime::now_utc();
     let rows: Vec<MemberRow> = c
         .charter
         .members
@@ -286,6 +293,10 @@ fn status(ctx: &Ctx, node: &Node) -> Result<ExitCode> {
         .map(|m| {
             let local = m.name == node.config.node.name;
             let p = peers.get(m.name.as_str());
+            let b = view.nodes.get(m.name.as_str());
+            let age = b
+                .and_then(|b| netsky_bus::parse_ts(&b.received))
+                .map(|r| (now - r).whole_seconds().max(0) as u64);
             MemberRow {
                 name: m.name.to_string(),
                 node_id: m.node_id.to_string(),
@@ -298,10 +309,22 @@ fn status(ctx: &Ctx, node: &Node) -> Result<ExitCode> {
                 },
                 last_error: p.and_then(|p| p.last_error.clone()).filter(|_| !local),
                 addrs: m.addrs.clone(),
-                last_beacon_age_s: None,
-                agents_up: None,
-                agents_total: None,
-                version: if local { Some(env!("CARGO_PKG_VERSION").into()) } else { None },
+                last_beacon_age_s: age,
+                agents_up: b.map(|b| b.health.agents_up as u32),
+                agents_total: b.map(|b| b.health.agents_total as u32),
+                version: b
+                    .map(|b| b.health.version.clone())
+                    .or_else(|| local.then(|| env!("CARGO_PKG_VERSION").into())),
+                beacon: b.map(|b| {
+                    if b.leaving {
+                        "offline"
+                    } else if b.suspect_since.is_some() {
+                        "suspect"
+                    } else {
+                        "fresh"
+                    }
+                }),
+                clock_skew_s: b.map(|b| b.skew_s),
             }
         })
         .collect();
@@ -320,7 +343,10 @@ fn status(ctx: &Ctx, node: &Node) -> Result<ExitCode> {
     };
     emit(ctx, &out, || {
         let mut s = format!("mesh {} (epoch {}), root {}\n", out.mesh, out.epoch, out.root);
-        s.push_str(&format!("{:<16} {:<7} {:<12} {:<10} {}", "NAME", "ROLE", "NODE", "REACHABLE", "ADDRS"));
+        s.push_str(&format!(
+            "{:<16} {:<7} {:<12} {:<10} {:<9} {:>7} {:>7} {}",
+            "NAME", "ROLE", "NODE", "REACHABLE", "BEACON", "AGE", "AGENTS", "ADDRS"
+        ));
         for r in &out.members {
             let reach = match r.reachable {
                 Some(true) => "yes",
@@ -328,12 +354,19 @@ fn status(ctx: &Ctx, node: &Node) -> Result<ExitCode> {
                 None => "unknown",
             };
             let addrs: Vec<String> = r.addrs.iter().map(|a| a.to_string()).collect();
+            let agents = match (r.agents_up, r.agents_total) {
+                (Some(u), Some(t)) => format!("{u}/{t}"),
+                _ => "-".into(),
+            };
             s.push_str(&format!(
-                "\n{:<16} {:<7} {:<12} {:<10} {}",
+                "\n{:<16} {:<7} {:<12} {:<10} {:<9} {:>7} {:>7} {}",
                 r.name,
                 r.role,
                 &r.node_id[..10],
                 reach,
+                r.beacon.unwrap_or("-"),
+                r.last_beacon_age_s.map_or("-".to_string(), |a| format!("{a}s")),
+                agents,
                 addrs.join(",")
             ));
         }

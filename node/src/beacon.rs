@@ -1,0 +1,271 @@
+//! Health beacons: every node signs its health snapshot every
+//! `beacon_interval_s` and sends it to the root; the root keeps the latest
+//! per node in `state/mesh-health.json` and answers each beacon with that
+//! view, which the member keeps as its own copy, so `mesh status` on any
+//! node shows the whole mesh.
+//!
+//! On the root, a member silent for [`SILENT_AFTER`] intervals is suspect:
+//! one incident through the owner path (or, when every member falls silent
+//! at once, one incident about the root's own reach). It is recovered only
+//! after [`RECOVERED_AFTER`] beacons in a row, and the owner is told how long
+//! it was away. A node that leaves cleanly says so in a last beacon and is
+//! offline (announced), never paged.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use netsky_bus::{AgentName, Kind, format_ts, parse_ts};
+use netsky_keys::{Domain, NodeId, SecretKey};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::health::Health;
+use crate::home::Home;
+use crate::node::Node;
+use crate::owner::{self, EscalationOp};
+
+/// What a beacon's signature covers, and nothing else does.
+pub const BEACON_DOMAIN: Domain = Domain(b"netsky/beacon/v1\0");
+
+/// Intervals of silence after which a member is suspect.
+pub const SILENT_AFTER: u32 = 3;
+
+/// Beacons in a row that bring a suspect member back.
+pub const RECOVERED_AFTER: u32 = 3;
+
+/// How far ahead of the root's clock a beacon may be stamped (clock skew).
+const MAX_FUTURE: Duration = Duration::from_secs(300);
+
+/// A beacon's content, signed as its exact JSON bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Beacon {
+    /// The node's health at the moment of sending.
+    pub health: Health,
+    /// The node is leaving on purpose (stop, sleep): offline, announced, never paged.
+    pub leaving: bool,
+}
+
+/// A beacon on the wire: its JSON and the node key's signature of it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Signed {
+    body: String,
+    sig: String,
+}
+
+/// Signs `beacon` with the node key.
+pub fn sign(key: &SecretKey, beacon: &Beacon) -> Result<Vec<u8>> {
+    let body = serde_json::to_string(beacon).context("beacon to JSON")?;
+    let sig = netsky_keys::signature_to_hex(&netsky_keys::sign(key, BEACON_DOMAIN, body.as_bytes()));
+    Ok(serde_json::to_vec(&Signed { body, sig })?)
+}
+
+/// One node as the root last heard it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Its last beacon's health.
+    pub health: Health,
+    /// When the root received it.
+    pub received: String,
+    /// The node said it was leaving.
+    pub leaving: bool,
+    /// Its clock minus the root's, in seconds, from that beacon.
+    pub skew_s: f64,
+    /// Since when it is suspect (silent), if it is.
+    pub suspect_since: Option<String>,
+    /// Beacons in a row since it became suspect.
+    pub streak: u32,
+}
+
+/// The mesh as the root sees it: `state/mesh-health.json` on every node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MeshView {
+    /// The root that wrote it.
+    pub root: String,
+    /// When it last changed.
+    pub updated: String,
+    /// Every node heard from.
+    pub nodes: BTreeMap<String, NodeView>,
+    /// Every member fell silent at once (the root's own reach), since then.
+    pub all_silent_since: Option<String>,
+}
+
+/// Reads `state/mesh-health.json`, or an empty view.
+pub fn load(home: &Home) -> MeshView {
+    std::fs::read(home.mesh_health_path())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save(home: &Home, v: &MeshView) -> Result<()> {
+    crate::home::write_durable(&home.mesh_health_path(), &serde_json::to_vec_pretty(v)?)?;
+    Ok(())
+}
+
+/// The root's side: takes beacons (from the mesh handler's threads) and
+/// checks for silence (from the daemon), one at a time.
+pub struct Desk {
+    home: Home,
+    lock: Mutex<()>,
+}
+
+impl Desk {
+    /// The beacon desk of the node in `home`.
+    pub fn new(home: Home) -> Desk {
+        Desk { home, lock: Mutex::new(()) }
+    }
+
+    /// Takes the beacon `bytes` that member `peer` (node id `id`) sent:
+    /// checks it, keeps it, and returns the mesh view to answer with.
+    pub fn take(&self, peer: &str, id: NodeId, bytes: &[u8]) -> Result<Vec<u8>> {
+        let signed: Signed = serde_json::from_slice(bytes).context("not a signed beacon")?;
+        let sig = netsky_keys::signature_from_hex(&signed.sig).context("the beacon's signature")?;
+        netsky_keys::Verifier::new(id)?
+            .verify(BEACON_DOMAIN, signed.body.as_bytes(), &sig)
+            .map_err(|_| anyhow::anyhow!("the beacon's signature is not {peer}'s"))?;
+        let b: Beacon = serde_json::from_str(&signed.body).context("not a beacon")?;
+        if b.health.node != peer {
+            bail!("{peer} sent a beacon for {}", b.health.node);
+        }
+        let now = OffsetDateTime::now_utc();
+        let ts = parse_ts(&b.health.ts).context("the beacon's ts")?;
+        if ts > now + MAX_FUTURE {
+            bail!("the beacon is stamped {} , beyond the clock skew allowed", b.health.ts);
+        }
+        let node = Node::open(self.home.clone())?;
+        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut view = load(&self.home);
+        if let Some(prev) = view.nodes.get(peer)
+            && parse_ts(&prev.health.ts).is_some_and(|p| ts <= p)
+        {
+            bail!("a replayed or reordered beacon (stamped {}, {} held)", b.health.ts, prev.health.ts);
+        }
+        let prev = view.nodes.remove(peer);
+        let (mut suspect_since, mut streak) = prev.map_or((None, 0), |p| (p.suspect_since, p.streak));
+        if suspect_since.is_some() {
+            streak += 1;
+        }
+        if let Some(since) = suspect_since.clone().filter(|_| streak >= RECOVERED_AFTER) {
+            let away = parse_ts(&since).map_or(0, |s| (now - s).whole_seconds().max(0));
+            recovered(&node, peer, away);
+            suspect_since = None;
+            streak = 0;
+            if view.all_silent_since.take().is_some() {
+                resolve(&node, &all_silent_subject(&node));
+            }
+        }
+        view.nodes.insert(
+            peer.to_string(),
+            NodeView {
+                skew_s: (ts - now).as_seconds_f64(),
+                health: b.health,
+                received: format_ts(now),
+                leaving: b.leaving,
+                suspect_since,
+                streak,
+            },
+        );
+        view.root = node.config.node.name.to_string();
+        view.updated = format_ts(now);
+        save(&self.home, &view)?;
+        Ok(serde_json::to_vec(&view)?)
+    }
+
+    /// Marks members silent for [`SILENT_AFTER`] intervals suspect and escalates them.
+    pub fn check(&self, interval: Duration) -> Result<()> {
+        let node = Node::open(self.home.clone())?;
+        let local = node.config.node.name.to_string();
+        let members: Vec<String> = match node.current_charter()? {
+            Some(c) => c.charter.members.iter().map(|m| m.name.to_string()).filter(|n| *n != local).collect(),
+            None => return Ok(()),
+        };
+        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut view = load(&self.home);
+        let now = OffsetDateTime::now_utc();
+        let silent_for = interval * SILENT_AFTER;
+        let mut newly = Vec::new();
+        for m in &members {
+            // Never heard from: silent since the root started listening.
+            let Some(v) = view.nodes.get_mut(m) else { continue };
+            let age =
+                parse_ts(&v.received).map_or(Duration::ZERO, |r| (now - r).try_into().unwrap_or_default());
+            if !v.leaving && v.suspect_since.is_none() && age > silent_for {
+                v.suspect_since = Some(format_ts(now));
+                v.streak = 0;
+                newly.push((m.clone(), age));
+            }
+        }
+        if newly.is_empty() {
+            return Ok(());
+        }
+        let heard = members.iter().filter(|m| view.nodes.contains_key(*m)).count();
+        let all_silent = heard >= 2
+            && members
+                .iter()
+                .filter_map(|m| view.nodes.get(m))
+                .all(|v| v.leaving || v.suspect_since.is_some());
+        if all_silent && view.all_silent_since.is_none() {
+            // One incident about the root's own reach, not one per node.
+            view.all_silent_since = Some(format_ts(now));
+            let body = format!(
+                "no member's beacon reached the root for {} s; the fault is most likely the root's own network",
+                silent_for.as_secs()
+            );
+            escalate(&node, &all_silent_subject(&node), &body);
+        } else if !all_silent {
+            for (m, age) in &newly {
+                let body = format!("no beacon from {m} for {} s ({SILENT_AFTER} intervals)", age.as_secs());
+                escalate(&node, &silent_subject(m), &body);
+            }
+        }
+        view.updated = format_ts(now);
+        save(&self.home, &view)
+    }
+}
+
+fn silent_subject(node: &str) -> String {
+    format!("node {node} is silent")
+}
+
+fn all_silent_subject(root: &Node) -> String {
+    format!("the root {} hears no member", root.config.node.name)
+}
+
+fn escalate(node: &Node, subject: &str, body: &str) {
+    let op = EscalationOp::Open {
+        subject: subject.to_string(),
+        body: body.to_string(),
+        source: Some("beacons".into()),
+        agent: None,
+    };
+    if let Err(e) = owner::escalate(node, AgentName::Infinity, &op) {
+        tracing::error!(error = %format!("{e:#}"), subject, "cannot escalate");
+    }
+}
+
+/// Resolves the unresolved incident this root opened with `subject`, if any.
+fn resolve(node: &Node, subject: &str) {
+    let local = node.config.node.name.to_string();
+    let Ok(all) = owner::incidents(&node.home) else { return };
+    for i in all.iter().filter(|i| i.origin == local && i.subject == subject) {
+        if i.state != owner::IncidentState::Resolved {
+            let op = EscalationOp::Resolve { id: i.id.clone() };
+            if let Err(e) = owner::escalate(node, AgentName::Infinity, &op) {
+                tracing::error!(error = %format!("{e:#}"), subject, "cannot resolve");
+            }
+        }
+    }
+}
+
+/// A suspect member is back: its incident resolved, the owner told how long it was away.
+fn recovered(node: &Node, peer: &str, away_s: i64) {
+    resolve(node, &silent_subject(peer));
+    let text = format!("node {peer} is back after {away_s} s of silence");
+    if let Err(e) = owner::send_to_owner(node, Kind::Owner, AgentName::Infinity, text) {
+        tracing::error!(error = %format!("{e:#}"), "cannot tell the owner a node is back");
+    }
+}

@@ -1,0 +1,117 @@
+//! End-to-end tests of health beacons: real daemons on loopback, a beacon a second.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestHome, TestMesh, unsafe_kill, wait_for};
+
+const T: Duration = Duration::from_secs(30);
+const SIGSTOP: i32 = 19;
+const SIGCONT: i32 = 18;
+
+/// Replaces each `(from, to)` once in `h`'s config.toml.
+fn edit_config(h: &TestHome, edits: &[(&str, &str)]) {
+    let path = h.join("config.toml");
+    let mut config = std::fs::read_to_string(&path).unwrap();
+    for (from, to) in edits {
+        assert!(config.contains(from), "{from} not in {config}");
+        config = config.replacen(from, to, 1);
+    }
+    std::fs::write(&path, config).unwrap();
+}
+
+fn pages(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// `name`'s row in `h`'s `mesh status`.
+fn row(h: &TestHome, name: &str) -> serde_json::Value {
+    let s = h.json(&["mesh", "status"]);
+    s["members"].as_array().unwrap().iter().find(|m| m["name"] == name).cloned().unwrap()
+}
+
+#[test]
+fn beacons_show_the_mesh_everywhere_a_silent_member_pages_once_and_a_leaving_one_never() {
+    let mut m = TestMesh::new(&["studio", "laptop", "desk"]);
+    // Members first, so their leaving beacons reach the root: nobody is paged for the restart.
+    for n in ["desk", "laptop", "studio"] {
+        m.stop(n);
+        edit_config(m.home(n), &[("beacon_interval_s = 30", "beacon_interval_s = 1")]);
+    }
+    let root_pages = m.home("studio").join("pages.jsonl");
+    edit_config(m.home("studio"), &[("tick_interval_s = 60", "tick_interval_s = 1"), ("legs = []\n", "")]);
+    let config = m.home("studio").join("config.toml");
+    let leg = format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", root_pages.display());
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap() + &leg).unwrap();
+    for n in ["studio", "laptop", "desk"] {
+        m.start(n);
+    }
+    // Every node's mesh status shows every node fresh, with its agents and version.
+    for n in ["studio", "desk"] {
+        wait_for(&format!("{n} to see every node fresh"), T, || {
+            let rows: Vec<_> = ["studio", "laptop", "desk"].iter().map(|x| row(m.home(n), x)).collect();
+            if rows
+                .iter()
+                .all(|r| r["beacon"] == "fresh" && r["agents_total"].is_u64() && r["version"].is_string())
+            {
+                Ok(())
+            } else {
+                Err(format!("{rows:?}"))
+            }
+        });
+    }
+    // laptop stops answering (SIGSTOP): suspect after 3 intervals, one page.
+    let laptop_pid = m.daemons[1].as_ref().unwrap().child.id();
+    unsafe_kill(laptop_pid, SIGSTOP);
+    let silent = |p: &serde_json::Value| p["subject"] == "node laptop is silent";
+    assert!(!pages(&root_pages).iter().any(silent), "paged before the silence");
+    wait_for("the silent page", T, || {
+        let p = pages(&root_pages);
+        if p.iter().any(silent) { Ok(()) } else { Err(format!("{p:?}")) }
+    });
+    assert_eq!(row(m.home("studio"), "laptop")["beacon"], "suspect");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(pages(&root_pages).iter().filter(|p| silent(p)).count(), 1, "paged more than once");
+    // Back (SIGCONT): recovered after 3 beacons in a row, and the owner is told how long it was away.
+    unsafe_kill(laptop_pid, SIGCONT);
+    wait_for("the owner told laptop is back", T, || {
+        let p = pages(&root_pages);
+        let back = p.iter().any(|p| {
+            p["kind"] == "message"
+                && p["body"].as_str().is_some_and(|b| b.starts_with("node laptop is back after"))
+        });
+        if back { Ok(()) } else { Err(format!("{p:?}")) }
+    });
+    let r = row(m.home("studio"), "laptop");
+    let view = std::fs::read_to_string(m.home("studio").join("state/mesh-health.json")).unwrap();
+    assert_eq!(r["beacon"], "fresh", "{r}\n{view}");
+    let incidents = m.home("studio").json(&["escalate", "ls"]);
+    let i = incidents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["subject"] == "node laptop is silent")
+        .unwrap()
+        .clone();
+    wait_for("the incident resolved", T, || {
+        let all = m.home("studio").json(&["escalate", "ls"]);
+        let st = all.as_array().unwrap().iter().find(|x| x["id"] == i["id"]).map(|x| x["state"].clone());
+        if st == Some("resolved".into()) { Ok(()) } else { Err(format!("{all}")) }
+    });
+    // desk leaves cleanly: offline (announced), and nobody is paged.
+    m.stop("desk");
+    wait_for("desk offline at the root", T, || {
+        let r = row(m.home("studio"), "desk");
+        if r["beacon"] == "offline" { Ok(()) } else { Err(r.to_string()) }
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        !pages(&root_pages).iter().any(|p| p["subject"] == "node desk is silent"),
+        "a leaving node paged"
+    );
+}
