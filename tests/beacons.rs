@@ -115,3 +115,40 @@ fn beacons_show_the_mesh_everywhere_a_silent_member_pages_once_and_a_leaving_one
         "a leaving node paged"
     );
 }
+
+#[test]
+fn a_node_that_says_it_sleeps_or_is_snoozed_goes_silent_without_a_page() {
+    let mut m = TestMesh::new(&["studio", "laptop", "desk"]);
+    for n in ["desk", "laptop", "studio"] {
+        m.stop(n);
+        edit_config(m.home(n), &[("beacon_interval_s = 30", "beacon_interval_s = 1")]);
+    }
+    let root_pages = m.home("studio").join("pages.jsonl");
+    edit_config(m.home("studio"), &[("tick_interval_s = 60", "tick_interval_s = 1"), ("legs = []\n", "")]);
+    let config = m.home("studio").join("config.toml");
+    let leg = format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", root_pages.display());
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap() + &leg).unwrap();
+    for n in ["studio", "laptop", "desk"] {
+        m.start(n);
+    }
+    wait_for("laptop and desk fresh at the root", T, || {
+        let (l, d) = (row(m.home("studio"), "laptop"), row(m.home("studio"), "desk"));
+        if l["beacon"] == "fresh" && d["beacon"] == "fresh" { Ok(()) } else { Err(format!("{l} {d}")) }
+    });
+    // desk is allowed to be away for an hour (asked from laptop, kept by the root).
+    m.home("laptop").ok(&["mesh", "snooze", "desk", "1h"]);
+    // laptop's machine sleeps: it says so, then goes quiet (no leaving beacon from a kill -9).
+    m.kill9("laptop");
+    let v = m.home("laptop").json(&["node", "sleep"]);
+    assert_eq!(v["announced"], true, "{v}");
+    m.kill9("desk");
+    wait_for("laptop offline (announced) at the root", T, || {
+        let r = row(m.home("studio"), "laptop");
+        if r["beacon"] == "offline" { Ok(()) } else { Err(r.to_string()) }
+    });
+    // Well past 3 intervals: nobody is paged.
+    std::thread::sleep(Duration::from_secs(6));
+    let p = pages(&root_pages);
+    assert!(p.is_empty(), "paged for an announced or snoozed silence: {p:?}");
+    assert_ne!(row(m.home("studio"), "desk")["beacon"], "suspect", "a snoozed node is not suspect");
+}

@@ -28,8 +28,8 @@ pub use ingest::{Ingested, Receivers, ingest};
 pub use membership::Allowlist;
 pub use paths::MeshPaths;
 pub use runtime::{
-    AgentCheck, Answers, BeaconSink, EventSink, Mesh, MeshConfig, PeerState, SpooledReceipt, ask, handover,
-    join,
+    AgentCheck, Answers, BeaconSink, EventSink, Mesh, MeshConfig, PeerState, SpooledReceipt, ask, beacon,
+    handover, join,
 };
 pub use ticket::{TICKET_DOMAIN, Ticket, TicketBody};
 

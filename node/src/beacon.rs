@@ -93,6 +93,23 @@ pub struct MeshView {
     pub all_silent_since: Option<String>,
 }
 
+/// `state/snoozes.json`: nodes allowed to be silent, until when.
+fn snoozes(home: &Home) -> BTreeMap<String, String> {
+    std::fs::read(home.state_dir().join("snoozes.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Lets `node` be silent without a page until `until` (root; a later snooze replaces an earlier one).
+pub fn snooze(home: &Home, node: &str, until: &str) -> Result<()> {
+    parse_ts(until).with_context(|| format!("snooze until {until:?}: not a timestamp"))?;
+    let mut all = snoozes(home);
+    all.insert(node.to_string(), until.to_string());
+    crate::home::write_durable(&home.state_dir().join("snoozes.json"), &serde_json::to_vec_pretty(&all)?)?;
+    Ok(())
+}
+
 /// Reads `state/mesh-health.json`, or an empty view.
 pub fn load(home: &Home) -> MeshView {
     std::fs::read(home.mesh_health_path())
@@ -188,7 +205,12 @@ impl Desk {
         let now = OffsetDateTime::now_utc();
         let silent_for = interval * SILENT_AFTER;
         let mut newly = Vec::new();
+        let snoozed = snoozes(&self.home);
         for m in &members {
+            // In a maintenance window: silence is allowed (a node still silent when it ends pages once).
+            if snoozed.get(m).and_then(|u| parse_ts(u)).is_some_and(|u| u > now) {
+                continue;
+            }
             // Never heard from: silent since the root started listening.
             let Some(v) = view.nodes.get_mut(m) else { continue };
             let age =

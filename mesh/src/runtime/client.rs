@@ -1,5 +1,6 @@
 //! The one-off calls of the command line, each from a short-lived endpoint
-//! with the node key: `join` redeems a ticket, `handover` hands the root role on.
+//! with the node key: `join` redeems a ticket, `handover` hands the root role on,
+//! `ask` asks a question, `beacon` sends a beacon (`node sleep`).
 
 use std::net::SocketAddr;
 
@@ -26,32 +27,14 @@ pub async fn handover(
     mdns: bool,
 ) -> Result<(), MeshError> {
     let peer = target.name.to_string();
-    let Some(addr) = dial_addr(target.node_id, &target.addrs, relay, mdns) else {
-        return Err(MeshError::Connect { peer, reason: "no known address (is its daemon running?)".into() });
-    };
-    let ep = crate::endpoint::bind_client(key, relay, mdns).await?;
-    let res = async {
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect(addr, ALPN_MESH))
-            .await
-            .map_err(|_| MeshError::Connect { peer: peer.clone(), reason: "no answer within 5 s".into() })?
-            .map_err(|e| MeshError::Connect { peer: peer.clone(), reason: e.to_string() })?;
-        let frame = Frame::Handover { mesh_key: mesh_key.to_bytes().to_vec(), charter: charter.to_json() };
-        let resp = request(&conn, &frame, FRAME_TIMEOUT, &peer).await;
-        conn.close(0u32.into(), b"done");
-        match resp? {
-            Frame::Ok { .. } => Ok(()),
-            Frame::Refused { reason } => {
-                Err(MeshError::Charter(format!("{peer} refused the handover: {reason}")))
-            }
-            other => Err(MeshError::Protocol {
-                peer: peer.clone(),
-                reason: format!("unexpected answer {other:?}"),
-            }),
+    let frame = Frame::Handover { mesh_key: mesh_key.to_bytes().to_vec(), charter: charter.to_json() };
+    match one_off(key, target, frame, relay, mdns).await? {
+        Frame::Ok { .. } => Ok(()),
+        Frame::Refused { reason } => {
+            Err(MeshError::Charter(format!("{peer} refused the handover: {reason}")))
         }
+        other => Err(MeshError::Protocol { peer, reason: format!("unexpected answer {other:?}") }),
     }
-    .await;
-    ep.close().await;
-    res
 }
 
 /// Asks member `target` a question (`incidents`) its owner side answers; returns the JSON answer.
@@ -62,6 +45,39 @@ pub async fn ask(
     relay: &Relay,
     mdns: bool,
 ) -> Result<Vec<u8>, MeshError> {
+    answer_of(one_off(key, target, Frame::Query { what: what.to_string() }, relay, mdns).await?, target)
+}
+
+/// Sends a signed beacon to the root `target` from a one-off endpoint (`node sleep`);
+/// returns the mesh view it answers with.
+pub async fn beacon(
+    key: &SecretKey,
+    target: &CharterMember,
+    signed: Vec<u8>,
+    relay: &Relay,
+    mdns: bool,
+) -> Result<Vec<u8>, MeshError> {
+    answer_of(one_off(key, target, Frame::Beacon { signed }, relay, mdns).await?, target)
+}
+
+fn answer_of(resp: Frame, target: &CharterMember) -> Result<Vec<u8>, MeshError> {
+    let peer = target.name.to_string();
+    match resp {
+        Frame::Answer { json } => Ok(json),
+        Frame::Refused { reason } => Err(MeshError::Protocol { peer, reason }),
+        other => Err(MeshError::Protocol { peer, reason: format!("unexpected answer {other:?}") }),
+    }
+}
+
+/// One request to member `target` over a connection of its own, from a
+/// short-lived endpoint with the node key; returns its answer.
+async fn one_off(
+    key: &SecretKey,
+    target: &CharterMember,
+    frame: Frame,
+    relay: &Relay,
+    mdns: bool,
+) -> Result<Frame, MeshError> {
     let peer = target.name.to_string();
     let Some(addr) = dial_addr(target.node_id, &target.addrs, relay, mdns) else {
         return Err(MeshError::Connect { peer, reason: "no known address (is its daemon running?)".into() });
@@ -72,16 +88,9 @@ pub async fn ask(
             .await
             .map_err(|_| MeshError::Connect { peer: peer.clone(), reason: "no answer within 5 s".into() })?
             .map_err(|e| MeshError::Connect { peer: peer.clone(), reason: e.to_string() })?;
-        let resp = request(&conn, &Frame::Query { what: what.to_string() }, FRAME_TIMEOUT, &peer).await;
+        let resp = request(&conn, &frame, FRAME_TIMEOUT, &peer).await;
         conn.close(0u32.into(), b"done");
-        match resp? {
-            Frame::Answer { json } => Ok(json),
-            Frame::Refused { reason } => Err(MeshError::Protocol { peer: peer.clone(), reason }),
-            other => Err(MeshError::Protocol {
-                peer: peer.clone(),
-                reason: format!("unexpected answer {other:?}"),
-            }),
-        }
+        resp
     }
     .await;
     ep.close().await;

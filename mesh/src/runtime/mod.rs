@@ -42,7 +42,7 @@ use crate::membership::Allowlist;
 use crate::wire::{ALPN_JOIN, ALPN_MESH, Receipt};
 use crate::{MeshError, MeshEvent, MeshPaths};
 
-pub use client::{ask, handover, join};
+pub use client::{ask, beacon, handover, join};
 pub use reachability::PeerState;
 
 use charter_sync::CharterState;

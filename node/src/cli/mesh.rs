@@ -45,6 +45,14 @@ pub enum MeshCmd {
     /// The current charter, verified.
     Charter,
     /// Revoke NAME (new epoch); its connections are refused from then on (root only).
+    /// Let NODE be silent for DURATION (e.g. 8h) without a page: a maintenance window (any node; kept by the root).
+    Snooze {
+        /// The node.
+        name: NodeName,
+        /// How long: 90s, 30m, 8h, 2d.
+        #[arg(value_parser = parse_ttl)]
+        duration: Duration,
+    },
     Remove {
         /// The member to revoke.
         name: NodeName,
@@ -67,7 +75,7 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
     };
     if secs == 0 || secs > 30 * 86_400 {
-        return Err(format!("{s:?}: a ticket lives between 1 s and 30 days"));
+        return Err(format!("{s:?}: between 1 s and 30 days"));
     }
     Ok(Duration::from_secs(secs))
 }
@@ -78,6 +86,7 @@ pub fn run(ctx: &Ctx, cmd: MeshCmd) -> Result<ExitCode> {
     match cmd {
         MeshCmd::Init { mesh } => init(ctx, &node, mesh),
         MeshCmd::Invite { name, ttl } => invite(ctx, &node, name, ttl),
+        MeshCmd::Snooze { name, duration } => snooze(ctx, &node, &name, duration),
         MeshCmd::Join { ticket } => join(ctx, &node, &ticket),
         MeshCmd::Status => status(ctx, &node),
         MeshCmd::Charter => charter(ctx, &node),
@@ -158,6 +167,29 @@ fn init(ctx: &Ctx, node: &Node, mesh: String) -> Result<ExitCode> {
     let out =
         Out { mesh, epoch: 1, root: node.config.node.name.to_string(), mesh_key: mk.public().to_string() };
     emit(ctx, &out, || format!("mesh {} created; this node ({}) is its root (epoch 1)", out.mesh, out.root))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn snooze(ctx: &Ctx, node: &Node, name: &NodeName, duration: Duration) -> Result<ExitCode> {
+    let c = held(node)?;
+    if c.charter.member(name).is_none() {
+        bail!("{name} is not a member of mesh {}", c.charter.mesh);
+    }
+    let until = netsky_bus::format_ts(time::OffsetDateTime::now_utc() + duration);
+    let op = crate::owner::EscalationOp::Snooze { node: name.to_string(), until: until.clone() };
+    let (env, sent) = crate::owner::escalate(node, netsky_bus::AgentName::ROOT, &op)?;
+    #[derive(Serialize)]
+    struct Out {
+        node: String,
+        until: String,
+        id: String,
+    }
+    let out = Out { node: name.to_string(), until, id: env.id.to_string() };
+    let via = match sent {
+        crate::owner::Sent::Desk => "here".to_string(),
+        crate::owner::Sent::Queued(root) => format!("through the root {root}"),
+    };
+    emit(ctx, &out, || format!("{} may be silent until {} without a page ({via})", out.node, out.until))?;
     Ok(ExitCode::SUCCESS)
 }
 

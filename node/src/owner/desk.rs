@@ -124,6 +124,11 @@ fn handle(
                 all.push(*incident);
             }
         }
+        Some(EscalationOp::Snooze { node: who, until }) => {
+            crate::beacon::snooze(&node.home, &who, &until)?;
+            let detail = format!("{who} may be silent until {until} (by {from})");
+            rec.record(&[rec.event(EventKind::OwnerMessage, None, Some(env), Some(detail))]);
+        }
         Some(EscalationOp::Ack { id }) => change(node, all, env, &id, State::Acked)?,
         Some(EscalationOp::Resolve { id }) => change(node, all, env, &id, State::Resolved)?,
         None => {

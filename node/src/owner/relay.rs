@@ -36,6 +36,13 @@ pub enum EscalationOp {
         /// The incident.
         id: String,
     },
+    /// Hold pages about `node`'s silence until `until` (a maintenance window).
+    Snooze {
+        /// The node.
+        node: String,
+        /// When the window ends.
+        until: String,
+    },
     /// An incident handed on by a root that is root no more: the new root
     /// keeps it as it stands, count and re-page schedule included.
     Transfer {
