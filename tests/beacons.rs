@@ -152,3 +152,77 @@ fn a_node_that_says_it_sleeps_or_is_snoozed_goes_silent_without_a_page() {
     assert!(p.is_empty(), "paged for an announced or snoozed silence: {p:?}");
     assert_ne!(row(m.home("studio"), "desk")["beacon"], "suspect", "a snoozed node is not suspect");
 }
+
+/// One raw HTTP/1.1 request to `addr`; returns the status code and the body.
+fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn the_status_page_shows_the_mesh_read_only_and_renders_in_a_real_browser() {
+    let mut m = TestMesh::new(&["studio", "laptop"]);
+    for n in ["laptop", "studio"] {
+        m.stop(n);
+        edit_config(m.home(n), &[("beacon_interval_s = 30", "beacon_interval_s = 1")]);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    edit_config(m.home("studio"), &[("mdns = false", &format!("mdns = false\nhttp = \"{addr}\""))]);
+    m.start("studio");
+    m.start("laptop");
+    let (code, page) = http(addr, "GET", "/");
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>netsky status</title>"), "{page}");
+    let view = wait_for("both nodes in /api/mesh", T, || {
+        let (code, body) = http(addr, "GET", "/api/mesh");
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{code} {e}: {body}"))?;
+        if v["view"]["nodes"]["laptop"].is_object() && v["view"]["nodes"]["studio"].is_object() {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    });
+    assert_eq!(view["view"]["root"], "studio", "{view}");
+    // Read-only, and nothing outside it.
+    assert_eq!(http(addr, "POST", "/api/mesh").0, 405);
+    assert_eq!(http(addr, "DELETE", "/").0, 405);
+    assert_eq!(http(addr, "GET", "/../../etc/passwd").0, 404);
+    assert_eq!(http(addr, "GET", "/api/mesh/../../config.toml").0, 404);
+    // A real browser runs the page's script and shows each node's state.
+    let profile = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("http://{addr}/"))
+        .output()
+        .expect("chromium (apt install chromium; .ci/run does)");
+    let dom = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        dom.contains("<td>laptop</td>") && dom.contains("class=\"fresh\""),
+        "the script did not render the nodes:\n{dom}"
+    );
+    assert!(dom.contains("(root studio)"), "{dom}");
+}

@@ -49,6 +49,9 @@ pub struct NodeSection {
     /// interface), for when their addresses in the charter are out of date.
     #[serde(default)]
     pub mdns: bool,
+    /// The read-only status page's TCP address (`127.0.0.1:7480`); none: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<SocketAddr>,
 }
 
 /// How the node reaches peers beyond direct addresses.
@@ -362,6 +365,7 @@ impl Config {
                 beacon_interval_s: default_beacon(),
                 tick_interval_s: default_tick(),
                 mdns: false,
+                http: None,
             },
             constellation: ConstellationSection::default(),
             owner: OwnerSection::default(),

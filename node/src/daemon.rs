@@ -147,6 +147,12 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
             ready.name, ready.pid, ready.node_id, ready.addrs
         )
     })?;
+    // The status page, owned here and stopped with the daemon.
+    let page_stop = tokio_util::sync::CancellationToken::new();
+    let page = match node.config.node.http {
+        Some(addr) => Some(crate::status_page::serve(node.home.clone(), addr, page_stop.clone()).await?),
+        None => None,
+    };
     let interval = Duration::from_secs(node.config.node.beacon_interval_s);
     let mut beat = tokio::time::interval(interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -168,6 +174,10 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     let _ =
         tokio::time::timeout(Duration::from_secs(3), beacon_round(&mesh, &node.home, &desk, true, interval))
             .await;
+    page_stop.cancel();
+    if let Some(p) = page {
+        let _ = p.await;
+    }
     mesh.shutdown().await;
     match tokio::task::spawn_blocking(move || ticker.stop()).await {
         Ok(Ok(())) => {}
