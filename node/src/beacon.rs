@@ -118,22 +118,59 @@ pub fn load(home: &Home) -> MeshView {
         .unwrap_or_default()
 }
 
+/// Writes the view, atomically but without a flush: it is a picture of the
+/// last beacons, which come again every interval; a crash loses none of the mail.
 fn save(home: &Home, v: &MeshView) -> Result<()> {
-    crate::home::write_durable(&home.mesh_health_path(), &serde_json::to_vec_pretty(v)?)?;
+    let path = home.mesh_health_path();
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(v)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot rename {}", path.display()))?;
     Ok(())
 }
+
+/// How often the root writes its view and makes a new answer: beacons in
+/// between share both, so a beacon's cost does not grow with the mesh.
+const VIEW_EVERY: Duration = Duration::from_secs(1);
 
 /// The root's side: takes beacons (from the mesh handler's threads) and
 /// checks for silence (from the daemon), one at a time.
 pub struct Desk {
     home: Home,
-    lock: Mutex<()>,
+    state: Mutex<DeskState>,
+}
+
+/// The desk's view, kept in memory; on disk at most every [`VIEW_EVERY`].
+#[derive(Default)]
+struct DeskState {
+    /// Read from disk once, at the first beacon.
+    view: Option<MeshView>,
+    /// When the view was last written.
+    written: Option<std::time::Instant>,
+    /// The answer last made, and when.
+    answer: Option<(std::time::Instant, Vec<u8>)>,
+}
+
+impl DeskState {
+    fn view(&mut self, home: &Home) -> &mut MeshView {
+        self.view.get_or_insert_with(|| load(home))
+    }
+
+    /// Writes the view if it was not written within [`VIEW_EVERY`] (or `now_anyway`).
+    fn save_due(&mut self, home: &Home, now_anyway: bool) -> Result<()> {
+        let due = now_anyway || self.written.is_none_or(|w| w.elapsed() >= VIEW_EVERY);
+        if due && let Some(v) = &self.view {
+            save(home, v)?;
+            self.written = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
 }
 
 impl Desk {
     /// The beacon desk of the node in `home`.
     pub fn new(home: Home) -> Desk {
-        Desk { home, lock: Mutex::new(()) }
+        Desk { home, state: Mutex::new(DeskState::default()) }
     }
 
     /// Takes the beacon `bytes` that member `peer` (node id `id`) sent:
@@ -153,9 +190,8 @@ impl Desk {
         if ts > now + MAX_FUTURE {
             bail!("the beacon is stamped {} , beyond the clock skew allowed", b.health.ts);
         }
-        let node = Node::open(self.home.clone())?;
-        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut view = load(&self.home);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let view = st.view(&self.home);
         if let Some(prev) = view.nodes.get(peer)
             && parse_ts(&prev.health.ts).is_some_and(|p| ts <= p)
         {
@@ -166,11 +202,15 @@ impl Desk {
         if suspect_since.is_some() {
             streak += 1;
         }
+        let mut changed = false;
         if let Some(since) = suspect_since.clone().filter(|_| streak >= RECOVERED_AFTER) {
+            // Rare: the node (and the owner path) only now.
+            let node = Node::open(self.home.clone())?;
             let away = parse_ts(&since).map_or(0, |s| (now - s).whole_seconds().max(0));
             recovered(&node, peer, away);
             suspect_since = None;
             streak = 0;
+            changed = true;
             if view.all_silent_since.take().is_some() {
                 resolve(&node, &all_silent_subject(&node));
             }
@@ -186,10 +226,23 @@ impl Desk {
                 streak,
             },
         );
-        view.root = node.config.node.name.to_string();
+        if view.root.is_empty() {
+            view.root = Node::open(self.home.clone())?.config.node.name.to_string();
+        }
         view.updated = format_ts(now);
-        save(&self.home, &view)?;
-        Ok(serde_json::to_vec(&view)?)
+        st.save_due(&self.home, changed || b.leaving)?;
+        let fresh = st.answer.as_ref().is_some_and(|(at, _)| at.elapsed() < VIEW_EVERY);
+        if !fresh {
+            let bytes = serde_json::to_vec(st.view(&self.home))?;
+            st.answer = Some((std::time::Instant::now(), bytes));
+        }
+        Ok(st.answer.as_ref().map(|(_, b)| b.clone()).unwrap_or_default())
+    }
+
+    /// The size of the view as it stands now, encoded (the bench reports it).
+    pub fn view_bytes(&self) -> usize {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::to_vec(st.view(&self.home)).map_or(0, |v| v.len())
     }
 
     /// Marks members silent for [`SILENT_AFTER`] intervals suspect and escalates them.
@@ -200,9 +253,9 @@ impl Desk {
             Some(c) => c.charter.members.iter().map(|m| m.name.to_string()).filter(|n| *n != local).collect(),
             None => return Ok(()),
         };
-        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut view = load(&self.home);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = OffsetDateTime::now_utc();
+        let view = st.view(&self.home);
         let silent_for = interval * SILENT_AFTER;
         let mut newly = Vec::new();
         let snoozed = snoozes(&self.home);
@@ -222,7 +275,7 @@ impl Desk {
             }
         }
         if newly.is_empty() {
-            return Ok(());
+            return st.save_due(&self.home, false);
         }
         let heard = members.iter().filter(|m| view.nodes.contains_key(*m)).count();
         let all_silent = heard >= 2
@@ -245,7 +298,7 @@ impl Desk {
             }
         }
         view.updated = format_ts(now);
-        save(&self.home, &view)
+        st.save_due(&self.home, true)
     }
 }
 

@@ -359,7 +359,7 @@ pub fn run(ctx: &Ctx, a: BusArgs) -> Result<ExitCode> {
 }
 
 /// CPU time this process has used so far, user and system, all threads.
-fn process_cpu() -> Duration {
+pub(super) fn process_cpu() -> Duration {
     // SAFETY: getrusage only writes the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {

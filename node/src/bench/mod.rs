@@ -1,6 +1,7 @@
 //! `netsky bench`: netsky's figures measured against this machine's floors,
 //! in the same run, so every number has its reference beside it.
 
+mod beacons;
 mod bus;
 mod mesh;
 mod owner;
@@ -25,6 +26,8 @@ pub enum BenchCmd {
     /// Two daemons on loopback: escalation to the root's first leg, the owner's
     /// word to a member's inbox, and a flood of identical escalations.
     Owner(owner::OwnerArgs),
+    /// What beacons cost the root: CPU per beacon, sizes, with many members.
+    Beacons(beacons::BeaconArgs),
 }
 
 /// Runs `netsky bench`.
@@ -33,6 +36,7 @@ pub fn run(ctx: &Ctx, cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Bus(a) => bus::run(ctx, a),
         BenchCmd::Mesh(a) => mesh::run(ctx, a),
         BenchCmd::Owner(a) => owner::run(ctx, a),
+        BenchCmd::Beacons(a) => beacons::run(ctx, a),
     }
 }
 
