@@ -35,6 +35,9 @@ pub const SILENT_AFTER: u32 = 3;
 /// Beacons in a row that bring a suspect member back.
 pub const RECOVERED_AFTER: u32 = 3;
 
+/// The least time between two beacons of one member that the root takes.
+const MIN_GAP: time::Duration = time::Duration::milliseconds(500);
+
 /// How far ahead of the root's clock a beacon may be stamped (clock skew).
 const MAX_FUTURE: Duration = Duration::from_secs(300);
 
@@ -197,6 +200,15 @@ impl Desk {
         {
             bail!("a replayed or reordered beacon (stamped {}, {} held)", b.health.ts, prev.health.ts);
         }
+        // A member that floods is refused, not queued: one beacon per half second at most each.
+        if let Some(prev) = view.nodes.get(peer)
+            && parse_ts(&prev.received).is_some_and(|r| now - r < MIN_GAP)
+        {
+            bail!(
+                "too soon after {peer}'s last beacon (at most one per {} ms)",
+                MIN_GAP.whole_milliseconds()
+            );
+        }
         let prev = view.nodes.remove(peer);
         let (mut suspect_since, mut streak) = prev.map_or((None, 0), |p| (p.suspect_since, p.streak));
         if suspect_since.is_some() {
@@ -342,5 +354,63 @@ fn recovered(node: &Node, peer: &str, away_s: i64) {
     let text = format!("node {peer} is back after {away_s} s of silence");
     if let Err(e) = owner::send_to_owner(node, Kind::Owner, AgentName::Infinity, text) {
         tracing::error!(error = %format!("{e:#}"), "cannot tell the owner a node is back");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn home() -> (tempfile::TempDir, Home, SecretKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(dir.path().join("root"))).unwrap();
+        home.create_dirs().unwrap();
+        let key = netsky_keys::create_key_file(&home.node_key_path()).unwrap().key;
+        let cfg = crate::config::Config::new("root".parse().unwrap(), None, None);
+        crate::home::write_durable(&home.config_path(), cfg.to_toml().as_bytes()).unwrap();
+        (dir, home, key)
+    }
+
+    fn beacon(node: &Node, name: &str, key: &SecretKey, ts: OffsetDateTime) -> Vec<u8> {
+        let mut health = crate::health::snapshot(node).unwrap();
+        health.node = name.to_string();
+        health.ts = format_ts(ts);
+        sign(key, &Beacon { health, leaving: false }).unwrap()
+    }
+
+    #[test]
+    fn the_root_refuses_forged_misnamed_replayed_future_and_flooding_beacons_and_keeps_the_rest() {
+        let (_d, home, _root_key) = home();
+        let node = Node::open(home.clone()).unwrap();
+        let desk = Desk::new(home.clone());
+        let (a, b) = (SecretKey::generate(), SecretKey::generate());
+        let now = OffsetDateTime::now_utc();
+        let first = beacon(&node, "a", &a, now);
+        desk.take("a", a.public(), &first).unwrap();
+        // Another at once (a flood), and the same again (a replay): refused.
+        let soon = beacon(&node, "a", &a, now + time::Duration::milliseconds(10));
+        assert!(format!("{:#}", desk.take("a", a.public(), &soon).unwrap_err()).contains("too soon"));
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert!(format!("{:#}", desk.take("a", a.public(), &first).unwrap_err()).contains("replayed"));
+        // Signed by another key, or for another name, or far in the future: refused.
+        let forged = beacon(&node, "a", &b, now + time::Duration::seconds(1));
+        assert!(format!("{:#}", desk.take("a", a.public(), &forged).unwrap_err()).contains("signature"));
+        let misnamed = beacon(&node, "b", &a, now + time::Duration::seconds(1));
+        assert!(
+            format!("{:#}", desk.take("a", a.public(), &misnamed).unwrap_err())
+                .contains("sent a beacon for b")
+        );
+        let future = beacon(&node, "a", &a, now + time::Duration::minutes(10));
+        assert!(format!("{:#}", desk.take("a", a.public(), &future).unwrap_err()).contains("skew"));
+        // Junk is an error, not a panic; another member still gets in.
+        assert!(desk.take("b", b.public(), b"{not json").is_err());
+        desk.take("b", b.public(), &beacon(&node, "b", &b, now)).unwrap();
+        // Answers are shared for a second: the next one after it shows both.
+        std::thread::sleep(VIEW_EVERY);
+        let v: MeshView = serde_json::from_slice(
+            &desk.take("a", a.public(), &beacon(&node, "a", &a, now + time::Duration::seconds(1))).unwrap(),
+        )
+        .unwrap();
+        assert!(v.nodes.contains_key("a") && v.nodes.contains_key("b"), "{v:?}");
     }
 }
