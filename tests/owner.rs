@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestHome, TestMesh};
+use common::{TestHome, TestMesh, edit_config, json_lines};
 
 /// Replaces the home's `legs = []` with `legs` (TOML `[[owner.legs]]` blocks).
 fn set_legs(h: &TestHome, legs: &str) {
@@ -11,15 +11,6 @@ fn set_legs(h: &TestHome, legs: &str) {
     let config = std::fs::read_to_string(&path).unwrap();
     assert!(config.contains("legs = []\n"), "{config}");
     std::fs::write(&path, config.replace("legs = []\n", "") + legs).unwrap();
-}
-
-/// The lines of a JSON-lines file.
-fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
 }
 
 #[test]
@@ -83,17 +74,6 @@ fn a_node_without_legs_or_that_is_not_the_root_pages_nobody() {
     assert!(err.contains("only the root pages the owner") && err.contains("studio"), "{err}");
     assert!(!pages.exists(), "a member's leg was used");
     assert!(!laptop.join("state/owner-pages.jsonl").exists());
-}
-
-/// Edits `h`'s config.toml: each `(from, to)` replaced once (each must be there).
-fn edit_config(h: &TestHome, edits: &[(&str, &str)]) {
-    let path = h.join("config.toml");
-    let mut config = std::fs::read_to_string(&path).unwrap();
-    for (from, to) in edits {
-        assert!(config.contains(from), "{from} not in {config}");
-        config = config.replacen(from, to, 1);
-    }
-    std::fs::write(&path, config).unwrap();
 }
 
 /// The root's incident `id`, once its file says `ok`.

@@ -201,7 +201,10 @@ impl Desk {
             bail!("a replayed or reordered beacon (stamped {}, {} held)", b.health.ts, prev.health.ts);
         }
         // A member that floods is refused, not queued: one beacon per half second at most each.
-        if let Some(prev) = view.nodes.get(peer)
+        // A leaving beacon always counts (it may follow a regular one at once); the replay
+        // check above still holds every beacon to a newer stamp.
+        if !b.leaving
+            && let Some(prev) = view.nodes.get(peer)
             && parse_ts(&prev.received).is_some_and(|r| now - r < MIN_GAP)
         {
             bail!(
@@ -289,12 +292,15 @@ impl Desk {
         if newly.is_empty() {
             return st.save_due(&self.home, false);
         }
-        let heard = members.iter().filter(|m| view.nodes.contains_key(*m)).count();
-        let all_silent = heard >= 2
-            && members
-                .iter()
-                .filter_map(|m| view.nodes.get(m))
-                .all(|v| v.leaving || v.suspect_since.is_some());
+        // Every member expected to speak (heard from, not leaving, not snoozed) silent at
+        // once, two or more: the root's own reach, one incident.
+        let expected: Vec<&NodeView> = members
+            .iter()
+            .filter(|m| snoozed.get(*m).and_then(|u| parse_ts(u)).is_none_or(|u| u <= now))
+            .filter_map(|m| view.nodes.get(m))
+            .filter(|v| !v.leaving)
+            .collect();
+        let all_silent = expected.len() >= 2 && expected.iter().all(|v| v.suspect_since.is_some());
         if all_silent && view.all_silent_since.is_none() {
             // One incident about the root's own reach, not one per node.
             view.all_silent_since = Some(format_ts(now));

@@ -275,3 +275,23 @@ impl TestMesh {
         self.daemons[i] = Some(self.homes[i].start());
     }
 }
+
+/// Replaces each `(from, to)` once in `h`'s config.toml; each must be there.
+pub fn edit_config(h: &TestHome, edits: &[(&str, &str)]) {
+    let path = h.join("config.toml");
+    let mut config = std::fs::read_to_string(&path).unwrap();
+    for (from, to) in edits {
+        assert!(config.contains(from), "{from} not in {config}");
+        config = config.replacen(from, to, 1);
+    }
+    std::fs::write(&path, config).unwrap();
+}
+
+/// The JSON lines of a file (none if it does not exist).
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}

@@ -71,17 +71,7 @@ pub fn send(node: &Node, kind: Kind, from: AgentName, text: String) -> Result<(E
     let rec = &node.recorder;
     match root {
         Some(root) => {
-            let paths = node.home.mesh_paths();
-            paths.create()?;
-            paths
-                .write_outbox(&[(env.file_name(), env.to_json())])
-                .map_err(|e| anyhow::anyhow!("envelope {} not sent: {e}", env.id))?;
-            rec.record(&[rec.event(
-                EventKind::Queued,
-                None,
-                Some(&env),
-                Some(format!("for the root {root}")),
-            )]);
+            queue(node, &env, None, format!("for the root {root}"))?;
             Ok((env, Sent::Queued(root.to_string())))
         }
         None => {
@@ -135,18 +125,20 @@ pub fn say(node: &Node, to: &Address, text: String) -> Result<(Envelope, Said)> 
     if charter.as_ref().is_none_or(|c| c.charter.member(target).is_none()) {
         anyhow::bail!("node {target} is not a member of this mesh");
     }
+    queue(node, &env, Some(*agent), format!("from the owner, for {target}"))?;
+    Ok((env, Said::Queued(target.to_string())))
+}
+
+/// Writes `env` durably into the outbox, for the mesh to ship, and records it queued.
+fn queue(node: &Node, env: &Envelope, agent: Option<AgentName>, detail: String) -> Result<()> {
     let paths = node.home.mesh_paths();
     paths.create()?;
     paths
         .write_outbox(&[(env.file_name(), env.to_json())])
         .map_err(|e| anyhow::anyhow!("envelope {} not sent: {e}", env.id))?;
-    rec.record(&[rec.event(
-        EventKind::Queued,
-        Some(*agent),
-        Some(&env),
-        Some(format!("from the owner, for {target}")),
-    )]);
-    Ok((env, Said::Queued(target.to_string())))
+    let rec = &node.recorder;
+    rec.record(&[rec.event(EventKind::Queued, agent, Some(env), Some(detail))]);
+    Ok(())
 }
 
 /// Splits `agent0@laptop: pause the deploy` into the address and the text;
