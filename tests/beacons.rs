@@ -53,6 +53,16 @@ fn beacons_show_the_mesh_everywhere_a_silent_member_pages_once_and_a_leaving_one
             }
         });
     }
+    // The root keeps the history: one event per beacon, its figures as JSON, in meta.db.
+    wait_for("beacon history in meta.db", T, || {
+        let rows = m.home("studio").json(&["query", "select detail from events where event = 'beacon'"]);
+        let rows = rows.as_array().cloned().unwrap_or_default();
+        let from_laptop = rows
+            .iter()
+            .filter(|r| r["detail"].as_str().is_some_and(|d| d.contains("\"node\":\"laptop\"")))
+            .count();
+        if from_laptop >= 2 { Ok(()) } else { Err(format!("{rows:?}")) }
+    });
     // laptop stops answering (SIGSTOP): suspect after 3 intervals, one page.
     let laptop_pid = m.daemons[1].as_ref().unwrap().child.id();
     unsafe_kill(laptop_pid, SIGSTOP);

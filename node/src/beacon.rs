@@ -141,7 +141,12 @@ const VIEW_EVERY: Duration = Duration::from_secs(1);
 pub struct Desk {
     home: Home,
     state: Mutex<DeskState>,
+    /// Where each taken beacon goes as an event (the history, in the logs and meta.db).
+    history: Option<History>,
 }
+
+/// Takes one event: the daemon's recorder queue.
+pub type History = Box<dyn Fn(crate::record::Event) + Send + Sync>;
 
 /// The desk's view, kept in memory; on disk at most every [`VIEW_EVERY`].
 #[derive(Default)]
@@ -173,7 +178,12 @@ impl DeskState {
 impl Desk {
     /// The beacon desk of the node in `home`.
     pub fn new(home: Home) -> Desk {
-        Desk { home, state: Mutex::new(DeskState::default()) }
+        Desk { home, state: Mutex::new(DeskState::default()), history: None }
+    }
+
+    /// The same desk, each beacon it takes also recorded through `history`.
+    pub fn with_history(self, history: History) -> Desk {
+        Desk { history: Some(history), ..self }
     }
 
     /// Takes the beacon `bytes` that member `peer` (node id `id`) sent:
@@ -230,6 +240,17 @@ impl Desk {
                 resolve(&node, &all_silent_subject(&node));
             }
         }
+        if let Some(record) = &self.history {
+            let h = &b.health;
+            let figures = serde_json::json!({
+                "node": peer, "ts": h.ts, "leaving": b.leaving, "agents_up": h.agents_up,
+                "agents_total": h.agents_total, "inbox": h.inbox_depth, "outbox": h.outbox_depth,
+                "disk_free": h.disk_free_bytes, "load": h.load_1m, "tick_age_s": h.tick_age_s,
+                "skew_s": (ts - now).as_seconds_f64(),
+            });
+            let rec = crate::record::Recorder::new(&self.home, view_root_name(view, &self.home)?);
+            record(rec.event(crate::record::EventKind::Beacon, None, None, Some(figures.to_string())));
+        }
         view.nodes.insert(
             peer.to_string(),
             NodeView {
@@ -241,9 +262,7 @@ impl Desk {
                 streak,
             },
         );
-        if view.root.is_empty() {
-            view.root = Node::open(self.home.clone())?.config.node.name.to_string();
-        }
+        view_root_name(view, &self.home)?;
         view.updated = format_ts(now);
         st.save_due(&self.home, changed || b.leaving)?;
         let fresh = st.answer.as_ref().is_some_and(|(at, _)| at.elapsed() < VIEW_EVERY);
@@ -318,6 +337,14 @@ impl Desk {
         view.updated = format_ts(now);
         st.save_due(&self.home, true)
     }
+}
+
+/// The root's name as the view holds it (read once from the node's config).
+fn view_root_name(view: &mut MeshView, home: &Home) -> Result<netsky_bus::NodeName> {
+    if view.root.is_empty() {
+        view.root = Node::open(home.clone())?.config.node.name.to_string();
+    }
+    Ok(view.root.parse()?)
 }
 
 fn silent_subject(node: &str) -> String {

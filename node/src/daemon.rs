@@ -87,7 +87,11 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     let sink = event_sink(events.clone(), tx.clone(), ticker.waker());
     let (home, config) = (node.home.clone(), node.config.clone());
     // The root's beacon desk (members' beacons in, the mesh view out).
-    let desk = Arc::new(beacon::Desk::new(node.home.clone()));
+    let history_tx = tx.clone();
+    let desk = Arc::new(beacon::Desk::new(node.home.clone()).with_history(Box::new(move |e| {
+        // A beacon's history line may wait for room; a full queue drops it (the next comes soon).
+        let _ = history_tx.try_send(Some(e));
+    })));
     let cfg = MeshConfig {
         home: node.home.root().to_path_buf(),
         name: name.clone(),

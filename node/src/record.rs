@@ -142,6 +142,8 @@ pub enum EventKind {
     OwnerDeskError,
     /// The root's dead-man's switch could not be reached.
     HeartbeatFailed,
+    /// The root took a member's beacon (its detail: the figures, as JSON: the history).
+    Beacon,
     /// Recovering a mailbox's journal laid out or restored what crashed writers left.
     JournalRecovered,
     /// Recovering a mailbox's journal failed.
@@ -152,7 +154,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, so a name read back from disk can be matched.
-    const ALL: [EventKind; 51] = [
+    const ALL: [EventKind; 52] = [
         EventKind::Sent,
         EventKind::Queued,
         EventKind::Claimed,
@@ -201,6 +203,7 @@ impl EventKind {
         EventKind::OwnerMessage,
         EventKind::OwnerDeskError,
         EventKind::HeartbeatFailed,
+        EventKind::Beacon,
         EventKind::JournalRecovered,
         EventKind::JournalError,
         EventKind::StoreError,
@@ -258,6 +261,7 @@ impl EventKind {
             EventKind::OwnerMessage => "owner-message",
             EventKind::OwnerDeskError => "owner-desk-error",
             EventKind::HeartbeatFailed => "heartbeat-failed",
+            EventKind::Beacon => "beacon",
             EventKind::JournalRecovered => "journal-recovered",
             EventKind::JournalError => "journal-error",
             EventKind::StoreError => "store-error",
