@@ -227,3 +227,39 @@ fn the_beacon_bench_runs_small_and_reports_its_figures() {
     assert!(r["view_bytes"].as_u64() > r["beacon_bytes"].as_u64(), "the view holds every member: {r}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "the scratch folder is left behind");
 }
+
+#[test]
+fn a_node_silent_outside_its_active_hours_pages_nobody() {
+    // A window that excludes now, in this machine's local time (the daemons' too).
+    let now =
+        String::from_utf8(std::process::Command::new("date").arg("+%H").output().unwrap().stdout).unwrap();
+    let h: u32 = now.trim().parse().unwrap();
+    let window = format!("{:02}:00-{:02}:00", (h + 2) % 24, (h + 3) % 24);
+    let mut m = TestMesh::new(&["studio", "laptop"]);
+    m.stop("laptop");
+    m.stop("studio");
+    for n in ["studio", "laptop"] {
+        edit_config(m.home(n), &[("beacon_interval_s = 30", "beacon_interval_s = 1")]);
+    }
+    edit_config(m.home("laptop"), &[("mdns = false", &format!("mdns = false\nactive_hours = \"{window}\""))]);
+    let root_pages = m.home("studio").join("pages.jsonl");
+    edit_config(m.home("studio"), &[("legs = []\n", "")]);
+    let config = m.home("studio").join("config.toml");
+    let leg = format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", root_pages.display());
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap() + &leg).unwrap();
+    m.start("studio");
+    m.start("laptop");
+    wait_for("laptop fresh, with its active hours", T, || {
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(m.home("studio").join("state/mesh-health.json")).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let l = &v["nodes"]["laptop"];
+        if l["leaving"] == false && l["active"]["hours"].is_object() { Ok(()) } else { Err(v.to_string()) }
+    });
+    m.kill9("laptop");
+    std::thread::sleep(Duration::from_secs(6));
+    let p = json_lines(&root_pages);
+    assert!(p.is_empty(), "paged outside the node's active hours ({window}): {p:?}");
+    assert_ne!(row(m.home("studio"), "laptop")["beacon"], "suspect");
+}

@@ -49,6 +49,46 @@ pub struct Beacon {
     pub health: Health,
     /// The node is leaving on purpose (stop, sleep): offline, announced, never paged.
     pub leaving: bool,
+    /// When the node expects to be up, in its local time, and that time's offset from UTC.
+    #[serde(default)]
+    pub active: Option<Active>,
+}
+
+/// A node's active hours as its beacon states them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Active {
+    /// The daily window, in the node's local time.
+    pub hours: crate::config::ActiveHours,
+    /// The node's local time minus UTC, in seconds, when it sent the beacon.
+    pub utc_offset_s: i64,
+}
+
+impl Active {
+    /// This node's window from its config, with its local offset now.
+    pub fn of(node: &Node) -> Option<Active> {
+        let hours = node.config.node.active_hours?;
+        Some(Active { hours, utc_offset_s: local_offset_s() })
+    }
+
+    /// Whether `now` (UTC) falls in the node's window, in its local time.
+    pub fn contains(&self, now: OffsetDateTime) -> bool {
+        let local = now.unix_timestamp() + self.utc_offset_s;
+        let minute = local.rem_euclid(86_400) / 60;
+        self.hours.contains(minute as u16)
+    }
+}
+
+/// This machine's local time minus UTC, in seconds (0 where the OS does not say).
+fn local_offset_s() -> i64 {
+    // localtime_r: thread-safe, unlike the time crate's local offset on Linux.
+    let now: libc::time_t = OffsetDateTime::now_utc().unix_timestamp() as libc::time_t;
+    // SAFETY: localtime_r writes only into `tm`; `now` is a valid time_t.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&now, &mut tm) }.is_null() {
+        return 0;
+    }
+    tm.tm_gmtoff as i64
 }
 
 /// A beacon on the wire: its JSON and the node key's signature of it.
@@ -81,6 +121,9 @@ pub struct NodeView {
     pub suspect_since: Option<String>,
     /// Beacons in a row since it became suspect.
     pub streak: u32,
+    /// Its active hours, from its last beacon.
+    #[serde(default)]
+    pub active: Option<Active>,
 }
 
 /// The mesh as the root sees it: `state/mesh-health.json` on every node.
@@ -260,6 +303,7 @@ impl Desk {
                 leaving: b.leaving,
                 suspect_since,
                 streak,
+                active: b.active,
             },
         );
         view_root_name(view, &self.home)?;
@@ -296,6 +340,10 @@ impl Desk {
         for m in &members {
             // In a maintenance window: silence is allowed (a node still silent when it ends pages once).
             if snoozed.get(m).and_then(|u| parse_ts(u)).is_some_and(|u| u > now) {
+                continue;
+            }
+            // Outside its active hours (as its last beacon stated them): allowed too.
+            if view.nodes.get(m).and_then(|v| v.active).is_some_and(|a| !a.contains(now)) {
                 continue;
             }
             // Never heard from: silent since the root started listening.
@@ -408,7 +456,21 @@ mod tests {
         let mut health = crate::health::snapshot(node).unwrap();
         health.node = name.to_string();
         health.ts = format_ts(ts);
-        sign(key, &Beacon { health, leaving: false }).unwrap()
+        sign(key, &Beacon { health, leaving: false, active: None }).unwrap()
+    }
+
+    #[test]
+    fn active_hours_are_judged_in_the_node_s_own_local_time() {
+        let hours = crate::config::ActiveHours::parse("08:00-23:00").unwrap();
+        // 07:30 UTC: outside for a node on UTC, inside for one on UTC+1.
+        let t = OffsetDateTime::from_unix_timestamp(7 * 3600 + 30 * 60).unwrap();
+        assert!(!Active { hours, utc_offset_s: 0 }.contains(t));
+        assert!(Active { hours, utc_offset_s: 3600 }.contains(t));
+        // 22:30 UTC: inside on UTC, outside on UTC+1 (23:30 there), inside on UTC-5.
+        let t = OffsetDateTime::from_unix_timestamp(22 * 3600 + 30 * 60).unwrap();
+        assert!(Active { hours, utc_offset_s: 0 }.contains(t));
+        assert!(!Active { hours, utc_offset_s: 3600 }.contains(t));
+        assert!(Active { hours, utc_offset_s: -5 * 3600 }.contains(t));
     }
 
     #[test]

@@ -52,6 +52,70 @@ pub struct NodeSection {
     /// The read-only status page's TCP address (`127.0.0.1:7480`); none: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<SocketAddr>,
+    /// When this node is expected to be up, in its local time (`08:00-23:00`,
+    /// may cross midnight); outside it, its silence pages nobody. None: always.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "active_hours",
+        serialize_with = "active_hours_text"
+    )]
+    pub active_hours: Option<ActiveHours>,
+}
+
+/// A daily window, in minutes after local midnight: `start..end`, crossing midnight when `end < start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveHours {
+    /// Minutes after midnight it starts.
+    pub start_min: u16,
+    /// Minutes after midnight it ends.
+    pub end_min: u16,
+}
+
+impl ActiveHours {
+    /// Parses `HH:MM-HH:MM`.
+    pub fn parse(s: &str) -> Result<ActiveHours, String> {
+        let minutes = |t: &str| -> Option<u16> {
+            let (h, m) = t.trim().split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60 && t.trim().len() == 5).then_some(h * 60 + m)
+        };
+        let bad = || format!("active_hours {s:?}: expected HH:MM-HH:MM, like 08:00-23:00");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let (start_min, end_min) = (minutes(a).ok_or_else(bad)?, minutes(b).ok_or_else(bad)?);
+        if start_min == end_min {
+            return Err(format!("active_hours {s:?}: an empty window (leave the key out for always)"));
+        }
+        Ok(ActiveHours { start_min, end_min })
+    }
+
+    /// Whether minute-of-day `m` (local time) falls inside the window.
+    pub fn contains(&self, m: u16) -> bool {
+        if self.start_min < self.end_min {
+            (self.start_min..self.end_min).contains(&m)
+        } else {
+            m >= self.start_min || m < self.end_min
+        }
+    }
+}
+
+fn active_hours_text<S: serde::Serializer>(a: &Option<ActiveHours>, s: S) -> Result<S::Ok, S::Error> {
+    match a {
+        Some(a) => s.serialize_str(&a.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+impl std::fmt::Display for ActiveHours {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
+        write!(f, "{}-{}", hm(self.start_min), hm(self.end_min))
+    }
+}
+
+fn active_hours<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ActiveHours>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| ActiveHours::parse(&s).map_err(serde::de::Error::custom)).transpose()
 }
 
 /// How the node reaches peers beyond direct addresses.
@@ -366,6 +430,7 @@ impl Config {
                 tick_interval_s: default_tick(),
                 mdns: false,
                 http: None,
+                active_hours: None,
             },
             constellation: ConstellationSection::default(),
             owner: OwnerSection::default(),
@@ -475,6 +540,25 @@ path = "/tmp/owner-pages.jsonl"
             assert!(e.starts_with("config /h/config.toml"), "{e}");
             assert!(e.contains(line), "{text:?}: {e}");
             assert!(e.contains(word), "{text:?}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod active_hours_tests {
+    use super::ActiveHours;
+
+    #[test]
+    fn active_hours_parse_print_and_hold_across_midnight() {
+        let day = ActiveHours::parse("08:00-23:00").unwrap();
+        assert_eq!(day.to_string(), "08:00-23:00");
+        assert!(day.contains(8 * 60) && day.contains(22 * 60 + 59));
+        assert!(!day.contains(23 * 60) && !day.contains(7 * 60 + 59));
+        let night = ActiveHours::parse("22:00-06:00").unwrap();
+        assert!(night.contains(23 * 60) && night.contains(0) && night.contains(5 * 60 + 59));
+        assert!(!night.contains(6 * 60) && !night.contains(12 * 60));
+        for bad in ["8-23", "08:00", "24:00-01:00", "08:60-09:00", "08:00-08:00", "08:00-9:00", "x"] {
+            assert!(ActiveHours::parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -352,7 +352,8 @@ async fn beacon_round(mesh: &Mesh, home: &Home, desk: &Arc<beacon::Desk>, leavin
             return Ok(None);
         }
         let health = crate::health::snapshot(&node)?;
-        Ok(Some(beacon::sign(&node.key, &beacon::Beacon { health, leaving })?))
+        let active = beacon::Active::of(&node);
+        Ok(Some(beacon::sign(&node.key, &beacon::Beacon { health, leaving, active })?))
     })
     .await;
     let signed = match signed {

@@ -99,7 +99,8 @@ pub fn run(ctx: &Ctx, a: BeaconArgs) -> Result<ExitCode> {
             h.node = n.to_string();
             // A second apart, as beacons are: the root refuses one no newer than the last.
             h.ts = netsky_bus::format_ts(start + time::Duration::seconds(round as i64));
-            let signed = crate::beacon::sign(k, &crate::beacon::Beacon { health: h, leaving: false })?;
+            let signed =
+                crate::beacon::sign(k, &crate::beacon::Beacon { health: h, leaving: false, active: None })?;
             // The members' signing is theirs, not the root's: kept out of the root's figure.
             signing += s.elapsed();
             beacon_bytes = signed.len();

@@ -30,7 +30,10 @@ fn sleep(ctx: &Ctx) -> Result<ExitCode> {
     let node = Node::open(ctx.home.clone())?;
     let charter = node.current_charter()?.context("this node is in no mesh: there is no root to tell")?;
     let health = crate::health::snapshot(&node)?;
-    let signed = crate::beacon::sign(&node.key, &crate::beacon::Beacon { health, leaving: true })?;
+    let signed = crate::beacon::sign(
+        &node.key,
+        &crate::beacon::Beacon { health, leaving: true, active: crate::beacon::Active::of(&node) },
+    )?;
     let name = node.config.node.name.to_string();
     let view = if charter.charter.root == node.config.node.name {
         crate::beacon::Desk::new(node.home.clone()).take(&name, node.key.public(), &signed)?
