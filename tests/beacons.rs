@@ -263,3 +263,32 @@ fn a_node_silent_outside_its_active_hours_pages_nobody() {
     assert!(p.is_empty(), "paged outside the node's active hours ({window}): {p:?}");
     assert_ne!(row(m.home("studio"), "laptop")["beacon"], "suspect");
 }
+
+#[test]
+fn a_member_whose_clock_runs_two_minutes_ahead_stays_fresh_and_shows_its_skew() {
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("libfaketime (apt install faketime; .ci/run does)");
+    let mut m = TestMesh::new(&["studio", "laptop"]);
+    m.stop("laptop");
+    m.stop("studio");
+    for n in ["studio", "laptop"] {
+        edit_config(m.home(n), &[("beacon_interval_s = 30", "beacon_interval_s = 1")]);
+    }
+    m.start("studio");
+    // laptop's daemon lives two minutes ahead of the root (within the 5-minute window).
+    m.daemons[1] = Some(m.home("laptop").start_with(&[("LD_PRELOAD", lib), ("FAKETIME", "+120s")]));
+    let r = wait_for("laptop fresh, its skew measured", T, || {
+        let r = row(m.home("studio"), "laptop");
+        let skew = r["clock_skew_s"].as_f64().unwrap_or(0.0);
+        if r["beacon"] == "fresh" && (100.0..140.0).contains(&skew) { Ok(r) } else { Err(r.to_string()) }
+    });
+    // Past 3 intervals: still fresh (staleness is judged by when the root received it).
+    std::thread::sleep(Duration::from_secs(4));
+    let later = row(m.home("studio"), "laptop");
+    assert_eq!(later["beacon"], "fresh", "{r} then {later}");
+}

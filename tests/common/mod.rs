@@ -110,11 +110,17 @@ pub struct Daemon {
 impl TestHome {
     /// Starts this home's daemon and waits for its ready line.
     pub fn start(&self) -> Daemon {
+        self.start_with(&[])
+    }
+
+    /// As [`TestHome::start`], with `env` added to the daemon's environment.
+    pub fn start_with(&self, env: &[(&str, &str)]) -> Daemon {
         use std::io::BufRead;
         let err =
             std::fs::OpenOptions::new().create(true).append(true).open(self.join("daemon.err")).unwrap();
         let mut child = self
             .cmd(&["--json", "node", "run"])
+            .envs(env.iter().copied())
             .env("RUST_LOG", "netsky=info,netsky_mesh=debug,warn")
             .stdout(std::process::Stdio::piped())
             .stderr(err)
