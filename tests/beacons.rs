@@ -292,3 +292,36 @@ fn a_member_whose_clock_runs_two_minutes_ahead_stays_fresh_and_shows_its_skew() 
     let later = row(m.home("studio"), "laptop");
     assert_eq!(later["beacon"], "fresh", "{r} then {later}");
 }
+
+#[test]
+fn the_status_page_shows_a_node_turn_stale_without_a_reload() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/support/status_page_watch.mjs");
+    let mut m = TestMesh::new(&["studio", "laptop"]);
+    for n in ["laptop", "studio"] {
+        m.stop(n);
+        edit_config(m.home(n), &[("beacon_interval_s = 30", "beacon_interval_s = 1")]);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    edit_config(m.home("studio"), &[("mdns = false", &format!("mdns = false\nhttp = \"127.0.0.1:{port}\""))]);
+    m.start("studio");
+    m.start("laptop");
+    // A real browser (playwright-core driving Debian chromium; .ci/run installs both).
+    let mut watch = std::process::Command::new("node")
+        .args([script, &format!("http://127.0.0.1:{port}/"), "laptop"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (with tests/support's playwright-core: npm install --prefix tests/support)");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(watch.stdout.take().unwrap()));
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("fresh"),
+        "the page never showed laptop fresh"
+    );
+    // laptop goes silent: the page, never reloaded, turns it suspect.
+    unsafe_kill(m.daemons[1].as_ref().unwrap().child.id(), SIGSTOP);
+    let seen = lines.next().and_then(Result::ok);
+    let status = watch.wait().unwrap();
+    unsafe_kill(m.daemons[1].as_ref().unwrap().child.id(), SIGCONT);
+    assert_eq!(seen.as_deref(), Some("suspect"), "{status}");
+    assert!(status.success(), "{status}");
+}
