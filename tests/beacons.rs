@@ -221,7 +221,14 @@ fn the_beacon_bench_runs_small_and_reports_its_figures() {
     let dir = h.join("scratch");
     std::fs::create_dir(&dir).unwrap();
     let r = h.json(&["bench", "beacons", "--dir", dir.to_str().unwrap(), "--nodes", "5", "--rounds", "2"]);
-    for f in ["beacon_bytes", "view_bytes", "cpu_per_beacon_us", "round_p50_ms"] {
+    for f in [
+        "beacon_bytes",
+        "view_bytes",
+        "cpu_per_beacon_us",
+        "round_p50_ms",
+        "converge_first_ms",
+        "converge_next_ms",
+    ] {
         assert!(r[f].as_f64().is_some_and(|x| x > 0.0), "{f} in {r}");
     }
     assert!(r["view_bytes"].as_u64() > r["beacon_bytes"].as_u64(), "the view holds every member: {r}");
