@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestHome, TestMesh, edit_config, json_lines, unsafe_kill, wait_for};
+use common::{TestHome, TestMesh, edit_config, file_leg, json_lines, set_legs, unsafe_kill, wait_for};
 
 const T: Duration = Duration::from_secs(30);
 const SIGSTOP: i32 = 19;
@@ -20,10 +20,8 @@ fn beaconing_mesh() -> (TestMesh, std::path::PathBuf) {
         edit_config(m.home(n), &[("beacon_interval_s = 30", "beacon_interval_s = 1")]);
     }
     let root_pages = m.home("studio").join("pages.jsonl");
-    edit_config(m.home("studio"), &[("tick_interval_s = 60", "tick_interval_s = 1"), ("legs = []\n", "")]);
-    let config = m.home("studio").join("config.toml");
-    let leg = format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", root_pages.display());
-    std::fs::write(&config, std::fs::read_to_string(&config).unwrap() + &leg).unwrap();
+    edit_config(m.home("studio"), &[("tick_interval_s = 60", "tick_interval_s = 1")]);
+    set_legs(m.home("studio"), &file_leg(&root_pages));
     for n in ["studio", "laptop", "desk"] {
         m.start(n);
     }
@@ -250,10 +248,7 @@ fn a_node_silent_outside_its_active_hours_pages_nobody() {
     }
     edit_config(m.home("laptop"), &[("mdns = false", &format!("mdns = false\nactive_hours = \"{window}\""))]);
     let root_pages = m.home("studio").join("pages.jsonl");
-    edit_config(m.home("studio"), &[("legs = []\n", "")]);
-    let config = m.home("studio").join("config.toml");
-    let leg = format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", root_pages.display());
-    std::fs::write(&config, std::fs::read_to_string(&config).unwrap() + &leg).unwrap();
+    set_legs(m.home("studio"), &file_leg(&root_pages));
     m.start("studio");
     m.start("laptop");
     wait_for("laptop fresh, with its active hours", T, || {

@@ -3,15 +3,7 @@
 
 mod common;
 
-use common::{TestHome, TestMesh, edit_config, json_lines};
-
-/// Replaces the home's `legs = []` with `legs` (TOML `[[owner.legs]]` blocks).
-fn set_legs(h: &TestHome, legs: &str) {
-    let path = h.join("config.toml");
-    let config = std::fs::read_to_string(&path).unwrap();
-    assert!(config.contains("legs = []\n"), "{config}");
-    std::fs::write(&path, config.replace("legs = []\n", "") + legs).unwrap();
-}
+use common::{TestHome, TestMesh, edit_config, file_leg, json_lines, set_legs};
 
 #[test]
 fn a_test_page_goes_through_every_leg_and_each_attempt_is_on_the_trail() {
@@ -55,7 +47,7 @@ fn a_test_page_goes_through_every_leg_and_each_attempt_is_on_the_trail() {
     }
     // Only the working legs: exit 0.
     let ok = TestHome::init("solo");
-    set_legs(&ok, &format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", ok.join("p.jsonl").display()));
+    set_legs(&ok, &file_leg(&ok.join("p.jsonl")));
     let v = ok.json(&["owner", "test"]);
     assert_eq!(v["attempts"][0]["ok"], true, "{v}");
 }
@@ -69,7 +61,7 @@ fn a_node_without_legs_or_that_is_not_the_root_pages_nobody() {
     let m = TestMesh::new(&["studio", "laptop"]);
     let laptop = m.home("laptop");
     let pages = laptop.join("pages.jsonl");
-    set_legs(laptop, &format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", pages.display()));
+    set_legs(laptop, &file_leg(&pages));
     let err = laptop.fails(&["owner", "test"], 1);
     assert!(err.contains("only the root pages the owner") && err.contains("studio"), "{err}");
     assert!(!pages.exists(), "a member's leg was used");
@@ -110,9 +102,9 @@ fn an_escalation_anywhere_pages_through_the_root_alone_until_acked_and_a_resolve
             ("max_repages = 8", "max_repages = 2"),
         ],
     );
-    set_legs(studio, &format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", root_pages.display()));
+    set_legs(studio, &file_leg(&root_pages));
     let member_pages = laptop.join("member-pages.jsonl");
-    set_legs(laptop, &format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", member_pages.display()));
+    set_legs(laptop, &file_leg(&member_pages));
     // Spooled while the root is down: the escalation waits in laptop's outbox.
     let v = laptop.json(&["escalate", "disk full", "/ on laptop is at 100%"]);
     assert_eq!((v["state"].as_str(), v["node"].as_str()), (Some("queued"), Some("studio")), "{v}");
@@ -437,7 +429,7 @@ fn a_promotion_hands_the_open_incidents_and_their_re_pages_to_the_new_root() {
                 ("repage_after_s = 900", "repage_after_s = 1"),
             ],
         );
-        set_legs(h, &format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", pages.display()));
+        set_legs(h, &file_leg(pages));
     }
     m.start("studio");
     m.start("laptop");

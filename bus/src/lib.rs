@@ -25,7 +25,7 @@ pub use envelope::{ENVELOPE_DOMAIN, Envelope, Kind, MAX_ENVELOPE_BYTES, format_t
 pub use error::BusError;
 pub use guard::{Guard, Refusal, RefusalKind, read_envelope_file, write_reason};
 pub use layout::{Holder, Layout};
-pub use mailbox::{Claim, Claimed, Counts, Mailbox, MailboxLock, Poisoned, PutOutcome};
+pub use mailbox::{Claim, Claimed, Counts, Mailbox, MailboxLock, Poisoned, PutOutcome, Waiting};
 pub use name::{Address, AgentName, NodeName};
 pub use roster::{Member, Roster};
 pub use store::{

@@ -84,6 +84,15 @@ pub struct Counts {
     pub poison: usize,
 }
 
+/// Envelopes still to hand on: the two folders that do not grow forever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Waiting {
+    /// Waiting to be claimed.
+    pub inbox: usize,
+    /// Claimed, not yet delivered.
+    pub claimed: usize,
+}
+
 /// An exclusive hold on a mailbox's claim and deliver steps.
 #[derive(Debug)]
 pub struct MailboxLock {
@@ -503,11 +512,18 @@ impl Mailbox {
         Ok(false)
     }
 
+    /// Entries in `inbox/` and `claimed/`, without listing `delivered/` (the
+    /// audit trail, which only grows): for whoever asks often.
+    pub fn waiting(&self) -> Result<Waiting, BusError> {
+        Ok(Waiting { inbox: list(&self.inbox)?.0.len(), claimed: list(&self.claimed)?.0.len() })
+    }
+
     /// Entries in each lifecycle folder (temp files and reason files excluded).
     pub fn counts(&self) -> Result<Counts, BusError> {
+        let Waiting { inbox, claimed } = self.waiting()?;
         Ok(Counts {
-            inbox: list(&self.inbox)?.0.len(),
-            claimed: list(&self.claimed)?.0.len(),
+            inbox,
+            claimed,
             delivered: list(&self.delivered)?.0.len(),
             poison: list(&self.poison)?.0.iter().filter(|n| !n.ends_with(".reason")).count(),
         })

@@ -164,13 +164,17 @@ pub fn load(home: &Home) -> MeshView {
         .unwrap_or_default()
 }
 
-/// Writes the view, atomically but without a flush: it is a picture of the
-/// last beacons, which come again every interval; a crash loses none of the mail.
 fn save(home: &Home, v: &MeshView) -> Result<()> {
+    keep(home, &serde_json::to_vec(v)?)
+}
+
+/// Writes a view (the root's own, or the copy a member got in answer),
+/// atomically but without a flush: it is a picture of the last beacons,
+/// which come again every interval; a crash loses none of the mail.
+pub fn keep(home: &Home, view: &[u8]) -> Result<()> {
     let path = home.mesh_health_path();
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(v)?)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::write(&tmp, view).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot rename {}", path.display()))?;
     Ok(())
 }
@@ -188,8 +192,8 @@ pub struct Desk {
     history: Option<History>,
 }
 
-/// Takes one event: the daemon's recorder queue.
-pub type History = Box<dyn Fn(crate::record::Event) + Send + Sync>;
+/// Takes each beacon's figures (JSON text): the daemon records them as a `beacon` event.
+pub type History = Box<dyn Fn(String) + Send + Sync>;
 
 /// The desk's view, kept in memory; on disk at most every [`VIEW_EVERY`].
 #[derive(Default)]
@@ -283,21 +287,21 @@ impl Desk {
                 resolve(&node, &all_silent_subject(&node));
             }
         }
+        let skew_s = (ts - now).as_seconds_f64();
         if let Some(record) = &self.history {
             let h = &b.health;
             let figures = serde_json::json!({
                 "node": peer, "ts": h.ts, "leaving": b.leaving, "agents_up": h.agents_up,
                 "agents_total": h.agents_total, "inbox": h.inbox_depth, "outbox": h.outbox_depth,
                 "disk_free": h.disk_free_bytes, "load": h.load_1m, "tick_age_s": h.tick_age_s,
-                "skew_s": (ts - now).as_seconds_f64(),
+                "skew_s": skew_s,
             });
-            let rec = crate::record::Recorder::new(&self.home, view_root_name(view, &self.home)?);
-            record(rec.event(crate::record::EventKind::Beacon, None, None, Some(figures.to_string())));
+            record(figures.to_string());
         }
         view.nodes.insert(
             peer.to_string(),
             NodeView {
-                skew_s: (ts - now).as_seconds_f64(),
+                skew_s,
                 health: b.health,
                 received: format_ts(now),
                 leaving: b.leaving,
@@ -306,7 +310,9 @@ impl Desk {
                 active: b.active,
             },
         );
-        view_root_name(view, &self.home)?;
+        if view.root.is_empty() {
+            view.root = Node::open(self.home.clone())?.config.node.name.to_string();
+        }
         view.updated = format_ts(now);
         st.save_due(&self.home, changed || b.leaving)?;
         let fresh = st.answer.as_ref().is_some_and(|(at, _)| at.elapsed() < VIEW_EVERY);
@@ -385,14 +391,6 @@ impl Desk {
         view.updated = format_ts(now);
         st.save_due(&self.home, true)
     }
-}
-
-/// The root's name as the view holds it (read once from the node's config).
-fn view_root_name(view: &mut MeshView, home: &Home) -> Result<netsky_bus::NodeName> {
-    if view.root.is_empty() {
-        view.root = Node::open(home.clone())?.config.node.name.to_string();
-    }
-    Ok(view.root.parse()?)
 }
 
 fn silent_subject(node: &str) -> String {

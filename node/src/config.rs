@@ -452,6 +452,15 @@ impl Config {
         })
     }
 
+    /// Adds a `file` owner leg writing to `pages` to the config at `path`
+    /// (the demo and the owner bench show each page from a file).
+    pub fn add_file_leg(path: &Path, pages: &Path) -> Result<()> {
+        let mut c = Config::load(path)?;
+        c.owner.legs.push(Leg::File { path: pages.to_path_buf() });
+        crate::home::write_durable(path, c.to_toml().as_bytes())?;
+        Ok(())
+    }
+
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<Config> {
         let meta = std::fs::metadata(path).with_context(|| format!("config {}", path.display()))?;

@@ -87,10 +87,10 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     let sink = event_sink(events.clone(), tx.clone(), ticker.waker());
     let (home, config) = (node.home.clone(), node.config.clone());
     // The root's beacon desk (members' beacons in, the mesh view out).
-    let history_tx = tx.clone();
-    let desk = Arc::new(beacon::Desk::new(node.home.clone()).with_history(Box::new(move |e| {
-        // A beacon's history line may wait for room; a full queue drops it (the next comes soon).
-        let _ = history_tx.try_send(Some(e));
+    let (history_tx, history) = (tx.clone(), events.clone());
+    let desk = Arc::new(beacon::Desk::new(node.home.clone()).with_history(Box::new(move |figures| {
+        // A full queue drops this line of history: the next beacon comes within an interval.
+        let _ = history_tx.try_send(Some(history.event(EventKind::Beacon, None, None, Some(figures))));
     })));
     let cfg = MeshConfig {
         home: node.home.root().to_path_buf(),
@@ -345,51 +345,40 @@ fn translate(r: &Recorder, e: MeshEvent) -> Vec<Event> {
 /// One beacon: this node's health, signed, to the root; the view it answers
 /// with kept as this node's copy. On the root, also the check for silent members.
 async fn beacon_round(mesh: &Mesh, home: &Home, desk: &Arc<beacon::Desk>, leaving: bool, interval: Duration) {
+    // The node opened once a round: its charter says whether there is a root, and whether it is us.
     let h = home.clone();
-    let signed = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>> {
+    let made = tokio::task::spawn_blocking(move || -> Result<Option<(Vec<u8>, bool)>> {
         let node = Node::open(h)?;
-        if node.current_charter()?.is_none() {
-            return Ok(None);
-        }
+        let Some(charter) = &node.charter else { return Ok(None) };
+        let is_root = charter.charter.root == node.config.node.name;
         let health = crate::health::snapshot(&node)?;
         let active = beacon::Active::of(&node);
-        Ok(Some(beacon::sign(&node.key, &beacon::Beacon { health, leaving, active })?))
+        Ok(Some((beacon::sign(&node.key, &beacon::Beacon { health, leaving, active })?, is_root)))
     })
     .await;
-    let signed = match signed {
-        Ok(Ok(Some(s))) => s,
+    let (signed, is_root) = match made {
+        Ok(Ok(Some(made))) => made,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => return warn!(error = %format!("{e:#}"), "no beacon: the snapshot failed"),
         Err(e) => return warn!(error = %e, "no beacon: the snapshot panicked"),
     };
     match mesh.beacon_to_root(signed).await {
-        Ok(view) => {
+        // The root's own copy is the one its desk writes; a member keeps the answer.
+        Ok(view) if !is_root => {
             let h = home.clone();
-            let kept = tokio::task::spawn_blocking(move || {
-                // The root's own copy is the one its desk wrote; a member keeps the answer.
-                let is_root =
-                    Node::open(h.clone()).ok().is_some_and(|n| crate::owner::check_root(&n).is_ok());
-                if !is_root {
-                    crate::home::write_durable(&h.mesh_health_path(), &view)?;
-                }
-                anyhow::Ok(())
-            })
-            .await;
+            let kept = tokio::task::spawn_blocking(move || beacon::keep(&h, &view)).await;
             if let Ok(Err(e)) = kept {
                 warn!(error = %format!("{e:#}"), "cannot keep the mesh view");
             }
         }
+        Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "beacon not delivered"),
     }
-    if !leaving {
+    if is_root && !leaving {
         let d = desk.clone();
-        let h = home.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let root = Node::open(h).ok().is_some_and(|n| crate::owner::check_root(&n).is_ok());
-            if root && let Err(e) = d.check(interval) {
-                warn!(error = %format!("{e:#}"), "the check for silent members failed");
-            }
-        })
-        .await;
+        let checked = tokio::task::spawn_blocking(move || d.check(interval)).await;
+        if let Ok(Err(e)) = checked {
+            warn!(error = %format!("{e:#}"), "the check for silent members failed");
+        }
     }
 }

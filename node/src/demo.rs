@@ -132,10 +132,7 @@ fn story(n: &Narrator, daemons: &mut Daemons) -> Result<()> {
     // The root's owner leg: a file, so the demo can show each page.
     let pages = n.base.join("owner-pages.jsonl");
     let config = n.home("studio").join("config.toml");
-    let text =
-        std::fs::read_to_string(&config).with_context(|| format!("cannot read {}", config.display()))?;
-    let leg = format!("[[owner.legs]]\nkind = \"file\"\npath = {:?}\n", pages.display().to_string());
-    std::fs::write(&config, text.replace("legs = []\n", "") + &leg)?;
+    crate::config::Config::add_file_leg(&config, &pages)?;
     println!("\n# studio creates the mesh and becomes its root (its owner leg: a file, {})", pages.display());
     n.run("studio", &["mesh", "init", "--mesh", "demo"])?;
     n.start("studio", daemons)?;

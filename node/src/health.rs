@@ -77,7 +77,7 @@ pub fn snapshot(node: &Node) -> Result<Health> {
     let layout = node.home.layout();
     let mut inbox_depth = 0;
     for agent in layout.agents().context("cannot list the mailboxes")? {
-        inbox_depth += netsky_bus::Mailbox::open(&layout, &node.config.node.name, agent)?.counts()?.inbox;
+        inbox_depth += netsky_bus::Mailbox::open(&layout, &node.config.node.name, agent)?.waiting()?.inbox;
     }
     let outbox_depth = match std::fs::read_dir(node.home.mesh_paths().outbox()) {
         Ok(rd) => rd

@@ -365,9 +365,20 @@ fn delivery_round(node: &Node) {
     }
 }
 
-/// The owner's desk: pages for what arrived, re-pages for what is due (root only).
+/// The owner's desk on a wake: pages for what arrived (root only).
 fn owner_desk(node: &Node) {
-    if let Err(e) = crate::owner::run_desk(node) {
+    owner_error(node, crate::owner::run_desk(node));
+}
+
+/// The owner's share of a tick: the desk, re-pages that are due, incidents a
+/// former root hands on, and the owner's sources.
+fn owner_tick(node: &Node) {
+    owner_error(node, crate::owner::tick_desk(node));
+    owner_error(node, crate::owner::poll_sources(node));
+}
+
+fn owner_error(node: &Node, res: anyhow::Result<()>) {
+    if let Err(e) = res {
         let rec = &node.recorder;
         rec.record(&[rec.event(EventKind::OwnerDeskError, None, None, Some(format!("{e:#}")))]);
     }
@@ -515,11 +526,7 @@ fn run(mut node: Node, tx: SyncSender<Wake>, rx: Receiver<Wake>) {
                         tracing::warn!(error = %format!("{e:#}"), "tick failed");
                     }
                 }
-                owner_desk(&node);
-                if let Err(e) = crate::owner::poll_sources(&node) {
-                    let rec = &node.recorder;
-                    rec.record(&[rec.event(EventKind::OwnerDeskError, None, None, Some(format!("{e:#}")))]);
-                }
+                owner_tick(&node);
                 match node.home.layout().agents() {
                     Ok(all) => checkpoint_journals(&node, &all),
                     Err(e) => tracing::debug!(error = %e, "cannot list mailboxes to checkpoint"),

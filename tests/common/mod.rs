@@ -301,3 +301,16 @@ pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
 }
+
+/// Replaces `h`'s `legs = []` with `legs` (TOML `[[owner.legs]]` blocks, at the end of `[owner]`).
+pub fn set_legs(h: &TestHome, legs: &str) {
+    let path = h.join("config.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    assert!(config.contains("legs = []\n"), "{config}");
+    std::fs::write(&path, config.replace("legs = []\n", "") + legs).unwrap();
+}
+
+/// One `file` owner leg appending its pages to `pages`.
+pub fn file_leg(pages: &Path) -> String {
+    format!("[[owner.legs]]\nkind = \"file\"\npath = \"{}\"\n", pages.display())
+}

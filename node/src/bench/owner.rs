@@ -72,9 +72,7 @@ pub fn run(ctx: &Ctx, a: OwnerArgs) -> Result<ExitCode> {
         netsky(name, &["init", "--name", name, "--relay", "disabled", "--listen", "127.0.0.1:0"])?;
     }
     let config = base.join("studio/config.toml");
-    let text = std::fs::read_to_string(&config)?;
-    let legs = format!("[[owner.legs]]\nkind = \"file\"\npath = {:?}\n", pages.display().to_string());
-    std::fs::write(&config, text.replace("legs = []\n", "") + &legs)?;
+    crate::config::Config::add_file_leg(&config, &pages)?;
     netsky("studio", &["mesh", "init", "--mesh", "bench"])?;
     let mut daemons = vec![Daemon::start(&exe, &base.join("studio"), "studio", &base.join("studio.log"))?.0];
     let ticket = netsky("studio", &["mesh", "invite", "laptop"])?;

@@ -44,7 +44,7 @@ fn sleep(ctx: &Ctx) -> Result<ExitCode> {
         let view = rt
             .block_on(netsky_mesh::beacon(&node.key, root, signed, &relay, node.config.node.mdns))
             .with_context(|| format!("cannot tell the root {}", root.name))?;
-        crate::home::write_durable(&node.home.mesh_health_path(), &view)?;
+        crate::beacon::keep(&node.home, &view)?;
         view
     };
     let _: crate::beacon::MeshView =

@@ -152,7 +152,7 @@ pub fn status(node: &Node) -> Result<Status> {
     let mut out = Vec::new();
     for agent in names {
         let pane = sessions.get(&agent.to_string());
-        let counts = Mailbox::open(&home.layout(), &node.config.node.name, agent)?.counts()?;
+        let counts = Mailbox::open(&home.layout(), &node.config.node.name, agent)?.waiting()?;
         let r = watchdog::restarts(node, agent);
         let now = OffsetDateTime::now_utc();
         let cooling = r.cooldown_until.filter(|u| netsky_bus::parse_ts(u).is_some_and(|u| u > now));

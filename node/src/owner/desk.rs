@@ -3,7 +3,7 @@
 //! The desk is a mailbox (`channels/owner/`) with every guarantee of one:
 //! durable puts, the guard on claim (signatures against the current
 //! charter), dedupe by id, `delivered/` as the trail. The root's daemon
-//! claims it on every tick and delivery round: an escalation opens or joins
+//! claims it on every wake and tick ([`run`]): an escalation opens or joins
 //! an incident, an ack or a resolve changes one, anything else is a message
 //! paged to the owner. An envelope is marked delivered only once handled, so
 //! a crash in between pages it again rather than never.
@@ -26,12 +26,23 @@ const MAX_PER_ROUND: usize = 256;
 /// How soon a page that no leg took is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
-/// Handles what waits at the desk, then re-pages the incidents that are due.
-/// On a node that is not the root it only hands on the incidents it still
-/// holds (it was root before a promotion).
-pub fn run(node: &Node) -> Result<()> {
+/// The heartbeat's share: on the root, what waits at the desk and the
+/// re-pages that are due; on a node that is root no more, handing on the
+/// incidents it still holds. Incident files are read here, once a tick, not
+/// on every wake.
+pub fn tick(node: &Node) -> Result<()> {
     if check_root(node).is_err() {
         return hand_on(node);
+    }
+    run(node)?;
+    repage(node)
+}
+
+/// Handles what waits at the desk (root only): every wake runs this, so it
+/// costs a listing of the desk's inbox when nothing waits.
+pub fn run(node: &Node) -> Result<()> {
+    if check_root(node).is_err() {
+        return Ok(());
     }
     let desk = Mailbox::open(&node.home.layout(), &node.config.node.name, Holder::Owner)?;
     if desk.pending()? {
@@ -62,7 +73,7 @@ pub fn run(node: &Node) -> Result<()> {
             desk.deliver(&lock, &claim.claimed)?;
         }
     }
-    repage(node)
+    Ok(())
 }
 
 /// One envelope at the desk; an incident it joined is counted in `joined`, to be written.
