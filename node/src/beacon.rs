@@ -156,9 +156,12 @@ pub fn snooze(home: &Home, node: &str, until: &str) -> Result<()> {
     Ok(())
 }
 
+/// A view bigger than this is not ours (one of 200 members is about 75 KB).
+const MAX_VIEW_BYTES: u64 = 16 << 20;
+
 /// Reads `state/mesh-health.json`, or an empty view.
 pub fn load(home: &Home) -> MeshView {
-    std::fs::read(home.mesh_health_path())
+    crate::home::read_bounded(&home.mesh_health_path(), MAX_VIEW_BYTES)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()

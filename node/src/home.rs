@@ -151,6 +151,39 @@ impl Home {
     }
 }
 
+/// Reads `path` whole, or fails if it holds more than `max` bytes (a file
+/// of ours grown past any sane size, or not ours), never reading past that.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut buf))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if buf.len() as u64 > max {
+        bail!("{} is over {max} bytes", path.display());
+    }
+    Ok(buf)
+}
+
+/// The whole lines among the last `max` bytes of `path` (an append-only
+/// log, read from its end); nothing if it does not exist.
+pub fn read_tail(path: &Path, max: u64) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let len = f.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
+    let from = len.saturating_sub(max);
+    f.seek(SeekFrom::Start(from)).with_context(|| format!("cannot seek {}", path.display()))?;
+    let mut buf = Vec::new();
+    f.take(max).read_to_end(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+    // From the middle of the file: the first, cut line is not whole.
+    let start = if from > 0 { buf.iter().position(|&b| b == b'\n').map_or(buf.len(), |p| p + 1) } else { 0 };
+    Ok(String::from_utf8_lossy(&buf[start..]).into_owned())
+}
+
 /// Writes `bytes` durably to `path`, one of [`Home`]'s files, so that each
 /// file's place is spelled once, by its `Home` method.
 pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
@@ -158,4 +191,22 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
         bail!("{} names no file in a folder", path.display());
     };
     Ok(netsky_bus::write_durable(dir, name, bytes)?)
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::{read_bounded, read_tail};
+
+    #[test]
+    fn a_bounded_read_refuses_more_and_a_tail_keeps_only_whole_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("log");
+        std::fs::write(&p, "first line\nsecond\nthird\n").unwrap();
+        assert_eq!(read_bounded(&p, 100).unwrap().len(), 24);
+        assert!(read_bounded(&p, 23).is_err());
+        assert_eq!(read_tail(&p, 100).unwrap(), "first line\nsecond\nthird\n");
+        // The last 10 bytes start inside "second": that cut line is dropped.
+        assert_eq!(read_tail(&p, 10).unwrap(), "third\n");
+        assert_eq!(read_tail(&d.path().join("none"), 10).unwrap(), "");
+    }
 }

@@ -21,6 +21,9 @@ const PAGE: &str = include_str!("status_page.html");
 /// Owner pages shown at most.
 const LAST_PAGES: usize = 20;
 
+/// How much of the end of the page trail is read for them (the trail only grows).
+const PAGES_TAIL_BYTES: u64 = 64 * 1024;
+
 /// What `/api/mesh` answers.
 #[derive(Serialize)]
 struct MeshNow {
@@ -37,7 +40,7 @@ fn mesh_now(home: &Home) -> Result<MeshNow> {
         .into_iter()
         .filter(|i| i.state != crate::owner::IncidentState::Resolved)
         .collect();
-    let text = std::fs::read_to_string(home.owner_pages_path()).unwrap_or_default();
+    let text = crate::home::read_tail(&home.owner_pages_path(), PAGES_TAIL_BYTES)?;
     let lines: Vec<&str> = text.lines().collect();
     let pages = lines[lines.len().saturating_sub(LAST_PAGES)..]
         .iter()

@@ -9,7 +9,6 @@
 //! new incident. Each incident is `state/escalations/<id>.json`, written
 //! durably; only the owner's desk (the root's daemon) writes them.
 
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -87,13 +86,7 @@ pub fn list(home: &Home) -> Result<Vec<Incident>> {
 }
 
 fn read(path: &Path) -> Result<Incident> {
-    let mut buf = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_INCIDENT_BYTES + 1).read_to_end(&mut buf))
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if buf.len() as u64 > MAX_INCIDENT_BYTES {
-        anyhow::bail!("{} is over {MAX_INCIDENT_BYTES} bytes", path.display());
-    }
+    let buf = crate::home::read_bounded(path, MAX_INCIDENT_BYTES)?;
     serde_json::from_slice(&buf).with_context(|| format!("{} is not an incident", path.display()))
 }
 

@@ -117,14 +117,9 @@ fn mail(e: &Email<'_>, page: &Page, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-/// A small file (a password, a certificate), read whole.
+/// A small file (a password, a certificate), read whole: one over 64 KiB is an error, never cut.
 fn read_small(path: &std::path::Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let mut buf = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(64 * 1024).read_to_end(&mut buf))
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(buf)
+    crate::home::read_bounded(path, 64 * 1024)
 }
 
 /// A GET of the dead-man's switch `url`, bounded by `timeout`; any answer but 2xx is a failure.
