@@ -226,6 +226,8 @@ fn the_beacon_bench_runs_small_and_reports_its_figures() {
         "round_p50_ms",
         "converge_first_ms",
         "converge_next_ms",
+        "root_rss_idle_kb",
+        "root_rss_after_kb",
     ] {
         assert!(r[f].as_f64().is_some_and(|x| x > 0.0), "{f} in {r}");
     }

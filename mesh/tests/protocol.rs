@@ -336,6 +336,77 @@ async fn two_members_deliver_an_envelope_through_the_outbox_and_the_sender_forge
     p.shutdown().await;
 }
 
+/// Members that tell the root where they are at once end up in one new
+/// charter, not one each: a charter per hello, pushed to every member, made
+/// a mesh joining at once do work in the square of its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_addresses_heard_together_are_recorded_in_one_charter() {
+    const MEMBERS: usize = 6;
+    let root_home = TempDir::new().unwrap();
+    let (rk, mk) = (SecretKey::generate(), SecretKey::generate());
+    let ev = Events::default();
+    let root = start(root_home.path(), "alpha", &rk, &ev).await;
+    let mut members = Vec::new();
+    for i in 0..MEMBERS {
+        let (h, k, e) = (TempDir::new().unwrap(), SecretKey::generate(), Events::default());
+        let m = start(h.path(), &format!("m{i}"), &k, &e).await;
+        members.push((h, m, e));
+    }
+    // The charter knows where the root is and nothing of the members: each must say hello.
+    let names: Vec<String> = (0..MEMBERS).map(|i| format!("m{i}")).collect();
+    let mut list = vec![("alpha", root.id(), root.addrs())];
+    list.extend(members.iter().zip(&names).map(|((_, m, _), n)| (n.as_str(), m.id(), vec![])));
+    let c1 = charter(&mk, 1, "alpha", &list);
+    store_charter(root_home.path(), &c1);
+    for (h, _, _) in &members {
+        store_charter(h.path(), &c1);
+    }
+    // The root holds the mesh key, as `mesh init` leaves it.
+    let key_path = MeshPaths::new(root_home.path()).mesh_key();
+    std::fs::create_dir_all(key_path.parent().unwrap()).unwrap();
+    netsky_keys::save_key_file(&key_path, mk.clone()).unwrap();
+    root.kick();
+    for (_, m, _) in &members {
+        m.kick();
+    }
+    let held = wait_until("every member's addresses in the root's charter", SOON, || {
+        let c = SignedCharter::from_json(&charter_bytes(root_home.path())).map_err(|e| e.to_string())?;
+        let missing: Vec<_> = members
+            .iter()
+            .filter(|(_, m, _)| c.charter.member_by_id(&m.id()).is_none_or(|x| x.addrs != m.addrs()))
+            .map(|(_, m, _)| m.id())
+            .collect();
+        if missing.is_empty() {
+            Ok(c)
+        } else {
+            Err(format!("epoch {}, missing {missing:?}", c.charter.epoch))
+        }
+    })
+    .await;
+    assert!(
+        held.charter.epoch <= 3,
+        "{MEMBERS} hellos made epoch {} (one charter per hello would be {})",
+        held.charter.epoch,
+        1 + MEMBERS
+    );
+    // And every member follows it.
+    for (h, _, _) in &members {
+        wait_until("the member holds the root's charter", SOON, || {
+            let c = SignedCharter::from_json(&charter_bytes(h.path())).map_err(|e| e.to_string())?;
+            if c.charter.epoch >= held.charter.epoch {
+                Ok(())
+            } else {
+                Err(format!("epoch {}", c.charter.epoch))
+            }
+        })
+        .await;
+    }
+    for (_, m, _) in members {
+        m.shutdown().await;
+    }
+    root.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------
 // 2. The door.
 

@@ -1,12 +1,15 @@
 //! The charter this node follows: read again from disk when it changes,
 //! adopted when a peer offers one, and kept current with this node's addresses.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use netsky_bus::Roster;
+use netsky_keys::NodeId;
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::{Shared, lock};
@@ -28,7 +31,17 @@ pub(super) struct CharterState {
     stamp: Mutex<Option<(SystemTime, u64, u64)>>,
     /// An address claim (root) is under way.
     claiming: AtomicBool,
+    /// Root: members' addresses heard in hellos, not yet in the charter.
+    /// Written into one new charter per [`CLAIM_WINDOW`], not one per hello:
+    /// a charter per member, each pushed to every member, made a mesh of
+    /// 200 joining at once do work in the square of its size.
+    pending_addrs: Mutex<BTreeMap<NodeId, Vec<SocketAddr>>>,
+    /// Wakes the claimer when an address waits.
+    claim_wake: Notify,
 }
+
+/// How long the root gathers members' address changes before it signs one charter for them all.
+pub(super) const CLAIM_WINDOW: Duration = Duration::from_millis(250);
 
 impl CharterState {
     /// No charter yet: a roster of this node alone, a door open to nobody.
@@ -39,6 +52,8 @@ impl CharterState {
             roster: RwLock::new(Arc::new(solo)),
             stamp: Mutex::new(None),
             claiming: AtomicBool::new(false),
+            pending_addrs: Mutex::new(BTreeMap::new()),
+            claim_wake: Notify::new(),
         }
     }
 }
@@ -197,6 +212,65 @@ impl Shared {
             });
         } else {
             self.schedule_hello(&c.charter.root);
+        }
+    }
+
+    /// Root: notes a member's addresses for the next batched claim. Returns
+    /// false when the charter or a claim already waiting has them.
+    pub(super) fn note_member_addrs(
+        &self,
+        member: NodeId,
+        held: &[SocketAddr],
+        addrs: Vec<SocketAddr>,
+    ) -> bool {
+        let mut pending = lock(&self.charter.pending_addrs);
+        let known = pending.get(&member).map(Vec::as_slice).unwrap_or(held);
+        if known == addrs.as_slice() {
+            return false;
+        }
+        pending.insert(member, addrs);
+        drop(pending);
+        self.charter.claim_wake.notify_one();
+        true
+    }
+
+    /// Root: writes the members' addresses heard in hellos into the charter,
+    /// all of those heard within one [`CLAIM_WINDOW`] in one amendment.
+    pub(super) async fn claim_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = self.charter.claim_wake.notified() => {}
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(CLAIM_WINDOW) => {}
+            }
+            let batch = std::mem::take(&mut *lock(&self.charter.pending_addrs));
+            if batch.is_empty() || !self.is_root() {
+                continue;
+            }
+            let n = batch.len();
+            let s = self.clone();
+            // Off the async threads: amending signs and fsyncs.
+            let res = tokio::task::spawn_blocking(move || {
+                s.amend(move |ch| {
+                    for m in ch.members.iter_mut() {
+                        if let Some(addrs) = batch.get(&m.node_id) {
+                            m.addrs = addrs.clone();
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .await;
+            match res {
+                Ok(Ok(c)) => {
+                    info!(node = %self.name, epoch = c.charter.epoch, members = n, "members' addresses recorded")
+                }
+                Ok(Err(e)) => warn!(error = %e, members = n, "cannot record members' addresses"),
+                Err(e) => warn!(error = %e, "address update failed"),
+            }
         }
     }
 

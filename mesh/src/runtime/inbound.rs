@@ -225,24 +225,9 @@ impl Shared {
         let Some(m) = c.charter.member_by_id(&remote).cloned() else {
             return Frame::Refused { reason: "not a member".into() };
         };
-        let mut current = c;
-        if m.addrs != addrs {
-            let s = self.clone();
-            let res = tokio::task::spawn_blocking(move || {
-                s.amend(|ch| {
-                    if let Some(x) = ch.members.iter_mut().find(|x| x.node_id == remote) {
-                        x.addrs = addrs;
-                    }
-                    Ok(())
-                })
-            })
-            .await;
-            match res {
-                Ok(Ok(c)) => current = Arc::new(c),
-                Ok(Err(e)) => warn!(error = %e, "cannot record a member's addresses"),
-                Err(e) => warn!(error = %e, "address update failed"),
-            }
-        }
+        // Recorded with others heard about now, in one charter (see `claim_loop`).
+        self.note_member_addrs(remote, &m.addrs, addrs);
+        let current = c;
         if current.charter.epoch > epoch {
             if let Some(p) = lock(&self.dispatch.peers).get(&m.name) {
                 lock(&p.queue).epoch_known = current.charter.epoch;

@@ -191,6 +191,8 @@ impl Mesh {
         let s = shared.clone();
         let span = info_span!("dispatch", node = %shared.name);
         shared.spawn(async move { s.dispatch_loop().await }.instrument(span));
+        let s = shared.clone();
+        shared.spawn(s.claim_loop().instrument(info_span!("claims", node = %shared.name)));
         shared.dispatch.wake.notify_one();
         Ok(Mesh { shared, router, _watcher: watcher })
     }

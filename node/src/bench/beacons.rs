@@ -31,6 +31,9 @@ pub struct BeaconArgs {
     /// Beacon rounds (one beacon per member each).
     #[arg(long, default_value_t = 10)]
     rounds: usize,
+    /// Internal: serve as the root of the convergence phase from this home.
+    #[arg(long, hide = true, value_name = "DIR")]
+    serve_root: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -45,6 +48,10 @@ struct Report {
     converge_first_ms: f64,
     /// The same for the next round, ms.
     converge_next_ms: f64,
+    /// The root process's resident memory before the members' beacons, KiB.
+    root_rss_idle_kb: u64,
+    /// The same after two rounds of beacons from every member, KiB.
+    root_rss_after_kb: u64,
     /// The beacon interval the convergence target counts in (the default).
     beacon_interval_s: u64,
     targets: Vec<Target>,
@@ -52,6 +59,9 @@ struct Report {
 
 /// Runs `netsky bench beacons`.
 pub fn run(ctx: &Ctx, a: BeaconArgs) -> Result<ExitCode> {
+    if let Some(dir) = &a.serve_root {
+        return serve_root(dir);
+    }
     // Beacons are stamped a second apart per round, within the root's 5-minute skew window.
     if a.nodes == 0 || a.rounds == 0 || a.rounds > 200 {
         bail!("--nodes must be at least 1 and --rounds 1 to 200");
@@ -122,11 +132,10 @@ pub fn run(ctx: &Ctx, a: BeaconArgs) -> Result<ExitCode> {
     let beacons = (a.nodes * a.rounds) as f64;
     let cpu_us = ((super::bus::process_cpu() - cpu0).saturating_sub(signing)).as_secs_f64() * 1e6 / beacons;
     let round_p50 = pct(&mut rounds, 0.5);
-    // Then the same members as real endpoints on loopback, each beaconing the root's
-    // (after the CPU figure: their endpoints share this process).
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (converge_first_ms, converge_next_ms) =
-        rt.block_on(converge(tmp.path(), &home, &key, &mk, &charter, &members, &health))?;
+    // Then the same members as real endpoints on loopback, each beaconing a root in a process of its own.
+    drop(mk);
+    let conv = converge(&home, &key, &members, &health)?;
+    let (converge_first_ms, converge_next_ms) = (conv.first_ms, conv.next_ms);
     let interval_s = crate::config::Config::new(name.clone(), None, None).node.beacon_interval_s;
     let view_bytes = desk.view_bytes();
     let report = Report {
@@ -138,6 +147,8 @@ pub fn run(ctx: &Ctx, a: BeaconArgs) -> Result<ExitCode> {
         round_p50_ms: round_p50,
         converge_first_ms,
         converge_next_ms,
+        root_rss_idle_kb: conv.rss_idle_kb,
+        root_rss_after_kb: conv.rss_after_kb,
         beacon_interval_s: interval_s,
         targets: vec![
             Target {
@@ -155,7 +166,7 @@ pub fn run(ctx: &Ctx, a: BeaconArgs) -> Result<ExitCode> {
     };
     emit(ctx, &report, || {
         format!(
-            "{} members, {} rounds: beacon {} bytes, view {} bytes\n  root CPU per beacon {:.0} us; one round (every member once) p50 {:.1} ms\n  over loopback, {} endpoints: every member's beacon taken in {:.0} ms (first round), {:.0} ms (next)\n{}",
+            "{} members, {} rounds: beacon {} bytes, view {} bytes\n  root CPU per beacon {:.0} us; one round (every member once) p50 {:.1} ms\n  over loopback, {} endpoints: every member's beacon taken in {:.0} ms (first round), {:.0} ms (next)\n  root process memory {} KiB idle, {} KiB after\n{}",
             report.nodes,
             report.rounds,
             report.beacon_bytes,
@@ -165,95 +176,145 @@ pub fn run(ctx: &Ctx, a: BeaconArgs) -> Result<ExitCode> {
             report.nodes + 1,
             report.converge_first_ms,
             report.converge_next_ms,
+            report.root_rss_idle_kb,
+            report.root_rss_after_kb,
             super::targets_text(&report.targets).trim_end()
         )
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts the root and every member as real mesh endpoints on loopback,
-/// then times two rounds of every member's beacon to the root: the first
-/// (connections new) and the next. Returns both, in ms.
-async fn converge(
-    base: &std::path::Path,
-    home: &crate::home::Home,
-    key: &netsky_keys::SecretKey,
-    mk: &netsky_keys::SecretKey,
-    charter: &netsky_mesh::SignedCharter,
-    members: &[(netsky_bus::NodeName, netsky_keys::SecretKey)],
-    health: &crate::health::Health,
-) -> Result<(f64, f64)> {
+/// The root of the convergence phase, run as `netsky bench beacons
+/// --serve-root DIR` by the bench itself: a process of its own, so its
+/// memory is its own. Prints its addresses as one JSON line, then serves
+/// beacons until its standard input closes.
+fn serve_root(dir: &std::path::Path) -> Result<ExitCode> {
     use std::sync::Arc;
-    let quiet: netsky_mesh::EventSink = Arc::new(|_| {});
-    let desk = Arc::new(crate::beacon::Desk::new(home.clone()));
-    let cfg =
-        |home: PathBuf, name: netsky_bus::NodeName, key: netsky_keys::SecretKey| netsky_mesh::MeshConfig {
-            home,
-            name,
+    let home = crate::home::Home::resolve(Some(dir.to_path_buf()))?;
+    let config = crate::config::Config::load(&home.config_path())?;
+    let key = netsky_keys::load_key_file(&home.node_key_path())?.key;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let desk = Arc::new(crate::beacon::Desk::new(home.clone()));
+        let sink: netsky_mesh::BeaconSink = Arc::new(move |peer: &str, id, bytes: &[u8]| {
+            desk.take(peer, id, bytes).map_err(|e| format!("{e:#}"))
+        });
+        let root = netsky_mesh::Mesh::start(netsky_mesh::MeshConfig {
+            home: home.root().to_path_buf(),
+            name: config.node.name.clone(),
             key,
-            listen: "127.0.0.1:0".parse().expect("a socket address"),
+            listen: "127.0.0.1:0".parse()?,
             relay: netsky_mesh::Relay::Disabled,
             mdns: false,
             agent_exists: Arc::new(|_| true),
             answers: None,
-            beacons: None,
-            events: quiet.clone(),
-        };
-    let sink: netsky_mesh::BeaconSink = {
-        let desk = desk.clone();
-        Arc::new(move |peer: &str, id, bytes: &[u8]| desk.take(peer, id, bytes).map_err(|e| format!("{e:#}")))
-    };
-    let root_name = charter.charter.root.clone();
-    let root = netsky_mesh::Mesh::start(netsky_mesh::MeshConfig {
-        beacons: Some(sink),
-        ..cfg(home.root().to_path_buf(), root_name.clone(), key.clone())
-    })
-    .await?;
-    // The members dial the root where it listens: a charter that says so.
-    let mut c = charter.charter.clone();
-    c.epoch += 1;
-    for m in c.members.iter_mut().filter(|m| m.name == root_name) {
-        m.addrs = root.addrs();
-    }
-    let signed = c.sign(mk)?;
-    let mut meshes = Vec::new();
-    for (name, k) in members {
-        let dir = base.join(name.as_str());
-        let paths = netsky_mesh::MeshPaths::new(&dir);
-        paths.create()?;
-        let lock = charter_file::lock(&paths)?;
-        charter_file::store(&paths, &lock, &signed)?;
-        drop(lock);
-        meshes.push((
-            netsky_mesh::Mesh::start(cfg(dir, name.clone(), k.clone())).await?,
-            name.clone(),
-            k.clone(),
-        ));
-    }
-    let meshes = Arc::new(meshes);
-    let times = rounds(&meshes, health).await;
-    // Every endpoint closed, whatever the rounds gave.
-    let meshes = Arc::try_unwrap(meshes).map_err(|_| anyhow::anyhow!("a beacon task outlived its round"))?;
-    for (m, _, _) in meshes {
-        m.shutdown().await;
-    }
-    root.shutdown().await;
-    let times = times?;
-    Ok((times[0], times[1]))
+            beacons: Some(sink),
+            events: Arc::new(|_| {}),
+        })
+        .await?;
+        println!("{}", serde_json::to_string(&root.addrs())?);
+        // Until the bench closes our stdin (or dies, which closes it too).
+        let _ =
+            tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink())).await;
+        root.shutdown().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
-type Members = Vec<(netsky_mesh::Mesh, netsky_bus::NodeName, netsky_keys::SecretKey)>;
+/// The root's process for the convergence phase; killed if dropped before it ends.
+struct RootProcess(std::process::Child);
+
+impl Drop for RootProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What the convergence phase measured.
+struct Converged {
+    first_ms: f64,
+    next_ms: f64,
+    rss_idle_kb: u64,
+    rss_after_kb: u64,
+}
+
+/// Starts the root as a real daemon-side mesh in a process of its own,
+/// then times two rounds of every member's signed beacon to it over
+/// loopback: the first and the next. Each member beacons from an endpoint
+/// of its own with its own key, over a new connection, as `node sleep`
+/// does; a full member runtime would also hello the root and probe every
+/// other member, which is each machine's own work and, 200 of them in one
+/// 2-core process, would measure this process rather than the root.
+fn converge(
+    home: &crate::home::Home,
+    key: &netsky_keys::SecretKey,
+    members: &[(netsky_bus::NodeName, netsky_keys::SecretKey)],
+    health: &crate::health::Health,
+) -> Result<Converged> {
+    use std::io::{BufRead, Read};
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .args(["bench", "beacons", "--serve-root"])
+        .arg(home.root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut root = RootProcess(child);
+    let out = root.0.stdout.take().ok_or_else(|| anyhow::anyhow!("the root's stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let r = std::io::BufReader::new(out).take(64 * 1024).read_line(&mut line).map(|_| line);
+        let _ = tx.send(r);
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .map_err(|_| anyhow::anyhow!("the root process did not start within 30 s"))??;
+    let addrs: Vec<std::net::SocketAddr> = serde_json::from_str(line.trim())
+        .map_err(|e| anyhow::anyhow!("the root process printed {line:?}: {e}"))?;
+    let pid = root.0.id();
+    let rss_idle_kb = rss_kb(pid)?;
+    let target = CharterMember { name: "root".parse()?, node_id: key.public(), addrs };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let members = std::sync::Arc::new(members.to_vec());
+    let times = rt.block_on(rounds(&members, &target, health))?;
+    let rss_after_kb = rss_kb(pid)?;
+    drop(root.0.stdin.take());
+    Ok(Converged { first_ms: times[0], next_ms: times[1], rss_idle_kb, rss_after_kb })
+}
+
+/// A process's resident memory in KiB, from `ps` (Linux and macOS alike).
+fn rss_kb(pid: u32) -> Result<u64> {
+    let out = crate::proc::run_bounded(
+        std::process::Command::new("ps").args(["-o", "rss=", "-p", &pid.to_string()]),
+        std::time::Duration::from_secs(5),
+    )?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("ps gave no memory figure for {pid}: {e}"))
+}
+
+type Members = Vec<(netsky_bus::NodeName, netsky_keys::SecretKey)>;
 
 /// Two rounds of every member's beacon to the root, each timed until the last is taken.
-async fn rounds(meshes: &std::sync::Arc<Members>, health: &crate::health::Health) -> Result<Vec<f64>> {
+async fn rounds(
+    members: &std::sync::Arc<Members>,
+    root: &CharterMember,
+    health: &crate::health::Health,
+) -> Result<Vec<f64>> {
     let mut times = Vec::new();
     for round in 0..2 {
         let t = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..meshes.len() {
-            let (meshes, mut h) = (meshes.clone(), health.clone());
+        for i in 0..members.len() {
+            let (members, root, mut h) = (members.clone(), root.clone(), health.clone());
             tasks.spawn(async move {
-                let (mesh, name, k) = &meshes[i];
+                let (name, k) = &members[i];
                 h.node = name.to_string();
                 // Newer than the CPU phase's stamps, which the root's view on disk still holds.
                 h.ts = netsky_bus::format_ts(
@@ -263,7 +324,9 @@ async fn rounds(meshes: &std::sync::Arc<Members>, health: &crate::health::Health
                     k,
                     &crate::beacon::Beacon { health: h, leaving: false, active: None },
                 )?;
-                mesh.beacon_to_root(signed).await.map_err(anyhow::Error::from)
+                netsky_mesh::beacon(k, &root, signed, &netsky_mesh::Relay::Disabled, false)
+                    .await
+                    .map_err(anyhow::Error::from)
             });
         }
         let mut failed = Vec::new();
@@ -273,7 +336,7 @@ async fn rounds(meshes: &std::sync::Arc<Members>, health: &crate::health::Health
             }
         }
         if !failed.is_empty() {
-            bail!("{} of {} beacons were not taken, first: {}", failed.len(), meshes.len(), failed[0]);
+            bail!("{} of {} beacons were not taken, first: {}", failed.len(), members.len(), failed[0]);
         }
         times.push(super::ms(t.elapsed()));
         // The root takes one beacon per member per half second.
