@@ -273,6 +273,8 @@ impl Desk {
             );
         }
         let prev = view.nodes.remove(peer);
+        // A node new to the view gets an answer that holds it, not the one cached before it came.
+        let new_node = prev.is_none();
         let (mut suspect_since, mut streak) = prev.map_or((None, 0), |p| (p.suspect_since, p.streak));
         if suspect_since.is_some() {
             streak += 1;
@@ -318,7 +320,8 @@ impl Desk {
         }
         view.updated = format_ts(now);
         st.save_due(&self.home, changed || b.leaving)?;
-        let fresh = st.answer.as_ref().is_some_and(|(at, _)| at.elapsed() < VIEW_EVERY);
+        let fresh =
+            !new_node && !changed && st.answer.as_ref().is_some_and(|(at, _)| at.elapsed() < VIEW_EVERY);
         if !fresh {
             let bytes = serde_json::to_vec(st.view(&self.home))?;
             st.answer = Some((std::time::Instant::now(), bytes));
@@ -508,5 +511,20 @@ mod tests {
         )
         .unwrap();
         assert!(v.nodes.contains_key("a") && v.nodes.contains_key("b"), "{v:?}");
+    }
+
+    #[test]
+    fn a_node_new_to_the_view_is_answered_with_a_view_that_holds_it() {
+        let (_d, home, _root_key) = home();
+        let node = Node::open(home.clone()).unwrap();
+        let desk = Desk::new(home.clone());
+        let (a, b) = (SecretKey::generate(), SecretKey::generate());
+        let now = OffsetDateTime::now_utc();
+        desk.take("a", a.public(), &beacon(&node, "a", &a, now)).unwrap();
+        // Within the second the answer is shared: b's first must still name b.
+        let v: MeshView =
+            serde_json::from_slice(&desk.take("b", b.public(), &beacon(&node, "b", &b, now)).unwrap())
+                .unwrap();
+        assert!(v.nodes.contains_key("b"), "{v:?}");
     }
 }

@@ -26,6 +26,7 @@ use crate::home::Home;
 use crate::node::Node;
 use crate::output::{Ctx, emit};
 use crate::record::{Event, EventKind, Recorder};
+use crate::supervise::lkg;
 use crate::ticker::{Ticker, Waker};
 
 /// Events waiting for the recorder thread; a full queue slows the mesh rather than losing evidence.
@@ -136,6 +137,9 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     daemon_state::write(&node.home, &state)?;
     let started = format!("pid {} addrs {:?} mdns {}", state.pid, state.addrs, mesh.mdns());
     let _ = tx.send(Some(events.event(EventKind::DaemonStarted, None, None, Some(started))));
+    if let Some((why, live)) = lkg::fallback_from_env() {
+        report_fallback(&node, &events, &tx, &why, &live);
+    }
     let ready = Ready {
         name: state.name.clone(),
         node_id: state.node_id.clone(),
@@ -160,6 +164,8 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     let interval = Duration::from_secs(node.config.node.beacon_interval_s);
     let mut beat = tokio::time::interval(interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Healthy rounds in a row; at `lkg::HEALTHY_ROUNDS` this binary becomes the last known good one.
+    let mut healthy: u32 = 0;
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping"); break }
@@ -168,8 +174,16 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
             _ = beat.tick() => {
                 // Bounded: a round never holds a signal up for more than an interval.
                 let round = beacon_round(&mesh, &node.home, &desk, false, interval);
-                if tokio::time::timeout(interval.max(Duration::from_secs(1)), round).await.is_err() {
-                    warn!("a beacon round took longer than the beacon interval");
+                match tokio::time::timeout(interval.max(Duration::from_secs(1)), round).await {
+                    Ok(true) => healthy = healthy.saturating_add(1),
+                    Ok(false) => healthy = 0,
+                    Err(_) => {
+                        healthy = 0;
+                        warn!("a beacon round took longer than the beacon interval");
+                    }
+                }
+                if healthy == lkg::HEALTHY_ROUNDS {
+                    promote(&node.home, &events, &tx).await;
                 }
             }
         }
@@ -342,9 +356,45 @@ fn translate(r: &Recorder, e: MeshEvent) -> Vec<Event> {
     }
 }
 
+/// The shim ran the last known good binary: evidence, and the owner told.
+fn report_fallback(node: &Node, events: &Recorder, tx: &SyncSender<Option<Event>>, why: &str, live: &str) {
+    warn!(%why, %live, "running the last known good binary");
+    let _ = tx.send(Some(events.event(EventKind::ShimFallback, None, None, Some(why.to_string()))));
+    let subject = format!("node {} runs its last known good binary", node.config.node.name);
+    let body = format!(
+        "The supervisor's shim could not run the live netsky ({why}) and started bin/netsky.lkg instead. \
+         Reinstall netsky at {live}, or run `netsky launchd install` / `netsky systemd install` from the binary you want live."
+    );
+    if let Err(e) = crate::escalation::raise(node, "self-repair", None, &subject, &body) {
+        warn!(error = %format!("{e:#}"), "cannot escalate the fallback to the last known good binary");
+    }
+}
+
+/// Copies this binary to the last known good place, off the async threads.
+async fn promote(home: &Home, events: &Arc<Recorder>, tx: &SyncSender<Option<Event>>) {
+    let h = home.clone();
+    match tokio::task::spawn_blocking(move || lkg::promote(&h)).await {
+        Ok(Ok(lkg::Promotion::Promoted(path))) => {
+            info!(path = %path.display(), "promoted to last known good");
+            let d = format!("{} ({})", path.display(), env!("CARGO_PKG_VERSION"));
+            let _ = tx.send(Some(events.event(EventKind::LkgPromoted, None, None, Some(d))));
+        }
+        Ok(Ok(other)) => tracing::debug!(?other, "no promotion"),
+        Ok(Err(e)) => warn!(error = %format!("{e:#}"), "cannot promote this binary to last known good"),
+        Err(e) => warn!(error = %e, "the promotion panicked"),
+    }
+}
+
 /// One beacon: this node's health, signed, to the root; the view it answers
-/// with kept as this node's copy. On the root, also the check for silent members.
-async fn beacon_round(mesh: &Mesh, home: &Home, desk: &Arc<beacon::Desk>, leaving: bool, interval: Duration) {
+/// with kept as this node's copy. On the root, also the check for silent
+/// members. Healthy (true) when the root took it, or there is no mesh.
+async fn beacon_round(
+    mesh: &Mesh,
+    home: &Home,
+    desk: &Arc<beacon::Desk>,
+    leaving: bool,
+    interval: Duration,
+) -> bool {
     // The node opened once a round: its charter says whether there is a root, and whether it is us.
     let h = home.clone();
     let made = tokio::task::spawn_blocking(move || -> Result<Option<(Vec<u8>, bool)>> {
@@ -358,11 +408,19 @@ async fn beacon_round(mesh: &Mesh, home: &Home, desk: &Arc<beacon::Desk>, leavin
     .await;
     let (signed, is_root) = match made {
         Ok(Ok(Some(made))) => made,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => return warn!(error = %format!("{e:#}"), "no beacon: the snapshot failed"),
-        Err(e) => return warn!(error = %e, "no beacon: the snapshot panicked"),
+        Ok(Ok(None)) => return true,
+        Ok(Err(e)) => {
+            warn!(error = %format!("{e:#}"), "no beacon: the snapshot failed");
+            return false;
+        }
+        Err(e) => {
+            warn!(error = %e, "no beacon: the snapshot panicked");
+            return false;
+        }
     };
-    match mesh.beacon_to_root(signed).await {
+    let delivered = mesh.beacon_to_root(signed).await;
+    let healthy = delivered.is_ok();
+    match delivered {
         // The root's own copy is the one its desk writes; a member keeps the answer.
         Ok(view) if !is_root => {
             let h = home.clone();
@@ -381,4 +439,5 @@ async fn beacon_round(mesh: &Mesh, home: &Home, desk: &Arc<beacon::Desk>, leavin
             warn!(error = %format!("{e:#}"), "the check for silent members failed");
         }
     }
+    healthy
 }

@@ -112,7 +112,7 @@ pub fn snapshot(node: &Node) -> Result<Health> {
 }
 
 /// Bytes available to this user on the filesystem holding `path`.
-fn disk_free(path: &std::path::Path) -> Result<u64> {
+pub fn disk_free(path: &std::path::Path) -> Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).context("a home path with a NUL byte")?;
     // SAFETY: statvfs writes only into the struct it is given; `c` is a valid C string.

@@ -18,6 +18,7 @@ mod constellation;
 mod daemon;
 mod daemon_state;
 mod demo;
+mod doctor;
 mod escalation;
 mod health;
 mod home;
@@ -29,6 +30,7 @@ mod receipts;
 mod record;
 mod status_page;
 mod store;
+mod supervise;
 mod ticker;
 
 use std::process::ExitCode;

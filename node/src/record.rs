@@ -96,6 +96,10 @@ pub enum EventKind {
     DaemonStarted,
     /// The daemon stopped cleanly.
     DaemonStopped,
+    /// The daemon copied itself to the home's last known good binary.
+    LkgPromoted,
+    /// The shim ran the last known good binary: the live one was missing or broken.
+    ShimFallback,
     /// The heartbeat thread started.
     TickerStarted,
     /// The heartbeat thread stopped.
@@ -154,7 +158,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, so a name read back from disk can be matched.
-    const ALL: [EventKind; 52] = [
+    const ALL: [EventKind; 54] = [
         EventKind::Sent,
         EventKind::Queued,
         EventKind::Claimed,
@@ -180,6 +184,8 @@ impl EventKind {
         EventKind::PeerDown,
         EventKind::DaemonStarted,
         EventKind::DaemonStopped,
+        EventKind::LkgPromoted,
+        EventKind::ShimFallback,
         EventKind::TickerStarted,
         EventKind::TickerStopped,
         EventKind::TickError,
@@ -237,6 +243,8 @@ impl EventKind {
             EventKind::PeerUp => "peer-up",
             EventKind::PeerDown => "peer-down",
             EventKind::DaemonStarted => "daemon-started",
+            EventKind::LkgPromoted => "lkg-promoted",
+            EventKind::ShimFallback => "shim-fallback",
             EventKind::DaemonStopped => "daemon-stopped",
             EventKind::TickerStarted => "ticker-started",
             EventKind::TickerStopped => "ticker-stopped",

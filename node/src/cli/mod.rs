@@ -1,6 +1,7 @@
 //! The command line of ARCHITECTURE.md section 10: one module per verb group.
 
 mod channel;
+mod doctor;
 mod down;
 mod escalate;
 mod health;
@@ -12,7 +13,9 @@ mod owner;
 mod prompts;
 mod query;
 mod restart;
+mod self_repair;
 mod status;
+mod supervise;
 mod up;
 
 use std::path::PathBuf;
@@ -82,6 +85,17 @@ enum Command {
     Bench(crate::bench::BenchCmd),
     /// Show the whole system working in temporary homes, then clean up.
     Demo(crate::demo::DemoArgs),
+    /// macOS: the launch agent that keeps the daemon running (through the shim).
+    #[command(subcommand)]
+    Launchd(supervise::SuperviseCmd),
+    /// Linux: the systemd user unit that keeps the daemon running (through the shim).
+    #[command(subcommand)]
+    Systemd(supervise::SuperviseCmd),
+    /// Every check of this node: ok, warn or fail, each with its fix; exit 1 on any fail.
+    Doctor(doctor::DoctorArgs),
+    /// The live and last known good binaries, and what the shim would run.
+    #[command(name = "self-repair", subcommand)]
+    SelfRepair(self_repair::SelfRepairCmd),
 }
 
 /// Runs the parsed command line.
@@ -104,5 +118,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Prompts(c) => prompts::run(&ctx, c),
         Command::Bench(c) => crate::bench::run(&ctx, c),
         Command::Demo(a) => crate::demo::run(&ctx, a),
+        Command::Launchd(c) => supervise::run(&ctx, supervise::Supervisor::Launchd, c),
+        Command::Systemd(c) => supervise::run(&ctx, supervise::Supervisor::Systemd, c),
+        Command::Doctor(a) => doctor::run(&ctx, a),
+        Command::SelfRepair(c) => self_repair::run(&ctx, c),
     }
 }
