@@ -27,6 +27,7 @@ mod owner;
 mod proc;
 mod receipts;
 mod record;
+mod runtimes;
 mod status_page;
 mod store;
 mod ticker;

@@ -1,5 +1,6 @@
 //! The command line of ARCHITECTURE.md section 10: one module per verb group.
 
+mod agent;
 mod channel;
 mod down;
 mod escalate;
@@ -72,8 +73,10 @@ enum Command {
     Down(down::DownArgs),
     /// Each agent: alive, pid, last output change, inbox, hang suspected, restarts.
     Status(status::StatusArgs),
-    /// Stop and start one agent's session now (ends a crash-loop cooldown).
+    /// Stop and start one agent's session now (ends a crash-loop cooldown), optionally with a handoff note.
     Restart(restart::RestartArgs),
+    /// Give one agent another runtime (claude, codex, or one under [runtimes]) and restart it.
+    Agent(agent::AgentArgs),
     /// Render agent prompts.
     #[command(subcommand)]
     Prompts(prompts::PromptsCmd),
@@ -101,6 +104,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Down(a) => down::run(&ctx, a),
         Command::Status(a) => status::run(&ctx, a),
         Command::Restart(a) => restart::run(&ctx, a),
+        Command::Agent(a) => agent::run(&ctx, a),
         Command::Prompts(c) => prompts::run(&ctx, c),
         Command::Bench(c) => crate::bench::run(&ctx, c),
         Command::Demo(a) => crate::demo::run(&ctx, a),

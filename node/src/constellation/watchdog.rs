@@ -159,12 +159,14 @@ pub fn revive(node: &Node, tmux: &Tmux, agent: AgentName, clones: u16) -> Result
         let subject = format!("{agent} is crash-looping on node {}", node.config.node.name);
         let body = format!(
             "{agent} died {} times within {} s despite restarts; it is left down until {} \
-             (crash_cooldown_s = {}). Check the runtime {:?} and run `netsky restart {agent}` once fixed.",
+             (crash_cooldown_s = {}). Check the runtime {} and run `netsky restart {agent}` once fixed.",
             r.recent.len() + 1,
             cfg.crash_loop_window_s,
             format_ts(until),
             cfg.crash_cooldown_s,
-            cfg.runtime,
+            super::launch::runtime_for(node, agent)
+                .map(|r| format!("{} {:?}", r.name, r.spec.argv))
+                .unwrap_or_else(|e| format!("{e:#}")),
         );
         let rec = &node.recorder;
         rec.record(&[rec.event(
