@@ -13,12 +13,15 @@
 mod beacon;
 mod bench;
 mod cli;
+mod clone;
 mod config;
 mod constellation;
 mod daemon;
 mod daemon_state;
 mod demo;
 mod escalation;
+mod git;
+mod harvest;
 mod health;
 mod home;
 mod node;

@@ -2,8 +2,10 @@
 
 mod agent;
 mod channel;
+mod clone;
 mod down;
 mod escalate;
+mod harvest;
 mod health;
 mod init;
 mod keys;
@@ -77,6 +79,11 @@ enum Command {
     Restart(restart::RestartArgs),
     /// Give one agent another runtime (claude, codex, or one under [runtimes]) and restart it.
     Agent(agent::AgentArgs),
+    /// Clones: a task in its own workspace checkout and agent (brief, ls, status, wait, kill).
+    #[command(subcommand)]
+    Clone(clone::CloneCmd),
+    /// Bring a clone's commits onto a target branch through a check.
+    Harvest(harvest::HarvestArgs),
     /// Render agent prompts.
     #[command(subcommand)]
     Prompts(prompts::PromptsCmd),
@@ -105,6 +112,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => status::run(&ctx, a),
         Command::Restart(a) => restart::run(&ctx, a),
         Command::Agent(a) => agent::run(&ctx, a),
+        Command::Clone(c) => clone::run(&ctx, c),
+        Command::Harvest(a) => harvest::run(&ctx, a),
         Command::Prompts(c) => prompts::run(&ctx, c),
         Command::Bench(c) => crate::bench::run(&ctx, c),
         Command::Demo(a) => crate::demo::run(&ctx, a),

@@ -8,7 +8,8 @@
 //! ready (see `readiness`), the handoff is pasted first, recorded as
 //! delivered, and the file removed; then the mailbox flows again. A crash
 //! between the paste and the removal pastes the note again (at least once),
-//! as for any envelope.
+//! as for any envelope. A clone's brief takes the same path ([`store_first`]),
+//! so it reaches the runtime only once the runtime can take it.
 
 use std::path::{Path, PathBuf};
 
@@ -55,16 +56,22 @@ pub fn read_note(file: &Path) -> Result<String> {
 
 /// Signs `note` as `agent`'s handoff and keeps it for its next session; returns the envelope.
 pub fn store(node: &Node, agent: AgentName, note: &str) -> Result<Envelope> {
+    store_first(node, agent, Kind::Handoff, format!("[handoff] {note}"))
+}
+
+/// Signs `text` as an envelope of `kind` from agent0 to `agent`, kept to be
+/// pasted first once its next session is ready (a handoff, or a clone's brief).
+pub fn store_first(node: &Node, agent: AgentName, kind: Kind, text: String) -> Result<Envelope> {
     let here = node.config.node.name.clone();
     let env = Envelope::new(
         &node.key,
-        Kind::Handoff,
+        kind,
         Address::agent(AgentName::ROOT, here.clone()),
         Address::agent(agent, here),
-        format!("[handoff] {note}"),
+        text,
         None,
     )
-    .context("the handoff note cannot be an envelope")?;
+    .with_context(|| format!("the {} cannot be an envelope", kind.as_str()))?;
     let d = node.home.agent_state_dir(agent);
     std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
     netsky_bus::write_durable(&d, FILE, &env.to_json())?;
@@ -105,7 +112,7 @@ pub fn deliver_pending(node: &Node, tmux: &Tmux, agent: AgentName) -> Result<Gat
         EventKind::Delivered,
         Some(agent),
         Some(&env),
-        Some("handoff pasted first".into()),
+        Some(format!("{} pasted first", env.kind.as_str())),
     )]);
     Ok(Gate::Open { pasted: true })
 }
