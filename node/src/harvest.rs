@@ -170,7 +170,7 @@ fn steps(
     let fetched = git::ok(&d.repo, &["rev-parse", &harvest_ref], git::QUICK).map_err(fail)?;
     event(node, d, EventKind::HarvestFetched, format!("{} at {}", d.branch, short(&fetched)));
     // 2. rebase, in a scratch worktree
-    cleanup(d, scratch);
+    remove_worktree(d, scratch);
     let wt = scratch.display().to_string();
     git::ok(&d.repo, &["worktree", "add", "--quiet", "--detach", &wt, &harvest_ref], git::SLOW)
         .map_err(fail)?;
@@ -257,12 +257,19 @@ fn checked_out_at(repo: &Path, branch: &str) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// Removes the scratch worktree and the fetched ref (whatever is left of them).
-fn cleanup(d: &Dispatch, scratch: &Path) {
+/// Removes the scratch worktree (whatever is left of it).
+fn remove_worktree(d: &Dispatch, scratch: &Path) {
     let wt = scratch.display().to_string();
     let _ = git::run(&d.repo, &["worktree", "remove", "--force", &wt], git::QUICK);
     let _ = std::fs::remove_dir_all(scratch);
     let _ = git::run(&d.repo, &["worktree", "prune"], git::QUICK);
+}
+
+/// Removes the scratch worktree and the fetched ref.
+fn cleanup(d: &Dispatch, scratch: &Path) {
+    remove_worktree(d, scratch);
+    let _ =
+        git::run(&d.repo, &["update-ref", "-d", &format!("refs/netsky/harvest/{}", d.workspace)], git::QUICK);
 }
 
 /// The last lines of a command's output, for a person to read.

@@ -19,11 +19,11 @@ pub struct WorkspaceName(String);
 impl WorkspaceName {
     /// Normalises and checks `raw` (see the module's rules).
     pub fn parse(raw: &str) -> Result<WorkspaceName> {
-        if raw.contains('/') || raw.contains('\\') {
-            bail!("workspace name {raw:?}: no slashes (a workspace is one folder under workspaces/)");
-        }
         if raw.contains("..") {
             bail!("workspace name {raw:?}: no \"..\"");
+        }
+        if raw.contains('/') || raw.contains('\\') {
+            bail!("workspace name {raw:?}: no slashes (a workspace is one folder under workspaces/)");
         }
         let lowered = raw.trim().to_ascii_lowercase();
         let name = lowered.split_whitespace().collect::<Vec<_>>().join("-");

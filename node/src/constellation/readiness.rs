@@ -66,6 +66,9 @@ pub struct Readiness {
     /// SHA-256 of the pane at the last look.
     #[serde(default)]
     pub last_hash: Option<String>,
+    /// The known question last answered, and the pane's hash when it was.
+    #[serde(default)]
+    pub answered_at: Option<(String, String)>,
 }
 
 /// What `status` says of an agent.
@@ -130,6 +133,7 @@ pub fn started(
             ready_when,
             paste_prompt,
             last_hash: None,
+            answered_at: None,
         },
     )
 }
@@ -185,6 +189,7 @@ pub fn observe(node: &Node, tmux: &Tmux, agent: AgentName, pane: &Pane, content:
             ready_when: None,
             paste_prompt: None,
             last_hash: None,
+            answered_at: None,
         },
     };
     r.seen = now();
@@ -193,12 +198,21 @@ pub fn observe(node: &Node, tmux: &Tmux, agent: AgentName, pane: &Pane, content:
     let hash = data_encoding::HEXLOWER.encode(&Sha256::digest(content));
     let rec = &node.recorder;
     let name = agent.to_string();
-    match first_run::classify(&text) {
+    let mut seen = first_run::classify(&text);
+    // A question answered, after which the pane moved: the runtime took the
+    // answer (a plain terminal still shows the question above what follows).
+    if let Seen::Known(k) = &seen
+        && r.answered_at.as_ref().is_some_and(|(name, h)| name == k.name && *h != hash)
+    {
+        seen = Seen::Nothing;
+    }
+    match seen {
         Seen::Known(k) => {
             r.prompt = Some(k.name.to_string());
             if r.answered < MAX_ANSWERS {
                 tmux.send_keys(&name, k.keys)?;
                 r.answered += 1;
+                r.answered_at = Some((k.name.to_string(), hash.clone()));
                 rec.record(&[rec.event(
                     EventKind::PromptAnswered,
                     Some(agent),
