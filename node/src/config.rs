@@ -568,6 +568,21 @@ path = "/tmp/owner-pages.jsonl"
     }
 
     #[test]
+    fn runtimes_are_named_configured_and_chosen_per_agent() {
+        let c = parse(
+            "[node]\nname = \"w\"\n[constellation]\nruntime = \"mine\"\nagent_runtimes = { agent3 = \"codex\" }\n\
+             [runtimes.mine]\nargv = [\"my-agent\", \"--prompt\", \"{prompt_file}\"]\nprompt = \"argv\"\n\
+             env = { A = \"1\" }\nready_when = \"> \"\n",
+        )
+        .unwrap();
+        assert_eq!(c.constellation.runtime, crate::runtimes::RuntimeChoice::Name("mine".into()));
+        assert_eq!(c.constellation.agent_runtimes["agent3"], "codex");
+        assert_eq!(c.runtimes["mine"].env["A"], "1");
+        let back = parse(&c.to_toml()).unwrap();
+        assert_eq!(back.runtimes, c.runtimes);
+    }
+
+    #[test]
     fn a_written_config_reads_back() {
         let c = Config::new("w".parse().unwrap(), None, Some(Relay::Disabled));
         let back = parse(&c.to_toml()).unwrap();
@@ -590,6 +605,14 @@ path = "/tmp/owner-pages.jsonl"
             ("[node]\nname = \"w\"\n[constellation]\ncrash_loop = 3\n", "line 4", "crash_loop"),
             ("[node]\nname = \"w\"\n[[owner.legs]]\nkind = \"pigeon\"\n", "line", "pigeon"),
             ("[nod]\nname = \"w\"\n", "line 1", "nod"),
+            ("[node]\nname = \"w\"\n[runtimes.\"a b\"]\nargv = [\"x\"]\n", "", "runtime name"),
+            ("[node]\nname = \"w\"\n[runtimes.x]\nargv = []\n", "", "argv"),
+            ("[node]\nname = \"w\"\n[runtimes.x]\nargv = [\"x\"]\nprompt = \"stdin\"\n", "line 5", "stdin"),
+            (
+                "[node]\nname = \"w\"\n[constellation]\nagent_runtimes = { bob = \"codex\" }\n",
+                "line 4",
+                "agent_runtimes",
+            ),
             ("", "", "node"),
         ];
         for (text, line, word) in cases {

@@ -43,6 +43,7 @@ pub enum CloneCmd {
     /// Every clone: agent, workspace, state, session.
     Ls,
     /// One clone: its dispatch, whether it is done, its session (alive, state, last output, hang).
+    #[command(visible_alias = "health")]
     Status {
         /// The clone agent: 6 or agent6.
         #[arg(value_parser = parse_agent)]

@@ -236,10 +236,36 @@ pub fn brief(node: &Node, req: BriefRequest) -> Result<Dispatch> {
         }
     };
     let workdir = workspace::create(home.root(), &name, &source)?;
+    let before = launch::load(node, agent);
+    match dispatch(node, agent, &name, &workdir, source, base, &text, req.runtime, desired.clones) {
+        Ok(d) => Ok(d),
+        Err(e) => {
+            // Nothing half-made is left: the agent's launch as it was, no workspace, no pending brief.
+            let _ = launch::save(node, agent, &before);
+            let _ = std::fs::remove_dir_all(workspace::dir(home.root(), &name));
+            handoff::discard(node, agent);
+            Err(e)
+        }
+    }
+}
+
+/// The part of `brief` after the workspace exists: the agent restarted there with its brief waiting.
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    node: &Node,
+    agent: AgentName,
+    name: &WorkspaceName,
+    workdir: &Path,
+    source: PathBuf,
+    base: String,
+    text: &str,
+    runtime: Option<String>,
+    clones: u16,
+) -> Result<Dispatch> {
     let mut l = launch::load(node, agent);
-    l.workdir = Some(workdir.clone());
-    if req.runtime.is_some() {
-        l.runtime = req.runtime.clone();
+    l.workdir = Some(workdir.to_path_buf());
+    if runtime.is_some() {
+        l.runtime = runtime;
     }
     launch::save(node, agent, &l)?;
     let branch = name.branch();
@@ -251,13 +277,13 @@ pub fn brief(node: &Node, req: BriefRequest) -> Result<Dispatch> {
         dir = workdir.display(),
     );
     let env = handoff::store_first(node, agent, Kind::Brief, format!("{header}{text}"))?;
-    watchdog::restart_by_hand(node, &tmux_of(node), agent, desired.clones)?;
+    watchdog::restart_by_hand(node, &tmux_of(node), agent, clones)?;
     let d = Dispatch {
         agent: agent.to_string(),
         workspace: name.as_str().to_string(),
         repo: source,
         base,
-        workdir,
+        workdir: workdir.to_path_buf(),
         branch,
         brief_id: env.id.to_string(),
         briefed: format_ts(OffsetDateTime::now_utc()),

@@ -8,7 +8,8 @@
 //! ready (see `readiness`), the handoff is pasted first, recorded as
 //! delivered, and the file removed; then the mailbox flows again. A crash
 //! between the paste and the removal pastes the note again (at least once),
-//! as for any envelope. A clone's brief takes the same path ([`store_first`]),
+//! as for any envelope. A session that never looks ready is not waited on
+//! for ever: after [`READY_WAIT`] the note is pasted anyway. A clone's brief takes the same path ([`store_first`]),
 //! so it reaches the runtime only once the runtime can take it.
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,9 @@ use crate::record::EventKind;
 pub const MAX_NOTE_BYTES: u64 = 32 * 1024;
 
 const FILE: &str = "handoff.json";
+
+/// How long a first envelope waits for its session to look ready before it is pasted anyway.
+pub const READY_WAIT: time::Duration = time::Duration::seconds(120);
 
 fn path(node: &Node, agent: AgentName) -> PathBuf {
     node.home.agent_state_dir(agent).join(FILE)
@@ -80,6 +84,11 @@ pub fn store_first(node: &Node, agent: AgentName, kind: Kind, text: String) -> R
     Ok(env)
 }
 
+/// Drops `agent`'s waiting first envelope, if any (a brief whose dispatch failed).
+pub fn discard(node: &Node, agent: AgentName) {
+    let _ = std::fs::remove_file(path(node, agent));
+}
+
 /// Whether delivery to an agent may go on this round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
@@ -100,8 +109,18 @@ pub fn deliver_pending(node: &Node, tmux: &Tmux, agent: AgentName) -> Result<Gat
     }
     let name = agent.to_string();
     let Some(pane) = tmux.sessions()?.remove(&name) else { return Ok(Gate::Hold) };
+    let mut why = "pasted first";
     if !readiness::is_ready(node, agent, &pane) {
-        return Ok(Gate::Hold);
+        // Never held for ever: a runtime that does not look ready within
+        // READY_WAIT gets its note anyway (and its mail after it).
+        let waited = readiness::load(node, agent)
+            .filter(|r| r.session == pane.identity())
+            .and_then(|r| netsky_bus::parse_ts(&r.started))
+            .is_some_and(|t| time::OffsetDateTime::now_utc() - t > READY_WAIT);
+        if !waited || pane.dead {
+            return Ok(Gate::Hold);
+        }
+        why = "pasted first, before the runtime looked ready";
     }
     let bytes = crate::home::read_bounded(&p, netsky_bus::MAX_ENVELOPE_BYTES as u64)?;
     let env = Envelope::from_json(&bytes).with_context(|| format!("{} is not an envelope", p.display()))?;
@@ -112,7 +131,7 @@ pub fn deliver_pending(node: &Node, tmux: &Tmux, agent: AgentName) -> Result<Gat
         EventKind::Delivered,
         Some(agent),
         Some(&env),
-        Some(format!("{} pasted first", env.kind.as_str())),
+        Some(format!("{} {why}", env.kind.as_str())),
     )]);
     Ok(Gate::Open { pasted: true })
 }
