@@ -325,6 +325,8 @@ pub fn kill(node: &Node, agent: AgentName, rm: bool) -> Result<Dispatch> {
     let mut l = launch::load(node, agent);
     l.workdir = None;
     launch::save(node, agent, &l)?;
+    // A brief not yet pasted must not reach the agent's next, ordinary session.
+    handoff::discard(node, agent);
     let tmux = tmux_of(node);
     tmux.kill_session(&agent.to_string())?;
     let ws = d.workdir.parent().map(Path::to_path_buf);
