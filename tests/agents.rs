@@ -518,3 +518,32 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     left.sort();
     assert_eq!(left, ["first"]);
 }
+
+#[test]
+fn agentinfinity_is_quiet_by_design_only_while_its_readiness_holds() {
+    let w = World::new(0, "hang_after_s = 1");
+    w.ok(&["up", "0"]);
+    w.ready("agentinfinity");
+    // agent0's quiet pane is a hang; agentinfinity's, ready and fresh, is not.
+    wait_for(
+        "agent0 hung",
+        || (w.agent("agent0")["hang_suspected"] == true).then_some(()),
+        || w.agent("agent0").to_string(),
+    );
+    let inf = w.agent("agentinfinity");
+    assert_eq!(
+        (inf["hang_suspected"].as_bool(), inf["state"].as_str()),
+        (Some(false), Some("ready")),
+        "{inf}"
+    );
+    // A readiness record of another session is not trusted: the quiet pane is a hang again.
+    let rec = w.home.join("state/agents/agentinfinity/readiness.json");
+    let mut r: Value = serde_json::from_str(&std::fs::read_to_string(&rec).unwrap()).unwrap();
+    r["session"] = "$999/1".into();
+    std::fs::write(&rec, r.to_string()).unwrap();
+    wait_for(
+        "agentinfinity hung",
+        || (w.agent("agentinfinity")["hang_suspected"] == true).then_some(()),
+        || w.agent("agentinfinity").to_string(),
+    );
+}

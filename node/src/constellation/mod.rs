@@ -78,16 +78,14 @@ pub fn tick(node: &Node) -> Result<TickReport> {
         let pane = sessions.get(&agent.to_string());
         match tmux.capture(&agent.to_string()) {
             Ok(Some(content)) => {
-                if let Some(pane) = pane {
-                    if let Err(e) = readiness::observe(node, &tmux, agent, pane, &content) {
-                        tracing::warn!(%agent, error = %format!("{e:#}"), "readiness not brought up to date");
-                    }
-                    // agentinfinity waits quietly by design: not a hang while its readiness holds.
-                    if readiness::idle_by_design(node, agent, pane) {
-                        continue;
-                    }
+                if let Some(pane) = pane
+                    && let Err(e) = readiness::observe(node, &tmux, agent, pane, &content)
+                {
+                    tracing::warn!(%agent, error = %format!("{e:#}"), "readiness not brought up to date");
                 }
-                watchdog::observe(node, agent, &content)?
+                // agentinfinity waits quietly by design: not a hang while its readiness holds.
+                let idle = pane.is_some_and(|p| readiness::idle_by_design(node, agent, p));
+                watchdog::observe(node, agent, &content, idle)?
             }
             Ok(None) => {}
             Err(e) => {
