@@ -66,6 +66,8 @@ pub enum FirstRun {
     /// Claude Code: onboarding done, workspace trusted, project MCP servers
     /// approved, and the bypass-mode warning skipped when bypass is asked for.
     Claude,
+    /// Codex: the workspace trusted in `$CODEX_HOME/config.toml`.
+    Codex,
 }
 
 /// `[constellation] runtime`: a runtime's name, or (the older form) an argv.
@@ -117,7 +119,7 @@ pub fn builtin(name: &str) -> Option<RuntimeSpec> {
             argv: s(&["codex", "--dangerously-bypass-approvals-and-sandbox", "{prompt}"]),
             env: BTreeMap::new(),
             prompt: PromptInput::Argv,
-            first_run: FirstRun::None,
+            first_run: FirstRun::Codex,
             ready_when: None,
         }),
         _ => None,

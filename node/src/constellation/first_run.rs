@@ -18,7 +18,13 @@
 //! - user settings (`$CLAUDE_CONFIG_DIR/settings.json`, else `~/.claude/settings.json`):
 //!   `skipDangerousModePermissionPrompt = true` only when the runtime runs in bypass mode.
 //!
-//! Both files are merged, never replaced: every other key is kept. The
+//! For Codex (checked against developers.openai.com/codex/config-basic and
+//! the config write-ups that quote it: trust lives in the user config,
+//! `[projects."<abs path>"] trust_level = "trusted"`, under `$CODEX_HOME`,
+//! default `~/.codex`): that table is appended to `config.toml` when the
+//! directory has none. A table already there is left as the user set it.
+//!
+//! Both Claude files are merged, never replaced: every other key is kept. The
 //! development-channel consent ("WARNING: Loading development channels") is
 //! asked on every launch and no setting skips it (anthropics/claude-code
 //! #42486, #71792): it is in [`KNOWN`] and answered in the pane.
@@ -67,6 +73,11 @@ pub const KNOWN: &[KnownPrompt] = &[
         name: "claude-bypass-mode",
         needles: &["bypass permissions mode", "yes, i accept"],
         keys: &["Down", "Enter"],
+    },
+    KnownPrompt {
+        name: "codex-trust-folder",
+        needles: &["allow codex to work in this folder"],
+        keys: &["Enter"],
     },
 ];
 
@@ -120,7 +131,46 @@ pub fn prepare(rt: &Runtime, workdir: &Path, env_home: Option<&Path>) -> Result<
     match rt.spec.first_run {
         FirstRun::None => Ok(Vec::new()),
         FirstRun::Claude => prepare_claude(rt, workdir, env_home),
+        FirstRun::Codex => prepare_codex(rt, workdir, env_home).map(|p| p.into_iter().collect()),
     }
+}
+
+/// Marks `workdir` trusted in Codex's user config, unless it has a `projects` entry already.
+fn prepare_codex(rt: &Runtime, workdir: &Path, env_home: Option<&Path>) -> Result<Option<PathBuf>> {
+    let dir = rt
+        .spec
+        .env
+        .get("CODEX_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("CODEX_HOME").filter(|v| !v.is_empty()).map(PathBuf::from));
+    let dir = match (dir, env_home) {
+        (Some(d), _) => d,
+        (None, Some(h)) => h.join(".codex"),
+        (None, None) => std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| PathBuf::from(h).join(".codex"))
+            .context(
+                "HOME is not set: cannot find ~/.codex/config.toml (set CODEX_HOME in the runtime's env)",
+            )?,
+    };
+    let path = dir.join("config.toml");
+    let text = match path.exists() {
+        true => String::from_utf8(crate::home::read_bounded(&path, MAX_CONFIG_BYTES)?)
+            .with_context(|| format!("{} is not UTF-8", path.display()))?,
+        false => String::new(),
+    };
+    let parsed: toml::Table =
+        text.parse().with_context(|| format!("{} is not TOML; netsky will not add to it", path.display()))?;
+    let key = workdir.display().to_string();
+    if parsed.get("projects").and_then(|p| p.get(&key)).is_some() {
+        return Ok(None);
+    }
+    let quoted = toml::Value::String(key).to_string();
+    let sep = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
+    let new = format!("{text}{sep}\n[projects.{quoted}]\ntrust_level = \"trusted\"\n");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::home::write_durable(&path, new.as_bytes())?;
+    Ok(Some(path))
 }
 
 /// Where Claude Code keeps its user config and user settings for this runtime.
@@ -236,6 +286,23 @@ mod tests {
         assert!(matches!(classify("Continue with setup? (y/N)"), Seen::Unknown(l) if l.contains("setup")));
         assert_eq!(classify("ready>\n"), Seen::Nothing);
         assert_eq!(classify(""), Seen::Nothing);
+    }
+
+    #[test]
+    fn codex_gets_the_workspace_trusted_once_and_other_tables_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let work = d.path().join("my \"work\"");
+        let cfg = d.path().join("codex");
+        std::fs::create_dir_all(&cfg).unwrap();
+        std::fs::write(cfg.join("config.toml"), "# mine\nmodel = \"m\"").unwrap();
+        let mut rt = crate::runtimes::by_name(&Default::default(), "codex").unwrap();
+        rt.spec.env.insert("CODEX_HOME".into(), cfg.display().to_string());
+        assert_eq!(prepare(&rt, &work, None).unwrap().len(), 1);
+        assert!(prepare(&rt, &work, None).unwrap().is_empty(), "a second start adds nothing");
+        let text = std::fs::read_to_string(cfg.join("config.toml")).unwrap();
+        assert!(text.starts_with("# mine\nmodel = \"m\"\n"), "{text}");
+        let t: toml::Table = text.parse().unwrap();
+        assert_eq!(t["projects"][&work.display().to_string()]["trust_level"].as_str(), Some("trusted"));
     }
 
     #[test]
