@@ -171,7 +171,7 @@ pub fn run(ctx: &Ctx, cmd: CloneCmd) -> Result<ExitCode> {
                         d.workspace
                     );
                 }
-                std::thread::sleep(Duration::from_millis(250));
+                std::thread::sleep(Duration::from_millis(500));
             }
         }
         CloneCmd::Kill { agent, rm } => {

@@ -5,9 +5,9 @@
 //! date by every tick that sees the pane (`seen`, its freshness). netsky
 //! derives readiness from the pane, bounded to its last lines:
 //!
-//! - a question in [`first_run::KNOWN`] is answered in the pane (at most
-//!   [`MAX_ANSWERS`] times per session, then escalated);
-//! - before the runtime is ready, anything that looks like a question
+//! - before the runtime is ready, a question in [`first_run::KNOWN`] is
+//!   answered in the pane (at most [`MAX_ANSWERS`] times per session, then
+//!   escalated), and anything else that looks like a question
 //!   ([`first_run::UNKNOWN_SIGNS`]) is escalated once per session, never
 //!   left waiting for someone who does not look;
 //! - otherwise the runtime is ready when its `ready_when` text shows, or
@@ -206,6 +206,11 @@ pub fn observe(node: &Node, tmux: &Tmux, agent: AgentName, pane: &Pane, content:
     {
         seen = Seen::Nothing;
     }
+    // Once ready, what the pane shows is the agent's own conversation: no
+    // key is pressed into it, nothing in it is taken for a start-up question.
+    if r.ready_at.is_some() {
+        seen = Seen::Nothing;
+    }
     match seen {
         Seen::Known(k) => {
             r.prompt = Some(k.name.to_string());
@@ -223,7 +228,7 @@ pub fn observe(node: &Node, tmux: &Tmux, agent: AgentName, pane: &Pane, content:
                 r.escalated = Some(escalate(node, agent, k.name, &text)?);
             }
         }
-        Seen::Unknown(line) if r.ready_at.is_none() => {
+        Seen::Unknown(line) => {
             r.prompt = Some(line.clone());
             if r.escalated.is_none() {
                 r.escalated = Some(escalate(node, agent, &line, &text)?);
