@@ -213,6 +213,12 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         let _ = Command::new("tmux").arg("-L").arg(&self.sock).arg("kill-server").env_remove("TMUX").output();
+        // tmux leaves the socket file when its server exits; tidy it.
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(uid) = std::fs::metadata(&self.home).map(|m| m.uid()) {
+            let tmp = std::env::var_os("TMUX_TMPDIR").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+            let _ = std::fs::remove_file(tmp.join(format!("tmux-{uid}")).join(&self.sock));
+        }
     }
 }
 
