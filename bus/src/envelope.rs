@@ -54,6 +54,11 @@ pub enum Kind {
     Escalation,
     /// An answer to an earlier envelope (`in_reply_to`).
     Reply,
+    /// A note to an agent's next session, delivered first after a restart.
+    Handoff,
+    /// A clone's work was harvested onto its target (or refused, and why).
+    #[serde(rename = "harvest-complete")]
+    HarvestComplete,
 }
 
 impl Kind {
@@ -65,6 +70,8 @@ impl Kind {
             Kind::Owner => "owner",
             Kind::Escalation => "escalation",
             Kind::Reply => "reply",
+            Kind::Handoff => "handoff",
+            Kind::HarvestComplete => "harvest-complete",
         }
     }
 }
@@ -78,11 +85,13 @@ impl std::str::FromStr for Kind {
             "owner" => Kind::Owner,
             "escalation" => Kind::Escalation,
             "reply" => Kind::Reply,
+            "handoff" => Kind::Handoff,
+            "harvest-complete" => Kind::HarvestComplete,
             _ => {
                 return Err(BusError::BadName {
                     what: "kind",
                     input: crate::error::clip(s),
-                    reason: "expected message, brief, owner, escalation or reply",
+                    reason: "expected message, brief, owner, escalation, reply, handoff or harvest-complete",
                 });
             }
         })

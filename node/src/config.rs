@@ -3,12 +3,15 @@
 //! Unknown keys and bad values are errors that name the file, the line and
 //! the key, so an operator's typo never silently falls back to a default.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use netsky_bus::NodeName;
 use serde::{Deserialize, Serialize};
+
+use crate::runtimes::{RuntimeChoice, RuntimeSpec};
 
 /// The largest config file we read.
 const MAX_CONFIG_BYTES: u64 = 256 * 1024;
@@ -25,6 +28,9 @@ pub struct Config {
     /// `[owner]`, read on the root only.
     #[serde(default)]
     pub owner: OwnerSection,
+    /// `[runtimes.NAME]`: agent runtimes besides (or replacing) the built-in `claude` and `codex`.
+    #[serde(default, deserialize_with = "runtimes_table", skip_serializing_if = "BTreeMap::is_empty")]
+    pub runtimes: BTreeMap<String, RuntimeSpec>,
 }
 
 /// `[node]`
@@ -176,9 +182,15 @@ pub struct ConstellationSection {
     /// How many clones `up` starts by default.
     #[serde(default = "default_clones", deserialize_with = "clones")]
     pub clones: u16,
-    /// argv of the agent runtime.
-    #[serde(default = "default_runtime", deserialize_with = "argv")]
-    pub runtime: Vec<String>,
+    /// The agents' runtime: a name under `[runtimes]` (or built in), or a plain argv.
+    #[serde(default, deserialize_with = "runtime_choice")]
+    pub runtime: RuntimeChoice,
+    /// Runtimes of single agents, by agent name (`agent3 = "codex"`), over `runtime`.
+    #[serde(default, deserialize_with = "agent_runtimes", skip_serializing_if = "BTreeMap::is_empty")]
+    pub agent_runtimes: BTreeMap<String, String>,
+    /// Seconds a harvest's check command may run before it is killed.
+    #[serde(default = "default_check_timeout", deserialize_with = "positive")]
+    pub check_timeout_s: u64,
     /// `tmux -L` socket name; empty means the default server.
     #[serde(default, deserialize_with = "socket_name")]
     pub tmux_socket: String,
@@ -200,7 +212,9 @@ impl Default for ConstellationSection {
     fn default() -> Self {
         ConstellationSection {
             clones: default_clones(),
-            runtime: default_runtime(),
+            runtime: RuntimeChoice::default(),
+            agent_runtimes: BTreeMap::new(),
+            check_timeout_s: default_check_timeout(),
             tmux_socket: String::new(),
             hang_after_s: default_hang(),
             crash_loop_restarts: default_crash_restarts(),
@@ -346,8 +360,41 @@ fn default_tick() -> u64 {
 fn default_clones() -> u16 {
     4
 }
-fn default_runtime() -> Vec<String> {
-    vec!["claude".into()]
+fn default_check_timeout() -> u64 {
+    600
+}
+
+fn runtime_choice<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RuntimeChoice, D::Error> {
+    let v = RuntimeChoice::deserialize(d)?;
+    match &v {
+        RuntimeChoice::Argv(a) if a.first().is_none_or(|p| p.is_empty()) => {
+            Err(serde::de::Error::custom("runtime: argv must name a program first"))
+        }
+        RuntimeChoice::Name(n) if n.is_empty() => {
+            Err(serde::de::Error::custom("runtime: expected a runtime's name or an argv"))
+        }
+        _ => Ok(v),
+    }
+}
+
+fn agent_runtimes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let v = BTreeMap::<String, String>::deserialize(d)?;
+    for k in v.keys() {
+        if k.parse::<netsky_bus::AgentName>().is_err() {
+            return Err(serde::de::Error::custom(format!(
+                "agent_runtimes: {k:?} is not an agent name (agent0, agent1.., agentinfinity)"
+            )));
+        }
+    }
+    Ok(v)
+}
+
+fn runtimes_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, RuntimeSpec>, D::Error> {
+    let v = BTreeMap::<String, RuntimeSpec>::deserialize(d)?;
+    for (name, spec) in &v {
+        crate::runtimes::check_spec(name, spec).map_err(serde::de::Error::custom)?;
+    }
+    Ok(v)
 }
 fn default_hang() -> u64 {
     1800
@@ -434,6 +481,7 @@ impl Config {
             },
             constellation: ConstellationSection::default(),
             owner: OwnerSection::default(),
+            runtimes: BTreeMap::new(),
         }
     }
 
@@ -520,6 +568,21 @@ path = "/tmp/owner-pages.jsonl"
     }
 
     #[test]
+    fn runtimes_are_named_configured_and_chosen_per_agent() {
+        let c = parse(
+            "[node]\nname = \"w\"\n[constellation]\nruntime = \"mine\"\nagent_runtimes = { agent3 = \"codex\" }\n\
+             [runtimes.mine]\nargv = [\"my-agent\", \"--prompt\", \"{prompt_file}\"]\nprompt = \"argv\"\n\
+             env = { A = \"1\" }\nready_when = \"> \"\n",
+        )
+        .unwrap();
+        assert_eq!(c.constellation.runtime, crate::runtimes::RuntimeChoice::Name("mine".into()));
+        assert_eq!(c.constellation.agent_runtimes["agent3"], "codex");
+        assert_eq!(c.runtimes["mine"].env["A"], "1");
+        let back = parse(&c.to_toml()).unwrap();
+        assert_eq!(back.runtimes, c.runtimes);
+    }
+
+    #[test]
     fn a_written_config_reads_back() {
         let c = Config::new("w".parse().unwrap(), None, Some(Relay::Disabled));
         let back = parse(&c.to_toml()).unwrap();
@@ -542,6 +605,14 @@ path = "/tmp/owner-pages.jsonl"
             ("[node]\nname = \"w\"\n[constellation]\ncrash_loop = 3\n", "line 4", "crash_loop"),
             ("[node]\nname = \"w\"\n[[owner.legs]]\nkind = \"pigeon\"\n", "line", "pigeon"),
             ("[nod]\nname = \"w\"\n", "line 1", "nod"),
+            ("[node]\nname = \"w\"\n[runtimes.\"a b\"]\nargv = [\"x\"]\n", "", "runtime name"),
+            ("[node]\nname = \"w\"\n[runtimes.x]\nargv = []\n", "", "argv"),
+            ("[node]\nname = \"w\"\n[runtimes.x]\nargv = [\"x\"]\nprompt = \"stdin\"\n", "line 5", "stdin"),
+            (
+                "[node]\nname = \"w\"\n[constellation]\nagent_runtimes = { bob = \"codex\" }\n",
+                "line 4",
+                "agent_runtimes",
+            ),
             ("", "", "node"),
         ];
         for (text, line, word) in cases {

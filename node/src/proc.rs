@@ -41,6 +41,18 @@ fn read_capped(mut r: impl Read, into: &Captured) {
 /// that keeps a pipe open holds the call until the deadline at most; the
 /// output read by then is returned with the child's status.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    run(cmd, timeout, false)
+}
+
+/// As [`run_bounded`], with the child leading a process group of its own,
+/// all of which is killed at the deadline: for commands (a shell running a
+/// check script) whose own children would otherwise outlive the kill.
+pub fn run_bounded_group(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    std::os::unix::process::CommandExt::process_group(cmd, 0);
+    run(cmd, timeout, true)
+}
+
+fn run(cmd: &mut Command, timeout: Duration, group: bool) -> Result<Output> {
     let what = format!("{:?}", cmd.get_program());
     let mut child = cmd
         .stdin(Stdio::null())
@@ -76,6 +88,10 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
             break s;
         }
         if Instant::now() > deadline {
+            if group {
+                // SAFETY: kill(2) has no memory preconditions; the child leads its own group.
+                unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+            }
             let _ = child.kill();
             let _ = child.wait();
             bail!("{what} did not finish within {timeout:?} and was killed");
@@ -186,6 +202,18 @@ mod tests {
         .unwrap();
         assert_eq!((o.status.code(), &o.stdout[..]), (Some(5), &b"parent\n"[..]));
         assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn a_group_past_its_deadline_is_killed_with_its_children() {
+        let d = tempfile::tempdir().unwrap();
+        let mark = d.path().join("survived");
+        let script = format!("(sleep 2; touch {}) & wait", mark.display());
+        let e = run_bounded_group(Command::new("sh").args(["-c", &script]), Duration::from_millis(300))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("did not finish"), "{e:#}");
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(!mark.exists(), "the grandchild outlived the kill");
     }
 
     #[test]

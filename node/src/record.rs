@@ -154,11 +154,37 @@ pub enum EventKind {
     JournalError,
     /// meta.db became unavailable; the logs go on alone.
     StoreError,
+    /// A question an agent's runtime asked at start was answered in its pane.
+    PromptAnswered,
+    /// An agent's pane shows a question nobody answers; it was escalated.
+    PromptEscalated,
+    /// An agent's runtime came up and takes input.
+    AgentReady,
+    /// An agent was given another runtime (`netsky agent N --type`).
+    RuntimeChosen,
+    /// A handoff note was stored for an agent's next session.
+    HandoffStored,
+    /// A clone was given a workspace, started, and sent its brief.
+    CloneBriefed,
+    /// A clone reported its brief done (a reply on the bus, or its branch pushed).
+    CloneDone,
+    /// A clone's session was ended (`netsky clone kill`).
+    CloneKilled,
+    /// A harvest fetched a clone's branch from its workspace.
+    HarvestFetched,
+    /// A harvest rebased the clone's commits onto the target.
+    HarvestRebased,
+    /// A harvest's check command passed.
+    HarvestChecked,
+    /// A harvest fast-forwarded the target to the clone's commits.
+    HarvestLanded,
+    /// A harvest stopped (no branch, no rebase, a failed or hung check); the target is untouched.
+    HarvestRefused,
 }
 
 impl EventKind {
     /// Every kind, so a name read back from disk can be matched.
-    const ALL: [EventKind; 54] = [
+    const ALL: [EventKind; 67] = [
         EventKind::Sent,
         EventKind::Queued,
         EventKind::Claimed,
@@ -213,6 +239,19 @@ impl EventKind {
         EventKind::JournalRecovered,
         EventKind::JournalError,
         EventKind::StoreError,
+        EventKind::PromptAnswered,
+        EventKind::PromptEscalated,
+        EventKind::AgentReady,
+        EventKind::RuntimeChosen,
+        EventKind::HandoffStored,
+        EventKind::CloneBriefed,
+        EventKind::CloneDone,
+        EventKind::CloneKilled,
+        EventKind::HarvestFetched,
+        EventKind::HarvestRebased,
+        EventKind::HarvestChecked,
+        EventKind::HarvestLanded,
+        EventKind::HarvestRefused,
     ];
 
     /// The name written to the logs and meta.db. Never change one: queries,
@@ -273,6 +312,19 @@ impl EventKind {
             EventKind::JournalRecovered => "journal-recovered",
             EventKind::JournalError => "journal-error",
             EventKind::StoreError => "store-error",
+            EventKind::PromptAnswered => "prompt-answered",
+            EventKind::PromptEscalated => "prompt-escalated",
+            EventKind::AgentReady => "agent-ready",
+            EventKind::RuntimeChosen => "runtime-chosen",
+            EventKind::HandoffStored => "handoff-stored",
+            EventKind::CloneBriefed => "clone-briefed",
+            EventKind::CloneDone => "clone-done",
+            EventKind::CloneKilled => "clone-killed",
+            EventKind::HarvestFetched => "harvest-fetched",
+            EventKind::HarvestRebased => "harvest-rebased",
+            EventKind::HarvestChecked => "harvest-checked",
+            EventKind::HarvestLanded => "harvest-landed",
+            EventKind::HarvestRefused => "harvest-refused",
         }
     }
 

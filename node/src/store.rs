@@ -85,6 +85,30 @@ const MIGRATIONS: &[&str] = &[
         file TEXT PRIMARY KEY,
         offset INTEGER NOT NULL
     );",
+    // 4: clones and harvests. Appended, never rewritten: a clone's change of state is a new row.
+    "CREATE TABLE clones (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        state TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        brief_id TEXT,
+        detail TEXT
+    );
+    CREATE INDEX clones_by_agent ON clones(agent, seq);
+    CREATE TABLE harvests (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        onto TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        old_head TEXT,
+        new_head TEXT,
+        detail TEXT
+    );",
 ];
 
 /// The schema version from which events are indexed from the logs rather than written directly.
@@ -469,6 +493,68 @@ impl Store {
         self.conn.execute(
             "INSERT INTO agent_markers (ts, agent, marker, state, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![ts, agent, marker, state, detail],
+        )?;
+        Ok(())
+    }
+}
+
+/// One row of the `clones` table.
+pub struct CloneRow<'a> {
+    /// When.
+    pub ts: &'a str,
+    /// The clone's agent.
+    pub agent: &'a str,
+    /// Its workspace's name.
+    pub workspace: &'a str,
+    /// briefed, done, killed.
+    pub state: &'a str,
+    /// The repository it was cloned from.
+    pub repo: &'a str,
+    /// The branch it works on.
+    pub branch: &'a str,
+    /// The brief's envelope id.
+    pub brief_id: Option<&'a str>,
+    /// More, in words.
+    pub detail: Option<&'a str>,
+}
+
+/// One row of the `harvests` table.
+pub struct HarvestRow<'a> {
+    /// When.
+    pub ts: &'a str,
+    /// The clone's agent.
+    pub agent: &'a str,
+    /// Its workspace's name.
+    pub workspace: &'a str,
+    /// The target branch.
+    pub onto: &'a str,
+    /// landed or refused.
+    pub outcome: &'a str,
+    /// The target before.
+    pub old_head: Option<&'a str>,
+    /// The target after (landed) or the rebased head (refused after the rebase).
+    pub new_head: Option<&'a str>,
+    /// Why, in words.
+    pub detail: Option<&'a str>,
+}
+
+impl Store {
+    /// Appends a clone's change of state.
+    pub fn insert_clone(&mut self, r: &CloneRow<'_>) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO clones (ts, agent, workspace, state, repo, branch, brief_id, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![r.ts, r.agent, r.workspace, r.state, r.repo, r.branch, r.brief_id, r.detail],
+        )?;
+        Ok(())
+    }
+
+    /// Appends a harvest's outcome.
+    pub fn insert_harvest(&mut self, r: &HarvestRow<'_>) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO harvests (ts, agent, workspace, onto, outcome, old_head, new_head, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![r.ts, r.agent, r.workspace, r.onto, r.outcome, r.old_head, r.new_head, r.detail],
         )?;
         Ok(())
     }

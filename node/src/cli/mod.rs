@@ -1,9 +1,12 @@
 //! The command line of ARCHITECTURE.md section 10: one module per verb group.
 
+mod agent;
 mod channel;
+mod clone;
 mod doctor;
 mod down;
 mod escalate;
+mod harvest;
 mod health;
 mod init;
 mod keys;
@@ -75,8 +78,15 @@ enum Command {
     Down(down::DownArgs),
     /// Each agent: alive, pid, last output change, inbox, hang suspected, restarts.
     Status(status::StatusArgs),
-    /// Stop and start one agent's session now (ends a crash-loop cooldown).
+    /// Stop and start one agent's session now (ends a crash-loop cooldown), optionally with a handoff note.
     Restart(restart::RestartArgs),
+    /// Give one agent another runtime (claude, codex, or one under [runtimes]) and restart it.
+    Agent(agent::AgentArgs),
+    /// Clones: a task in its own workspace checkout and agent (brief, ls, status, wait, kill).
+    #[command(subcommand)]
+    Clone(clone::CloneCmd),
+    /// Bring a clone's commits onto a target branch through a check.
+    Harvest(harvest::HarvestArgs),
     /// Render agent prompts.
     #[command(subcommand)]
     Prompts(prompts::PromptsCmd),
@@ -115,6 +125,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Down(a) => down::run(&ctx, a),
         Command::Status(a) => status::run(&ctx, a),
         Command::Restart(a) => restart::run(&ctx, a),
+        Command::Agent(a) => agent::run(&ctx, a),
+        Command::Clone(c) => clone::run(&ctx, c),
+        Command::Harvest(a) => harvest::run(&ctx, a),
         Command::Prompts(c) => prompts::run(&ctx, c),
         Command::Bench(c) => crate::bench::run(&ctx, c),
         Command::Demo(a) => crate::demo::run(&ctx, a),

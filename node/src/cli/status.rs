@@ -1,4 +1,4 @@
-//! `netsky status`: each agent: alive, pid, last output change, inbox, hang, restarts.
+//! `netsky status`: each agent: alive, state (starting, ready, hung, dead), runtime, pid, last output change, inbox, hang, restarts.
 
 use std::process::ExitCode;
 
@@ -30,8 +30,17 @@ pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<ExitCode> {
             st.last_tick.as_deref().unwrap_or("never")
         );
         s.push_str(&format!(
-            "\n{:<14} {:<5} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}",
-            "AGENT", "ALIVE", "PID", "LAST OUTPUT CHANGE", "INBOX", "CLAIMED", "HANG", "RESTARTS"
+            "\n{:<14} {:<5} {:<8} {:<10} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}",
+            "AGENT",
+            "ALIVE",
+            "STATE",
+            "RUNTIME",
+            "PID",
+            "LAST OUTPUT CHANGE",
+            "INBOX",
+            "CLAIMED",
+            "HANG",
+            "RESTARTS"
         ));
         for a in &st.agents {
             let restarts = match &a.cooldown_until {
@@ -39,9 +48,11 @@ pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<ExitCode> {
                 None => a.restarts.to_string(),
             };
             s.push_str(&format!(
-                "\n{:<14} {:<5} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}",
+                "\n{:<14} {:<5} {:<8} {:<10} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}",
                 a.agent,
                 if a.session_alive { "yes" } else { "no" },
+                format!("{:?}", a.state).to_lowercase(),
+                a.runtime.as_deref().unwrap_or("-"),
                 a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 a.last_output_change.as_deref().unwrap_or("-"),
                 a.inbox,

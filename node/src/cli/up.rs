@@ -22,6 +22,12 @@ pub struct UpArgs {
     /// Number of clones, agent1..agentN (default: `[constellation] clones`).
     #[arg(value_parser = clap::value_parser!(u16).range(0..=999))]
     clones: Option<u16>,
+    /// Restart the agents that already run, too.
+    #[arg(long)]
+    restart: bool,
+    /// A note for every agent's new session, delivered first once it is ready (with --restart).
+    #[arg(long, value_name = "FILE", requires = "restart")]
+    handoff: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -35,15 +41,7 @@ struct Out {
     heartbeat_started: bool,
 }
 
-/// Whether `program` names something runnable: a path that exists, or a name found on PATH.
-fn program_found(program: &str) -> bool {
-    if program.contains('/') {
-        return std::path::Path::new(program).exists();
-    }
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
-}
+use crate::runtimes::program_found;
 
 /// Runs `netsky up`.
 pub fn run(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
@@ -51,13 +49,19 @@ pub fn run(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
     let home = &node.home;
     let desired = Desired { clones: a.clones.unwrap_or(node.config.constellation.clones) };
     let tmux = tmux_of(&node);
-    let program = &node.config.constellation.runtime[0];
-    if !program_found(program) {
-        eprintln!(
-            "netsky: warning: runtime {program:?} is not found; its agents will exit at once, \
-             and the watchdog will cool them down and escalate"
-        );
+    for agent in desired.agents() {
+        // An unknown runtime name stops `up`; a missing program only warns, as before runtimes.
+        let rt = crate::constellation::launch::runtime_for(&node, agent)?;
+        if !program_found(rt.program()) {
+            eprintln!(
+                "netsky: warning: {agent}'s runtime {} ({:?}) is not found; it will exit at once, \
+                 and the watchdog will cool it down and escalate",
+                rt.name,
+                rt.program()
+            );
+        }
     }
+    let note = a.handoff.as_deref().map(crate::constellation::handoff::read_note).transpose()?;
     let lock = agents::lock(home, LOCK_WAIT)?;
     // Every prompt first: a bad addendum stops `up` before anything starts.
     for agent in desired.agents() {
@@ -97,10 +101,13 @@ pub fn run(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
     for agent in desired.agents() {
         let name = agent.to_string();
         match sessions.get(&name) {
-            Some(p) if !p.dead => out.running.push(name),
+            Some(p) if !p.dead && !a.restart => out.running.push(name),
             other => {
                 if other.is_some() {
                     tmux.kill_session(&name)?;
+                }
+                if let Some(n) = &note {
+                    crate::constellation::handoff::store(&node, agent, n)?;
                 }
                 // The operator asked for it: an old crash-loop cooldown no longer holds.
                 watchdog::forgive(&node, agent)?;

@@ -9,8 +9,9 @@
 //!   just stopped.
 //!
 //! Starting an agent renders its prompt into `state/prompts/<agent>.md` and
-//! runs `[constellation] runtime` in a tmux session with `AGENT_N`,
-//! `NETSKY_HOME` and `NETSKY_PROMPT_FILE` in its environment.
+//! runs its runtime (see `launch` and `crate::runtimes`) in a tmux session
+//! with `AGENT_N`, `NETSKY_HOME`, `NETSKY_PROMPT_FILE` and `NETSKY_RUNTIME`
+//! in its environment.
 
 use std::fs::File;
 use std::io::Read;
@@ -218,7 +219,9 @@ fn work_dir(home: &Home) -> PathBuf {
 }
 
 /// Starts `agent`'s session: renders its prompt (keeping the last one if that
-/// fails, so a bad addendum cannot keep an agent down), then runs the runtime.
+/// fails, so a bad addendum cannot keep an agent down), writes what lets its
+/// runtime start without first-run questions, runs the runtime, and opens
+/// its readiness record.
 pub fn start_agent(node: &Node, tmux: &Tmux, agent: AgentName, clones: u16) -> Result<()> {
     let prompt = match write_prompt(node, agent, clones) {
         Ok((p, _)) => p,
@@ -231,12 +234,29 @@ pub fn start_agent(node: &Node, tmux: &Tmux, agent: AgentName, clones: u16) -> R
             p
         }
     };
-    let env = [
+    let rt = super::launch::runtime_for(node, agent)?;
+    let workdir = super::launch::load(node, agent).workdir.unwrap_or_else(|| work_dir(&node.home));
+    super::first_run::prepare(&rt, &workdir, None)
+        .with_context(|| format!("cannot write {}'s first-run settings for {agent}", rt.name))?;
+    let text = match rt.spec.prompt {
+        crate::runtimes::PromptInput::Argv => {
+            let b = crate::home::read_bounded(&prompt, 1 << 20)?;
+            String::from_utf8_lossy(&b).into_owned()
+        }
+        _ => String::new(),
+    };
+    let mut env = vec![
         ("AGENT_N", agent_n(agent)),
         ("NETSKY_HOME", node.home.root().display().to_string()),
         ("NETSKY_PROMPT_FILE", prompt.display().to_string()),
+        ("NETSKY_RUNTIME", rt.name.clone()),
     ];
-    tmux.new_session(&agent.to_string(), &env, &node.config.constellation.runtime, &work_dir(&node.home))
+    env.extend(rt.spec.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let name = agent.to_string();
+    tmux.new_session(&name, &env, &rt.argv(&prompt, &text), &workdir)?;
+    let pane = tmux.sessions()?.remove(&name);
+    let paste = (rt.spec.prompt == crate::runtimes::PromptInput::Paste).then(|| prompt.clone());
+    super::readiness::started(node, agent, pane.as_ref(), &rt.name, rt.spec.ready_when.clone(), paste)
 }
 
 /// Who keeps the heartbeat.

@@ -60,6 +60,11 @@ pub fn deliver(node: &Node, tmux: &Tmux, live: &BTreeSet<AgentName>) -> Delivere
 
 fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Delivered> {
     let mut out = Delivered::default();
+    // A handoff goes first, once the new session is ready; until then the mailbox waits.
+    match super::handoff::deliver_pending(node, tmux, agent)? {
+        super::handoff::Gate::Hold => return Ok(out),
+        super::handoff::Gate::Open { pasted } => out.delivered += usize::from(pasted),
+    }
     let mailbox = Mailbox::open(&node.home.layout(), &node.config.node.name, agent)?;
     if !mailbox.pending()? {
         return Ok(out);

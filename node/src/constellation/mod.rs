@@ -9,6 +9,10 @@
 
 pub mod agents;
 pub mod deliver;
+pub mod first_run;
+pub mod handoff;
+pub mod launch;
+pub mod readiness;
 pub mod tmux;
 pub mod watchdog;
 
@@ -71,8 +75,18 @@ pub fn tick(node: &Node) -> Result<TickReport> {
     // Freshly restarted runtimes are still starting; they get their mail next tick.
     report.delivered = deliver::deliver(node, &tmux, &live);
     for &agent in &live {
+        let pane = sessions.get(&agent.to_string());
         match tmux.capture(&agent.to_string()) {
-            Ok(Some(content)) => watchdog::observe(node, agent, &content)?,
+            Ok(Some(content)) => {
+                if let Some(pane) = pane
+                    && let Err(e) = readiness::observe(node, &tmux, agent, pane, &content)
+                {
+                    tracing::warn!(%agent, error = %format!("{e:#}"), "readiness not brought up to date");
+                }
+                // agentinfinity waits quietly by design: not a hang while its readiness holds.
+                let idle = pane.is_some_and(|p| readiness::idle_by_design(node, agent, p));
+                watchdog::observe(node, agent, &content, idle)?
+            }
             Ok(None) => {}
             Err(e) => {
                 let rec = &node.recorder;
@@ -116,6 +130,12 @@ pub struct AgentStatus {
     pub claimed: usize,
     /// A hang is suspected.
     pub hang_suspected: bool,
+    /// starting, ready, hung or dead.
+    pub state: readiness::State,
+    /// The runtime it runs (from its readiness record).
+    pub runtime: Option<String>,
+    /// The question its pane shows, if any.
+    pub prompt: Option<String>,
     /// Restarts made so far.
     pub restarts: u64,
     /// The end of a crash-loop cooldown, while one runs.
@@ -156,14 +176,19 @@ pub fn status(node: &Node) -> Result<Status> {
         let r = watchdog::restarts(node, agent);
         let now = OffsetDateTime::now_utc();
         let cooling = r.cooldown_until.filter(|u| netsky_bus::parse_ts(u).is_some_and(|u| u > now));
+        let hang = watchdog::hang_marker(node, agent).is_some();
+        let ready = readiness::load(node, agent);
         out.push(AgentStatus {
+            state: readiness::state(node, agent, pane, hang),
+            runtime: ready.as_ref().map(|r| r.runtime.clone()),
+            prompt: ready.and_then(|r| r.prompt),
             agent: agent.to_string(),
             session_alive: pane.is_some_and(|p| !p.dead),
             pid: pane.map(|p| p.pid),
             last_output_change: watchdog::pane_state(node, agent).map(|p| p.changed),
             inbox: counts.inbox,
             claimed: counts.claimed,
-            hang_suspected: watchdog::hang_marker(node, agent).is_some(),
+            hang_suspected: hang,
             restarts: r.total,
             cooldown_until: cooling,
         });

@@ -30,6 +30,16 @@ pub struct Pane {
     pub pid: u32,
     /// The pane's process has exited but tmux keeps it (`remain-on-exit`).
     pub dead: bool,
+    /// tmux's id of the session (`$3`): a new session gets a new one, whatever its name.
+    pub session_id: String,
+}
+
+impl Pane {
+    /// Who runs in this pane: the session's id and the pane's pid, which a
+    /// restart (or anyone's new session of the same name) changes.
+    pub fn identity(&self) -> String {
+        format!("{}/{}", self.session_id, self.pid)
+    }
 }
 
 /// A tmux server, reached through its socket name.
@@ -104,7 +114,7 @@ impl Tmux {
             "list-panes",
             "-a",
             "-F",
-            "#{session_name}\t#{pane_index}\t#{pane_pid}\t#{pane_dead}",
+            "#{session_name}\t#{pane_index}\t#{pane_pid}\t#{pane_dead}\t#{session_id}",
         ])?;
         if !out.status.success() {
             let err = stderr_line(&out);
@@ -116,9 +126,9 @@ impl Tmux {
         let mut best: BTreeMap<String, (u32, Pane)> = BTreeMap::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let f: Vec<&str> = line.split('\t').collect();
-            let [name, index, pid, dead] = f.as_slice() else { continue };
+            let [name, index, pid, dead, sid] = f.as_slice() else { continue };
             let (Ok(index), Ok(pid)) = (index.parse::<u32>(), pid.parse::<u32>()) else { continue };
-            let pane = Pane { pid, dead: *dead == "1" };
+            let pane = Pane { pid, dead: *dead == "1", session_id: sid.to_string() };
             match best.get(*name) {
                 Some((i, _)) if *i <= index => {}
                 _ => {
@@ -189,6 +199,15 @@ impl Tmux {
             return Ok(None);
         }
         bail!("tmux {} {name} failed: {err}", args[0])
+    }
+
+    /// Sends `keys` (tmux key names, like `Enter` or `Down`) to session `name`'s pane, one call each.
+    pub fn send_keys(&self, name: &str, keys: &[&str]) -> Result<()> {
+        let target = format!("={name}:");
+        for k in keys {
+            self.call_ok(&["send-keys", "-t", &target, k])?;
+        }
+        Ok(())
     }
 
     /// Pastes `text` into session `name`'s pane through a named buffer, then presses Enter.

@@ -159,12 +159,14 @@ pub fn revive(node: &Node, tmux: &Tmux, agent: AgentName, clones: u16) -> Result
         let subject = format!("{agent} is crash-looping on node {}", node.config.node.name);
         let body = format!(
             "{agent} died {} times within {} s despite restarts; it is left down until {} \
-             (crash_cooldown_s = {}). Check the runtime {:?} and run `netsky restart {agent}` once fixed.",
+             (crash_cooldown_s = {}). Check the runtime {} and run `netsky restart {agent}` once fixed.",
             r.recent.len() + 1,
             cfg.crash_loop_window_s,
             format_ts(until),
             cfg.crash_cooldown_s,
-            cfg.runtime,
+            super::launch::runtime_for(node, agent)
+                .map(|r| format!("{} {:?}", r.name, r.spec.argv))
+                .unwrap_or_else(|e| format!("{e:#}")),
         );
         let rec = &node.recorder;
         rec.record(&[rec.event(
@@ -260,8 +262,10 @@ fn clear_hang(node: &Node, agent: AgentName, why: &str) {
     }
 }
 
-/// Hashes the pane of a live `agent`; sets or clears its hang marker.
-pub fn observe(node: &Node, agent: AgentName, content: &[u8]) -> Result<()> {
+/// Hashes the pane of a live `agent`; sets or clears its hang marker. An
+/// agent `idle_by_design` (see `readiness::idle_by_design`) has its pane
+/// followed but is not suspected of a hang.
+pub fn observe(node: &Node, agent: AgentName, content: &[u8], idle_by_design: bool) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let hash = data_encoding::HEXLOWER.encode(&Sha256::digest(content));
     let prev = pane_state(node, agent);
@@ -276,7 +280,7 @@ pub fn observe(node: &Node, agent: AgentName, content: &[u8]) -> Result<()> {
         }
     };
     let hang_after = Duration::seconds(node.config.constellation.hang_after_s as i64);
-    if now - changed < hang_after || hang_marker(node, agent).is_some() {
+    if idle_by_design || now - changed < hang_after || hang_marker(node, agent).is_some() {
         return Ok(());
     }
     let mut marker =
