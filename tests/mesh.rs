@@ -366,7 +366,13 @@ fn the_readme_demo_runs_end_to_end_and_leaves_nothing_behind() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
-    for step in ["tests are green on laptop", "the page that reached the root's file leg", "from=\"owner\""] {
+    for step in [
+        "tests are green on laptop",
+        "the page that reached the root's file leg",
+        "from=\"owner\"",
+        "\"subject\":\"node desk is silent\"",
+        "netsky doctor",
+    ] {
         assert!(out.contains(step), "no {step:?} in:\n{out}");
     }
     let removed = out.lines().find_map(|l| l.strip_prefix("demo done; removed ")).expect("the cleanup line");

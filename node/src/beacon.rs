@@ -395,6 +395,8 @@ impl Desk {
             }
         }
         view.updated = format_ts(now);
+        // The next answer shows who turned suspect, not the one cached before.
+        st.answer = None;
         st.save_due(&self.home, true)
     }
 }

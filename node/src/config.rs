@@ -136,6 +136,17 @@ pub enum Relay {
     Url(String),
 }
 
+impl Relay {
+    /// The mesh's relay mode for this one.
+    pub fn to_mesh(&self) -> netsky_mesh::Relay {
+        match self {
+            Relay::Disabled => netsky_mesh::Relay::Disabled,
+            Relay::Default => netsky_mesh::Relay::Default,
+            Relay::Url(u) => netsky_mesh::Relay::Url(u.clone()),
+        }
+    }
+}
+
 impl std::str::FromStr for Relay {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -503,8 +514,13 @@ impl Config {
     /// Adds a `file` owner leg writing to `pages` to the config at `path`
     /// (the demo and the owner bench show each page from a file).
     pub fn add_file_leg(path: &Path, pages: &Path) -> Result<()> {
+        Config::edit(path, |c| c.owner.legs.push(Leg::File { path: pages.to_path_buf() }))
+    }
+
+    /// Loads `path`, changes it, and writes it back durably (the demo and benches set up homes so).
+    pub fn edit(path: &Path, change: impl FnOnce(&mut Config)) -> Result<()> {
         let mut c = Config::load(path)?;
-        c.owner.legs.push(Leg::File { path: pages.to_path_buf() });
+        change(&mut c);
         crate::home::write_durable(path, c.to_toml().as_bytes())?;
         Ok(())
     }

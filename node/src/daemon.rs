@@ -13,13 +13,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use netsky_bus::format_ts;
-use netsky_mesh::{Mesh, MeshConfig, MeshEvent, Relay};
+use netsky_mesh::{Mesh, MeshConfig, MeshEvent};
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::beacon;
-use crate::config;
 use crate::constellation::agents;
 use crate::daemon_state::{self, DaemonState};
 use crate::home::Home;
@@ -57,15 +56,6 @@ pub fn run(ctx: &Ctx) -> Result<ExitCode> {
     rt.block_on(serve(ctx, node))
 }
 
-/// The mesh's relay mode from the config's.
-pub fn relay_of(r: &config::Relay) -> Relay {
-    match r {
-        config::Relay::Disabled => Relay::Disabled,
-        config::Relay::Default => Relay::Default,
-        config::Relay::Url(u) => Relay::Url(u.clone()),
-    }
-}
-
 async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     // Signals first: one that arrives while the node starts must still stop it
     // cleanly (a stop is then noticed as soon as the start is done).
@@ -98,7 +88,7 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
         name: name.clone(),
         key: node.key.clone(),
         listen: node.config.node.listen,
-        relay: relay_of(&node.config.node.relay),
+        relay: node.config.node.relay.to_mesh(),
         mdns: node.config.node.mdns,
         agent_exists: Arc::new(move |a| agents::answered_for(&home, &config).contains(a)),
         answers: Some(crate::owner::answers(node.home.clone())),

@@ -6,7 +6,9 @@
 //! the mesh every way; a message for an agent that does not exist is
 //! refused, receipts come back, an escalation on a member pages the owner
 //! through the root (whose owner leg is a file here), the owner's word
-//! reaches an agent on another machine, and `mesh status` shows the result.
+//! reaches an agent on another machine, a machine that dies is noticed by
+//! the root and paged once, `mesh status` shows the result on any node, and
+//! `doctor` checks a node.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -133,6 +135,10 @@ fn story(n: &Narrator, daemons: &mut Daemons) -> Result<()> {
     let pages = n.base.join("owner-pages.jsonl");
     let config = n.home("studio").join("config.toml");
     crate::config::Config::add_file_leg(&config, &pages)?;
+    // Beacons every second, so a silent machine is noticed within the demo (30 s by default).
+    for node in ["studio", "laptop", "desk"] {
+        crate::config::Config::edit(&n.home(node).join("config.toml"), |c| c.node.beacon_interval_s = 1)?;
+    }
     println!("\n# studio creates the mesh and becomes its root (its owner leg: a file, {})", pages.display());
     n.run("studio", &["mesh", "init", "--mesh", "demo"])?;
     n.start("studio", daemons)?;
@@ -217,8 +223,43 @@ fn story(n: &Narrator, daemons: &mut Daemons) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     n.run("laptop", &["channel", "drain", "agent0"])?;
-    println!("\n# the mesh as the root sees it");
-    n.run("studio", &["mesh", "status"])?;
+    println!("\n# desk dies without a word (kill -9): the root notices the silence and pages once");
+    if let Some(i) = daemons.iter().position(|d| d.name() == "desk") {
+        daemons.remove(i).kill9();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&pages).unwrap_or_default().contains("node desk is silent") {
+        if Instant::now() > deadline {
+            bail!("the root did not notice desk's silence within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("[owner] the page:");
+    for line in
+        std::fs::read_to_string(&pages).unwrap_or_default().lines().filter(|l| l.contains("desk is silent"))
+    {
+        println!("    {line}");
+    }
+    println!(
+        "\n# the mesh as the root sees it: every node holds the same view, from the root's answers to its beacons"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = n.quiet("laptop", &["--json", "mesh", "status"])?;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let desk = v["members"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "desk").cloned());
+        if desk.is_some_and(|d| d["beacon"] == "suspect") || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    n.run("laptop", &["mesh", "status"])?;
+    println!("\n# doctor on laptop: every check, and the fix for each that is not ok");
+    let o = n.quiet("laptop", &["doctor"])?;
+    println!("[laptop] $ netsky doctor");
+    for l in String::from_utf8_lossy(&o.stdout).lines() {
+        println!("    {l}");
+    }
     println!("\n# the evidence on the root: meta.db (logs/events-*.jsonl hold the same)");
     n.run("studio", &["query", "select event, count(*) as n from events group by event order by event"])?;
     Ok(())

@@ -143,6 +143,19 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Kills the daemon with SIGKILL, as a machine that dies says nothing.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         // SAFETY: kill(2) has no memory preconditions.

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 
 use crate::node::Node;
@@ -58,20 +58,7 @@ pub fn run(ctx: &Ctx, a: EscalateArgs) -> Result<ExitCode> {
 }
 
 fn ls(ctx: &Ctx, node: &Node) -> Result<ExitCode> {
-    // Incidents live on the root: here, or asked over the mesh.
-    let all: Vec<owner::Incident> = match owner::check_root(node) {
-        Ok(()) => owner::incidents(&node.home)?,
-        Err(_) => {
-            let charter = node.current_charter()?.context("this node is in no mesh")?;
-            let root = charter.charter.root_member().context("the charter names no root member")?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let relay = crate::daemon::relay_of(&node.config.node.relay);
-            let json = rt
-                .block_on(netsky_mesh::ask(&node.key, root, "incidents", &relay, node.config.node.mdns))
-                .with_context(|| format!("cannot ask the root {} for its incidents", root.name))?;
-            serde_json::from_slice(&json).context("the root's answer is not a list of incidents")?
-        }
-    };
+    let all = owner::incidents_anywhere(node)?;
     emit(ctx, &all, || {
         let mut s = String::new();
         for i in &all {

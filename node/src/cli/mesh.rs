@@ -12,7 +12,6 @@ use netsky_mesh::{Charter, CharterMember, PeerState, SignedCharter, Ticket, Tick
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::daemon::relay_of;
 use crate::daemon_state;
 use crate::node::Node;
 use crate::output::{Ctx, emit};
@@ -265,7 +264,7 @@ fn join(ctx: &Ctx, node: &Node, text: &str) -> Result<ExitCode> {
         name,
         &ticket,
         addrs,
-        &relay_of(&node.config.node.relay),
+        &node.config.node.relay.to_mesh(),
         node.config.node.mdns,
     ))?;
     let paths = node.home.mesh_paths();
@@ -507,7 +506,7 @@ fn promote(ctx: &Ctx, node: &Node, name: NodeName) -> Result<ExitCode> {
         &target,
         &mk,
         &signed,
-        &relay_of(&node.config.node.relay),
+        &node.config.node.relay.to_mesh(),
         node.config.node.mdns,
     ))
     .with_context(|| {

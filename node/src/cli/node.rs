@@ -40,7 +40,7 @@ fn sleep(ctx: &Ctx) -> Result<ExitCode> {
     } else {
         let root = charter.charter.root_member().context("the charter names no root member")?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let relay = crate::daemon::relay_of(&node.config.node.relay);
+        let relay = node.config.node.relay.to_mesh();
         let view = rt
             .block_on(netsky_mesh::beacon(&node.key, root, signed, &relay, node.config.node.mdns))
             .with_context(|| format!("cannot tell the root {}", root.name))?;

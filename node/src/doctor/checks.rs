@@ -380,18 +380,32 @@ fn poison(home: &Home) -> Check {
 }
 
 fn escalations(home: &Home) -> Check {
-    match crate::owner::incidents(home) {
+    // On a member, the root's incidents (asked over the mesh, bounded by the mesh's timeouts).
+    let all = crate::node::Node::open(home.clone())
+        .and_then(|n| crate::owner::incidents_anywhere(&n))
+        .or_else(|e| crate::owner::incidents(home).map_err(|_| e));
+    match all {
         Ok(all) => {
-            let open: Vec<_> =
-                all.iter().filter(|i| i.state != crate::owner::IncidentState::Resolved).collect();
-            if open.is_empty() {
-                Check::ok("escalations", "none open")
-            } else {
-                Check::warn(
+            use crate::owner::IncidentState::{Acked, Open};
+            let open: Vec<_> = all.iter().filter(|i| i.state == Open).collect();
+            let acked = all.iter().filter(|i| i.state == Acked).count();
+            match open.first() {
+                None if acked == 0 => Check::ok("escalations", "none open"),
+                None => Check::warn(
                     "escalations",
-                    format!("{} open, the oldest {:?} from {}", open.len(), open[0].subject, open[0].origin),
+                    format!("none open, {acked} acked and not resolved"),
+                    "`netsky escalate resolve ID` once each is fixed (`netsky escalate ls`)",
+                ),
+                Some(first) => Check::warn(
+                    "escalations",
+                    format!(
+                        "{} open ({acked} more acked), the oldest {:?} from {}",
+                        open.len(),
+                        first.subject,
+                        first.origin
+                    ),
                     "`netsky escalate ls`, then `netsky escalate ack ID` or `resolve ID`",
-                )
+                ),
             }
         }
         Err(e) => Check::warn("escalations", format!("{e:#}"), "check state/escalations/"),

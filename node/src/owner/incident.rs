@@ -85,6 +85,21 @@ pub fn list(home: &Home) -> Result<Vec<Incident>> {
     Ok(out)
 }
 
+/// The root's incidents from any node: read here on the root, asked over the mesh elsewhere.
+pub fn incidents_anywhere(node: &crate::node::Node) -> Result<Vec<Incident>> {
+    if super::check_root(node).is_ok() {
+        return list(&node.home);
+    }
+    let charter = node.current_charter()?.context("this node is in no mesh")?;
+    let root = charter.charter.root_member().context("the charter names no root member")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let relay = node.config.node.relay.to_mesh();
+    let json = rt
+        .block_on(netsky_mesh::ask(&node.key, root, "incidents", &relay, node.config.node.mdns))
+        .with_context(|| format!("cannot ask the root {} for its incidents", root.name))?;
+    serde_json::from_slice(&json).context("the root's answer is not a list of incidents")
+}
+
 fn read(path: &Path) -> Result<Incident> {
     let buf = crate::home::read_bounded(path, MAX_INCIDENT_BYTES)?;
     serde_json::from_slice(&buf).with_context(|| format!("{} is not an incident", path.display()))

@@ -13,7 +13,7 @@ mod relay;
 mod sources;
 
 pub use desk::{run as run_desk, tick as tick_desk};
-pub use incident::{Incident, State as IncidentState, list as incidents};
+pub use incident::{Incident, State as IncidentState, incidents_anywhere, list as incidents};
 pub use legs::ping;
 pub use relay::{EscalationOp, Said, Sent, escalate, say, send as send_to_owner, split_addressed};
 pub use sources::poll as poll_sources;
