@@ -189,3 +189,36 @@ fn a_membership_lost_and_a_charter_that_does_not_verify_fail() {
     let (code, v, _) = doctor(&h);
     assert_eq!((code, v["charter"].as_str()), (1, "fail"));
 }
+
+/// Unmounts on drop, so a failed assertion leaves no mount behind.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_home_on_a_nearly_full_filesystem_fails_the_disk_check() {
+    // A real small filesystem: a 64 MiB tmpfs (needs root, as the netns tests do).
+    let dir = tempfile::tempdir().unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    let _mount = Mount(dir.path().to_path_buf());
+    let home = dir.path().join("home");
+    let netsky = |args: &[&str]| Command::new(exe()).arg("--home").arg(&home).args(args).output().unwrap();
+    assert!(netsky(&["init", "--name", "tiny", "--relay", "disabled"]).status.success());
+    let o = netsky(&["--json", "doctor"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let disk = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "disk").unwrap().clone();
+    assert_eq!(disk["verdict"], "fail", "{disk}");
+    assert_eq!(o.status.code(), Some(1));
+}

@@ -197,6 +197,19 @@ fn the_launchd_plist_reads_back_with_every_key_and_its_verbs_send_linux_to_syste
     if let Ok(lint) = Command::new("plutil").arg("-lint").arg(&file).output() {
         assert!(lint.status.success(), "plutil -lint: {}", String::from_utf8_lossy(&lint.stdout));
     }
+    // A plist put in place (as install would on a Mac), then edited by hand: status sees it.
+    let agents = user.home.join("Library/LaunchAgents");
+    std::fs::create_dir_all(&agents).unwrap();
+    let installed = agents.join("dev.netsky.node.oddbox.plist");
+    std::fs::write(&installed, &o.stdout).unwrap();
+    let st = user.json(&home, false, &["launchd", "status"]);
+    assert_eq!((st["installed"].as_bool(), st["current"].as_bool()), (Some(true), Some(true)), "{st}");
+    let edited = String::from_utf8_lossy(&o.stdout)
+        .replace("<key>RunAtLoad</key>", "<key>Nice</key>\n\t<integer>5</integer>\n\t<key>RunAtLoad</key>");
+    std::fs::write(&installed, edited).unwrap();
+    let st = user.json(&home, false, &["launchd", "status"]);
+    assert_eq!(st["current"].as_bool(), Some(false), "{st}");
+    assert!(st["edits"].to_string().contains("<key>Nice</key>"), "{st}");
     if !cfg!(target_os = "macos") {
         for verb in ["install", "uninstall"] {
             let o = user.run(Path::new(exe()), &home, false, &["launchd", verb]);

@@ -42,7 +42,9 @@ pub fn all(home: &Home) -> Vec<Check> {
     out.push(membership(&config, key.as_ref(), &charter));
     let charter = charter.ok().flatten();
     out.push(daemon(home));
-    out.push(root(home, &config, charter.as_ref()));
+    let root_check = root(home, &config, charter.as_ref());
+    let root_down = root_check.verdict == super::Verdict::Fail;
+    out.push(root_check);
     let view = crate::beacon::load(home);
     out.push(clock(&config, charter.as_ref(), &view));
     out.push(versions(&view));
@@ -51,7 +53,7 @@ pub fn all(home: &Home) -> Vec<Check> {
     out.push(meta_db(home));
     out.push(outbox(home));
     out.push(poison(home));
-    out.push(escalations(home));
+    out.push(escalations(home, root_down));
     out.push(owner_legs(&config, charter.as_ref()));
     out.push(supervision(home, config.is_some() && key.is_some()));
     out.push(lkg(home));
@@ -379,7 +381,14 @@ fn poison(home: &Home) -> Check {
     )
 }
 
-fn escalations(home: &Home) -> Check {
+fn escalations(home: &Home, root_down: bool) -> Check {
+    if root_down {
+        return Check::warn(
+            "escalations",
+            "unknown: the root, which holds them, is unreachable",
+            "see the root check; then `netsky escalate ls`",
+        );
+    }
     // On a member, the root's incidents (asked over the mesh, bounded by the mesh's timeouts).
     let all = crate::node::Node::open(home.clone())
         .and_then(|n| crate::owner::incidents_anywhere(&n))
