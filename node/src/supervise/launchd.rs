@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use netsky_launchd::{LaunchAgent, Supervised, launch_agent, read_launch_agent};
 
-use super::{
-    FileState, Install, Status, Uninstall, manager, read_if_there, shown, user_home, write_if_changed,
-};
+use super::{FileState, Install, Status, Uninstall, manager, shown, user_home, write_if_changed};
 use crate::node::Node;
 
 /// Refuses the verbs that need launchctl where there is none.
@@ -109,23 +107,10 @@ pub fn uninstall(node: &Node) -> Result<Uninstall> {
 /// The installed plist against what install would write, and whether launchd has it loaded.
 pub fn status(node: &Node) -> Result<Status> {
     let s = super::supervised(node)?;
-    let file = plist_path(&s)?;
-    let installed = read_if_there(&file)?;
-    // Judged for the binary it names: installed by another netsky is not an edit.
-    let named = Supervised {
-        binary: installed.as_deref().and_then(binary_of).unwrap_or(s.binary.clone()),
-        ..s.clone()
-    };
-    let expected = launch_agent(&named).to_xml()?;
-    let state = FileState::compare(file, installed.as_deref(), &expected, binary_of);
+    let make = |x: &Supervised| Ok(launch_agent(x).to_xml()?);
+    let state = FileState::read(&s, plist_path(&s)?, make, binary_of)?;
     let loaded = if cfg!(target_os = "macos") { Some(loaded(&s)?) } else { None };
-    Ok(Status {
-        supervisor: "launchd",
-        state,
-        loaded,
-        shim_current: super::shim_current(&node.home),
-        lkg_present: s.lkg().is_file(),
-    })
+    Ok(Status::of("launchd", &s, state, loaded))
 }
 
 /// Removes a file that may be absent; returns whether it was there.

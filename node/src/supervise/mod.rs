@@ -118,6 +118,23 @@ pub struct FileState {
 }
 
 impl FileState {
+    /// Reads the file at `file` and compares it with what `make` writes for
+    /// the binary the file names (so a file installed by another netsky
+    /// build is not taken for a hand edit).
+    fn read(
+        s: &Supervised,
+        file: PathBuf,
+        make: impl Fn(&Supervised) -> Result<Vec<u8>>,
+        binary_of: impl Fn(&[u8]) -> Option<PathBuf>,
+    ) -> Result<FileState> {
+        let installed = read_if_there(&file)?;
+        let named = Supervised {
+            binary: installed.as_deref().and_then(&binary_of).unwrap_or_else(|| s.binary.clone()),
+            ..s.clone()
+        };
+        Ok(FileState::compare(file, installed.as_deref(), &make(&named)?, binary_of))
+    }
+
     /// Compares `installed` (if any) with `expected`; `binary_of` finds the binary an installed file names.
     fn compare(
         file: PathBuf,
@@ -223,6 +240,18 @@ pub struct Status {
 }
 
 impl Status {
+    /// The status of `s`'s supervision, given its file's state and whether it is loaded.
+    fn of(supervisor: &'static str, s: &Supervised, state: FileState, loaded: Option<bool>) -> Status {
+        let home = Home::resolve(Some(s.home.clone())).ok();
+        Status {
+            supervisor,
+            state,
+            loaded,
+            shim_current: home.as_ref().is_some_and(shim_current),
+            lkg_present: s.lkg().is_file(),
+        }
+    }
+
     /// Lines for people.
     pub fn text(&self) -> String {
         let loaded = match self.loaded {

@@ -8,9 +8,7 @@ use anyhow::{Result, bail};
 use netsky_launchd::{Supervised, read_exec_start, systemd_unit};
 
 use super::launchd::remove_if_there;
-use super::{
-    FileState, Install, Status, Uninstall, manager, read_if_there, shown, user_home, write_if_changed,
-};
+use super::{FileState, Install, Status, Uninstall, manager, shown, user_home, write_if_changed};
 use crate::node::Node;
 
 fn linux_only(verb: &str) -> Result<()> {
@@ -114,24 +112,12 @@ pub fn uninstall(node: &Node) -> Result<Uninstall> {
 /// The installed unit against what install would write, and whether it is active.
 pub fn status(node: &Node) -> Result<Status> {
     let s = super::supervised(node)?;
-    let file = unit_path(&s)?;
-    let installed = read_if_there(&file)?;
-    // Judged for the binary it names: installed by another netsky is not an edit.
-    let named = Supervised {
-        binary: installed.as_deref().and_then(binary_of).unwrap_or(s.binary.clone()),
-        ..s.clone()
-    };
-    let state = FileState::compare(file, installed.as_deref(), systemd_unit(&named).as_bytes(), binary_of);
+    let make = |x: &Supervised| Ok(systemd_unit(x).into_bytes());
+    let state = FileState::read(&s, unit_path(&s)?, make, binary_of)?;
     let loaded = if user_manager() {
         Some(manager(&["systemctl", "--user", "is-active", &s.systemd_unit_name()])?.0)
     } else {
         None
     };
-    Ok(Status {
-        supervisor: "systemd",
-        state,
-        loaded,
-        shim_current: super::shim_current(&node.home),
-        lkg_present: s.lkg().is_file(),
-    })
+    Ok(Status::of("systemd", &s, state, loaded))
 }
