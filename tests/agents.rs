@@ -9,13 +9,13 @@
 //! agent0 on the bus with `netsky channel send`. Tests wait on conditions.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+mod common;
+use common::tmux::{TmuxHome, wait_until};
 
 /// Generous: the machine running the suite may be busy with other builds.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -61,19 +61,20 @@ cat
 "#;
 
 struct World {
-    dir: tempfile::TempDir,
-    home: PathBuf,
-    sock: String,
+    t: TmuxHome,
+}
+
+impl std::ops::Deref for World {
+    type Target = TmuxHome;
+    fn deref(&self) -> &TmuxHome {
+        &self.t
+    }
 }
 
 impl World {
     /// A home whose agents run the fake runtime (`clones` of them), on a private tmux socket.
     fn new(clones: u16, extra: &str) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let home = dir.path().join("home");
-        let sock = format!("nsky-agents-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-        let w = World { dir, home, sock };
-        w.ok(&["init", "--name", "t", "--relay", "disabled"]);
+        let w = World { t: TmuxHome::new("nsky-agents") };
         let script = |name: &str, body: &str| {
             let p = w.dir.path().join(name);
             std::fs::write(&p, body).unwrap();
@@ -98,63 +99,6 @@ impl World {
         );
         std::fs::write(w.home.join("config.toml"), config).unwrap();
         w
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_netsky"));
-        c.arg("--home").arg(&self.home).args(args).env_remove("NETSKY_HOME").env_remove("TMUX");
-        c.stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "netsky {args:?} failed: {}\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    /// Runs, asserts exit 1, returns stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert_eq!(o.status.code(), Some(1), "netsky {args:?}: expected exit 1; stderr: {err}");
-        err
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-
-    fn count(&self, sql: &str) -> i64 {
-        let v = self.json(&["query", sql]);
-        v[0]["n"].as_i64().unwrap_or_else(|| panic!("{sql}: {v}"))
-    }
-
-    fn capture(&self, session: &str) -> String {
-        let o = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.sock)
-            .args(["capture-pane", "-p", "-J", "-t", &format!("={session}:")])
-            .env_remove("TMUX")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn agent(&self, name: &str) -> Value {
-        let st = self.json(&["status"]);
-        st["agents"].as_array().unwrap().iter().find(|a| a["agent"] == name).cloned().unwrap_or(Value::Null)
     }
 
     /// Waits until `agent`'s pane shows `text`.
@@ -210,18 +154,6 @@ impl World {
     }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux").arg("-L").arg(&self.sock).arg("kill-server").env_remove("TMUX").output();
-        // tmux leaves the socket file when its server exits; tidy it.
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(uid) = std::fs::metadata(&self.home).map(|m| m.uid()) {
-            let tmp = std::env::var_os("TMUX_TMPDIR").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
-            let _ = std::fs::remove_file(tmp.join(format!("tmux-{uid}")).join(&self.sock));
-        }
-    }
-}
-
 /// `git -C dir args` with a fixed identity; asserts success; stdout trimmed.
 fn git(dir: &Path, args: &[&str]) -> String {
     let o = Command::new("git")
@@ -235,17 +167,8 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>, seen: impl Fn() -> String) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}; seen: {}", seen());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>, seen: impl Fn() -> String) -> T {
+    wait_until(what, DEADLINE, f, seen)
 }
 
 #[test]

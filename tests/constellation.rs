@@ -6,23 +6,33 @@
 //! wait on conditions with deadlines and print what they saw on timeout.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+mod common;
+use common::tmux::{TmuxHome, wait_until};
 
 /// Generous: the machine running the suite may be busy with other builds.
 const DEADLINE: Duration = Duration::from_secs(20);
 
 struct World {
-    _dir: tempfile::TempDir,
-    home: PathBuf,
-    sock: String,
+    t: TmuxHome,
     children: Vec<Child>,
-    path_env: Option<std::ffi::OsString>,
+}
+
+impl std::ops::Deref for World {
+    type Target = TmuxHome;
+    fn deref(&self) -> &TmuxHome {
+        &self.t
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut TmuxHome {
+        &mut self.t
+    }
 }
 
 impl World {
@@ -33,11 +43,7 @@ impl World {
 
     /// As [`World::new`] with `tick_interval_s = tick`.
     fn with_tick(runtime: &[&str], extra: &str, tick: u64) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let home = dir.path().join("home");
-        let sock = format!("nsky-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-        let w = World { _dir: dir, home, sock, children: Vec::new(), path_env: None };
-        w.ok(&["init", "--name", "t", "--relay", "disabled"]);
+        let w = World { t: TmuxHome::new("nsky-test"), children: Vec::new() };
         let config = format!(
             "[node]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nrelay = \"disabled\"\ntick_interval_s = {tick}\n\n\
              [constellation]\nclones = 1\nruntime = {}\ntmux_socket = \"{}\"\n{extra}\n",
@@ -48,68 +54,11 @@ impl World {
         w
     }
 
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_netsky"));
-        c.arg("--home").arg(&self.home).args(args).env_remove("NETSKY_HOME").env_remove("TMUX");
-        if let Some(p) = &self.path_env {
-            c.env("PATH", p);
-        }
-        c.stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "netsky {args:?} failed: {}\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-
-    /// `SELECT count(*) AS n ...` over meta.db.
-    fn count(&self, sql: &str) -> i64 {
-        let v = self.json(&["query", sql]);
-        v[0]["n"].as_i64().unwrap_or_else(|| panic!("{sql}: {v}"))
-    }
-
-    fn tmux(&self, args: &[&str]) -> Output {
-        Command::new("tmux").arg("-L").arg(&self.sock).args(args).env_remove("TMUX").output().unwrap()
-    }
-
     fn sessions(&self) -> Vec<String> {
         let o = self.tmux(&["list-sessions", "-F", "#{session_name}"]);
         let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect();
         v.sort();
         v
-    }
-
-    fn capture(&self, session: &str) -> String {
-        String::from_utf8_lossy(
-            &self.tmux(&["capture-pane", "-p", "-J", "-t", &format!("={session}:")]).stdout,
-        )
-        .into_owned()
-    }
-
-    fn status(&self) -> Value {
-        self.json(&["status"])
-    }
-
-    fn agent(&self, name: &str) -> Value {
-        let st = self.status();
-        st["agents"].as_array().unwrap().iter().find(|a| a["agent"] == name).cloned().unwrap_or(Value::Null)
     }
 
     fn state(&self, rel: &str) -> PathBuf {
@@ -160,28 +109,12 @@ impl Drop for World {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("tmux").arg("-L").arg(&self.sock).arg("kill-server").env_remove("TMUX").output();
-        // tmux leaves the socket file when its server exits on its own; tidy it.
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(uid) = std::fs::metadata(&self.home).map(|m| m.uid()) {
-            let tmp = std::env::var_os("TMUX_TMPDIR").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
-            let _ = std::fs::remove_file(tmp.join(format!("tmux-{uid}")).join(&self.sock));
-        }
     }
 }
 
 /// Polls `f` until it gives a value or the deadline passes; then panics with `seen()`.
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>, seen: impl Fn() -> String) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}; seen: {}", seen());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>, seen: impl Fn() -> String) -> T {
+    wait_until(what, DEADLINE, f, seen)
 }
 
 fn read(p: &Path) -> String {

@@ -1,6 +1,8 @@
 //! Shared pieces of the end-to-end tests: temp homes and the real binary.
 #![allow(dead_code)]
 
+pub mod tmux;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
