@@ -237,7 +237,7 @@ fn a_brief_is_worked_waited_for_and_harvested_onto_main_through_a_passing_check(
 
 #[test]
 fn a_failing_or_hanging_check_leaves_main_untouched_and_says_why() {
-    let w = World::new(1, "");
+    let w = World::new(1, "check = \"echo the configured check >&2; exit 4\"");
     let src = w.repo("src");
     w.ok(&["up", "1"]);
     let brief = w.brief("b.md", "write: feature.txt clone work\nfinish-push\n");
@@ -265,7 +265,11 @@ fn a_failing_or_hanging_check_leaves_main_untouched_and_says_why() {
     let err = w.fails(&["harvest", "1", "--check", "sleep 60", "--check-timeout", "1"]);
     assert!(err.contains("did not finish within 1 s and was killed"), "{err}");
     assert_eq!(git(&src, &["rev-parse", "main"]), before);
-    assert_eq!(w.count("SELECT count(*) AS n FROM harvests WHERE outcome = 'refused'"), 2);
+    // Without --check, the configured one runs.
+    let err = w.fails(&["harvest", "1"]);
+    assert!(err.contains("the configured check") && err.contains("main is untouched"), "{err}");
+    assert_eq!(git(&src, &["rev-parse", "main"]), before);
+    assert_eq!(w.count("SELECT count(*) AS n FROM harvests WHERE outcome = 'refused'"), 3);
     assert_eq!(git(&src, &["worktree", "list"]).lines().count(), 1);
 }
 

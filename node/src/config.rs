@@ -202,6 +202,9 @@ pub struct ConstellationSection {
     /// Seconds a harvest's check command may run before it is killed.
     #[serde(default = "default_check_timeout", deserialize_with = "positive")]
     pub check_timeout_s: u64,
+    /// The check a harvest runs when `--check` is not given (`sh -c`, in the rebased tree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
     /// `tmux -L` socket name; empty means the default server.
     #[serde(default, deserialize_with = "socket_name")]
     pub tmux_socket: String,
@@ -226,6 +229,7 @@ impl Default for ConstellationSection {
             runtime: RuntimeChoice::default(),
             agent_runtimes: BTreeMap::new(),
             check_timeout_s: default_check_timeout(),
+            check: None,
             tmux_socket: String::new(),
             hang_after_s: default_hang(),
             crash_loop_restarts: default_crash_restarts(),

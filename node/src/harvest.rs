@@ -92,7 +92,16 @@ pub fn run(node: &Node, req: Request) -> Result<Outcome> {
     let scratch =
         d.workdir.parent().map(|w| w.join("harvest")).context("the workspace has no parent folder")?;
     let timeout = Duration::from_secs(req.check_timeout.unwrap_or(node.config.constellation.check_timeout_s));
-    let result = steps(node, &d, &onto, &old, &scratch, req.check.as_deref(), timeout);
+    let check =
+        req.check.as_deref().or(node.config.constellation.check.as_deref()).filter(|c| !c.trim().is_empty());
+    // One harvest of a clone at a time: two would share the scratch worktree.
+    let lock_path = d.workdir.parent().context("the workspace has no parent folder")?.join(".harvest.lock");
+    let Some(_lock) = netsky_bus::lock_file(&lock_path, Duration::from_secs(1))
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?
+    else {
+        bail!("a harvest of {} is already running", req.agent);
+    };
+    let result = steps(node, &d, &onto, &old, &scratch, check, timeout);
     cleanup(&d, &scratch);
     let (landed, new_head, detail, check_output) = match result {
         Ok((new, out)) => (
