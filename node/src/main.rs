@@ -12,6 +12,7 @@
 
 mod beacon;
 mod bench;
+mod channel;
 mod cli;
 mod config;
 mod constellation;
