@@ -22,6 +22,7 @@ mod demo;
 mod escalation;
 mod health;
 mod home;
+mod mcp;
 mod node;
 mod output;
 mod owner;

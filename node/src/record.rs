@@ -150,11 +150,25 @@ pub enum EventKind {
     JournalError,
     /// meta.db became unavailable; the logs go on alone.
     StoreError,
+    /// `netsky mcp serve` began serving an agent's mailbox (its detail: pid, permissions).
+    McpServing,
+    /// `netsky mcp serve` stopped serving an agent's mailbox (its detail: why).
+    McpStopped,
+    /// An envelope was written to an MCP client as a channel notification (flushed).
+    Pushed,
+    /// An MCP client called one of the server's tools (its detail: the tool and the outcome).
+    McpTool,
+    /// A tool-permission request from an agent was relayed to the owner.
+    PermissionAsked,
+    /// The owner's answer to a permission request was passed to the agent.
+    PermissionAnswered,
+    /// A permission request went unanswered and was denied.
+    PermissionTimedOut,
 }
 
 impl EventKind {
     /// Every kind, so a name read back from disk can be matched.
-    const ALL: [EventKind; 52] = [
+    const ALL: [EventKind; 59] = [
         EventKind::Sent,
         EventKind::Queued,
         EventKind::Claimed,
@@ -207,6 +221,13 @@ impl EventKind {
         EventKind::JournalRecovered,
         EventKind::JournalError,
         EventKind::StoreError,
+        EventKind::McpServing,
+        EventKind::McpStopped,
+        EventKind::Pushed,
+        EventKind::McpTool,
+        EventKind::PermissionAsked,
+        EventKind::PermissionAnswered,
+        EventKind::PermissionTimedOut,
     ];
 
     /// The name written to the logs and meta.db. Never change one: queries,
@@ -265,6 +286,13 @@ impl EventKind {
             EventKind::JournalRecovered => "journal-recovered",
             EventKind::JournalError => "journal-error",
             EventKind::StoreError => "store-error",
+            EventKind::McpServing => "mcp-serving",
+            EventKind::McpStopped => "mcp-stopped",
+            EventKind::Pushed => "pushed",
+            EventKind::McpTool => "mcp-tool",
+            EventKind::PermissionAsked => "permission-asked",
+            EventKind::PermissionAnswered => "permission-answered",
+            EventKind::PermissionTimedOut => "permission-timed-out",
         }
     }
 

@@ -160,5 +160,11 @@ pub struct LsRow {
 /// Counts `agent`'s mailbox.
 pub fn counts(node: &Node, agent: AgentName) -> Result<LsRow> {
     let c = Mailbox::open(&node.home.layout(), &node.config.node.name, agent)?.counts()?;
-    Ok(LsRow { agent: agent.to_string(), inbox: c.inbox, claimed: c.claimed, delivered: c.delivered, poison: c.poison })
+    Ok(LsRow {
+        agent: agent.to_string(),
+        inbox: c.inbox,
+        claimed: c.claimed,
+        delivered: c.delivered,
+        poison: c.poison,
+    })
 }

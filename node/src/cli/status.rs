@@ -30,16 +30,20 @@ pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<ExitCode> {
             st.last_tick.as_deref().unwrap_or("never")
         );
         s.push_str(&format!(
-            "\n{:<14} {:<5} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}",
-            "AGENT", "ALIVE", "PID", "LAST OUTPUT CHANGE", "INBOX", "CLAIMED", "HANG", "RESTARTS"
+            "\n{:<14} {:<5} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}  {}",
+            "AGENT", "ALIVE", "PID", "LAST OUTPUT CHANGE", "INBOX", "CLAIMED", "HANG", "RESTARTS", "DELIVERY"
         ));
         for a in &st.agents {
             let restarts = match &a.cooldown_until {
                 Some(u) => format!("{} (cooling until {u})", a.restarts),
                 None => a.restarts.to_string(),
             };
+            let delivery = match &a.served {
+                Some(m) => format!("mcp (pid {}, since {})", m.pid, m.since),
+                None => "pane".into(),
+            };
             s.push_str(&format!(
-                "\n{:<14} {:<5} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}",
+                "\n{:<14} {:<5} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}  {}",
                 a.agent,
                 if a.session_alive { "yes" } else { "no" },
                 a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
@@ -47,7 +51,8 @@ pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<ExitCode> {
                 a.inbox,
                 a.claimed,
                 if a.hang_suspected { "yes" } else { "no" },
-                restarts
+                restarts,
+                delivery
             ));
         }
         s

@@ -7,7 +7,8 @@
 //! failed paste stops that agent's round; it and everything after it stay
 //! in `claimed/` and are adopted, in order, by the next round.
 //!
-//! An agent without a live pane is not claimed from at all: its envelopes
+//! An agent whose mailbox a `netsky mcp serve` holds is skipped: its server
+//! delivers. An agent without a live pane is not claimed from at all: its envelopes
 //! wait in the inbox. A crash between a paste and its rename means that
 //! envelope is pasted again after restart (at least once into the pane);
 //! the mailbox itself never holds an envelope twice.
@@ -61,6 +62,10 @@ pub fn deliver(node: &Node, tmux: &Tmux, live: &BTreeSet<AgentName>) -> Delivere
 fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Delivered> {
     let mut out = Delivered::default();
     let mailbox = Mailbox::open(&node.home.layout(), &node.config.node.name, agent)?;
+    // One deliverer per mailbox: an agent served by `netsky mcp serve` gets its mail from that server.
+    if crate::mcp::is_served(&node.home.layout(), agent) {
+        return Ok(out);
+    }
     if !mailbox.pending()? {
         return Ok(out);
     }

@@ -120,6 +120,8 @@ pub struct AgentStatus {
     pub restarts: u64,
     /// The end of a crash-loop cooldown, while one runs.
     pub cooldown_until: Option<String>,
+    /// The `netsky mcp serve` that delivers its mail, and since when (null: the pane).
+    pub served: Option<crate::mcp::Served>,
 }
 
 /// The whole constellation in `netsky status`.
@@ -149,6 +151,11 @@ pub fn status(node: &Node) -> Result<Status> {
         None => BTreeSet::new(),
     };
     names.extend(sessions.keys().filter_map(|n| n.parse::<AgentName>().ok()));
+    // Agents served over MCP, with or without a session.
+    let layout = home.layout();
+    names.extend(
+        layout.agents().unwrap_or_default().into_iter().filter(|a| crate::mcp::is_served(&layout, *a)),
+    );
     let mut out = Vec::new();
     for agent in names {
         let pane = sessions.get(&agent.to_string());
@@ -166,6 +173,7 @@ pub fn status(node: &Node) -> Result<Status> {
             hang_suspected: watchdog::hang_marker(node, agent).is_some(),
             restarts: r.total,
             cooldown_until: cooling,
+            served: crate::mcp::served(&layout, agent),
         });
     }
     let last_tick = std::fs::read(home.tick_path())

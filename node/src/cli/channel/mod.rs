@@ -126,7 +126,8 @@ struct Outgoing {
 fn send(ctx: &Ctx, node: &Node, o: Outgoing, wait: Option<Duration>) -> Result<ExitCode> {
     let text = read_text(o.text)?;
     let from = sender(o.from)?;
-    let sent = ops::send(node, ops::Outgoing { to: o.to, text, from, kind: o.kind, in_reply_to: o.in_reply_to })?;
+    let sent =
+        ops::send(node, ops::Outgoing { to: o.to, text, from, kind: o.kind, in_reply_to: o.in_reply_to })?;
     match (&sent.queued_for, wait) {
         (Some(target), Some(wait)) => remote::wait(ctx, node, target, &sent.env, sent.out, wait),
         _ => {
@@ -163,6 +164,13 @@ struct DrainOut {
 }
 
 fn drain(ctx: &Ctx, node: &Node, agent: AgentName, max: usize) -> Result<ExitCode> {
+    if let Some(s) = crate::mcp::served(&node.home.layout(), agent) {
+        bail!(
+            "{agent}'s mailbox is served by `netsky mcp serve` (pid {}, since {}): its mail goes to that MCP client",
+            s.pid,
+            s.since
+        );
+    }
     let mailbox = Mailbox::open(&node.home.layout(), &node.config.node.name, agent)?;
     let lock = mailbox.lock(LOCK_WAIT)?;
     let guard = Guard::new(&node.roster);
