@@ -495,3 +495,69 @@ fn a_permission_prompt_goes_to_the_owner_and_only_the_owner_s_answer_allows_it()
     assert_eq!(events_named(&h, "permission-answered").len(), 1);
     assert_eq!(events_named(&h, "permission-timed-out").len(), 1);
 }
+
+/// A private tmux server, killed when the test ends.
+struct TmuxSocket(String);
+
+impl Drop for TmuxSocket {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.0, "kill-server"]).env_remove("TMUX").output();
+    }
+}
+
+#[test]
+fn up_with_mcp_delivery_gives_a_claude_agent_its_server_config_and_the_channel_flags() {
+    let h = TestHome::init("studio");
+    // A stand-in `claude` that writes down how it was started.
+    let bin = h.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let claude = bin.join("claude");
+    std::fs::write(&claude, "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$NETSKY_HOME/argv-$AGENT_N\"\nexec cat\n")
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = TmuxSocket(format!(
+        "nsky-mcp-{}-{}",
+        std::process::id(),
+        h.path().file_name().unwrap().to_string_lossy()
+    ));
+    common::edit_config(
+        &h,
+        &[
+            ("runtime = [\"claude\"]", &format!("runtime = [{:?}]", claude.display().to_string())),
+            ("tmux_socket = \"\"", &format!("tmux_socket = {:?}", sock.0)),
+        ],
+    );
+    h.ok(&["up", "1", "--delivery", "mcp"]);
+    let home = h.path().display().to_string();
+    let argv =
+        wait_for("agent1's argv", T, || std::fs::read_to_string(h.join("argv-1")).map_err(|e| e.to_string()));
+    let cfg_path = format!("{home}/state/agents/agent1/mcp.json");
+    assert_eq!(
+        argv.lines().collect::<Vec<_>>(),
+        ["--mcp-config", cfg_path.as_str(), "--dangerously-load-development-channels", "server:netsky"]
+    );
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let server = &cfg["mcpServers"]["netsky"];
+    assert_eq!(server["command"], exe());
+    assert_eq!(server["args"], json!(["--home", home, "mcp", "serve", "agent1"]));
+    assert_eq!(server["env"]["NETSKY_HOME"], home.as_str());
+    // Mail for it waits for its server: the pane ticker leaves it alone.
+    h.ok(&["channel", "send", "agent1", "for the server"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(count(&h, "agent1", "inbox"), 1, "the ticker pasted mail meant for the server");
+    // The server the config names delivers it.
+    let mut c = Client::start(&h, "agent1", &[]);
+    assert_eq!(c.channel_until(1)[0]["content"], "for the server");
+    c.close();
+    // `up` without --delivery goes back to the config (pane).
+    h.ok(&["down"]);
+    h.ok(&["up", "1"]);
+    let argv = wait_for("agent1 restarted", T, || match std::fs::read_to_string(h.join("argv-1")) {
+        Ok(s) if s.trim().is_empty() => Ok(s),
+        Ok(s) => Err(s),
+        Err(e) => Err(e.to_string()),
+    });
+    assert_eq!(argv.trim(), "", "no channel flags in pane delivery");
+    h.ok(&["down"]);
+}

@@ -194,6 +194,21 @@ pub struct ConstellationSection {
     /// Seconds a crash-looping agent is left down before the next try.
     #[serde(default = "default_crash_cooldown", deserialize_with = "positive")]
     pub crash_cooldown_s: u64,
+    /// How mail reaches the agents: pasted into the pane, or pushed by `netsky mcp serve`
+    /// (Claude runtimes only; any other runtime keeps the pane).
+    #[serde(default)]
+    pub delivery: Delivery,
+}
+
+/// How mail reaches an agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Bracketed paste into the agent's tmux pane, by the daemon's tick.
+    #[default]
+    Pane,
+    /// Channel notifications from the agent's own `netsky mcp serve`.
+    Mcp,
 }
 
 impl Default for ConstellationSection {
@@ -206,6 +221,7 @@ impl Default for ConstellationSection {
             crash_loop_restarts: default_crash_restarts(),
             crash_loop_window_s: default_crash_window(),
             crash_cooldown_s: default_crash_cooldown(),
+            delivery: Delivery::Pane,
         }
     }
 }
@@ -488,6 +504,18 @@ mod tests {
 
     fn parse(t: &str) -> Result<Config> {
         Config::parse(Path::new("/h/config.toml"), t)
+    }
+
+    #[test]
+    fn delivery_is_pane_by_default_mcp_when_asked_and_nothing_else() {
+        let base = "[node]\nname = \"w\"\n[constellation]\n";
+        assert_eq!(parse(base).unwrap().constellation.delivery, Delivery::Pane);
+        assert_eq!(
+            parse(&format!("{base}delivery = \"mcp\"\n")).unwrap().constellation.delivery,
+            Delivery::Mcp
+        );
+        let err = format!("{:#}", parse(&format!("{base}delivery = \"paste\"\n")).unwrap_err());
+        assert!(err.contains("delivery"), "{err}");
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub struct UpArgs {
     /// Number of clones, agent1..agentN (default: `[constellation] clones`).
     #[arg(value_parser = clap::value_parser!(u16).range(0..=999))]
     clones: Option<u16>,
+    /// How mail reaches the agents (default: `[constellation] delivery`): `mcp` gives each Claude
+    /// agent its `netsky mcp serve` channel server; other runtimes keep the pane.
+    #[arg(long, value_enum)]
+    delivery: Option<crate::config::Delivery>,
 }
 
 #[derive(Serialize)]
@@ -67,6 +71,7 @@ pub fn run(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
     let sessions = tmux.sessions()?;
     agents::clear_down(home)?;
     agents::save_desired(home, desired)?;
+    crate::mcp::launch::save_asked(home, a.delivery)?;
     let mut out = Out {
         node: node.config.node.name.to_string(),
         clones: desired.clones,

@@ -236,7 +236,9 @@ pub fn start_agent(node: &Node, tmux: &Tmux, agent: AgentName, clones: u16) -> R
         ("NETSKY_HOME", node.home.root().display().to_string()),
         ("NETSKY_PROMPT_FILE", prompt.display().to_string()),
     ];
-    tmux.new_session(&agent.to_string(), &env, &node.config.constellation.runtime, &work_dir(&node.home))
+    // In `mcp` delivery a Claude runtime also gets its channel server's flags.
+    let argv = crate::mcp::launch::agent_argv(node, agent)?;
+    tmux.new_session(&agent.to_string(), &env, &argv, &work_dir(&node.home))
 }
 
 /// Who keeps the heartbeat.

@@ -62,8 +62,9 @@ pub fn deliver(node: &Node, tmux: &Tmux, live: &BTreeSet<AgentName>) -> Delivere
 fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Delivered> {
     let mut out = Delivered::default();
     let mailbox = Mailbox::open(&node.home.layout(), &node.config.node.name, agent)?;
-    // One deliverer per mailbox: an agent served by `netsky mcp serve` gets its mail from that server.
-    if crate::mcp::is_served(&node.home.layout(), agent) {
+    // One deliverer per mailbox: an agent served by `netsky mcp serve`, or
+    // started in `mcp` delivery (its server may not run yet), gets its mail from that server.
+    if crate::mcp::is_served(&node.home.layout(), agent) || crate::mcp::launch::uses_mcp(node, agent) {
         return Ok(out);
     }
     if !mailbox.pending()? {

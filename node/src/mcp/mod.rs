@@ -16,6 +16,7 @@
 //! or the client closing stdin) and the pusher thread, which `run` stops
 //! with [`push::Wake::Shutdown`] and joins before returning.
 
+pub mod launch;
 pub mod permission;
 pub mod push;
 pub mod served;
