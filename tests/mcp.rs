@@ -561,3 +561,19 @@ fn up_with_mcp_delivery_gives_a_claude_agent_its_server_config_and_the_channel_f
     assert_eq!(argv.trim(), "", "no channel flags in pane delivery");
     h.ok(&["down"]);
 }
+
+#[test]
+fn the_mcp_bench_runs_small_and_reports_each_figure() {
+    let h = TestHome::init("bench");
+    let dir = h.join("scratch");
+    std::fs::create_dir(&dir).unwrap();
+    let r = h.json(&["bench", "mcp", "--dir", dir.to_str().unwrap(), "--n", "3"]);
+    for f in ["local_from_start_p50_ms", "remote_from_start_p50_ms"] {
+        assert!(r[f].as_f64().is_some_and(|x| x > 0.0), "{f} in {r}");
+    }
+    for f in ["local_p50_ms", "local_p99_ms", "remote_p50_ms", "remote_p99_ms"] {
+        assert!(r[f].as_f64().is_some_and(|x| x >= 0.0), "{f} in {r}");
+    }
+    assert_eq!(r["targets"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "the scratch folder is left behind");
+}
