@@ -282,6 +282,12 @@ fn a_real_client_lists_the_tools_sends_checks_status_and_counts_the_inbox() {
     assert!(tools.iter().any(|e| e.2.contains("refused: missing argument")), "{tools:?}");
     assert_eq!(events_named(&h, "mcp-serving").len(), 1);
     assert_eq!(events_named(&h, "mcp-stopped").len(), 1);
+    // and each is a meta.db row
+    let rows =
+        h.json(&["query", "select event, count(*) as n from events where event like 'mcp-%' group by event"]);
+    let n = |e: &str| rows.as_array().unwrap().iter().find(|r| r["event"] == e).and_then(|r| r["n"].as_u64());
+    assert_eq!(n("mcp-tool"), Some(tools.len() as u64), "{rows}");
+    assert_eq!((n("mcp-serving"), n("mcp-stopped")), (Some(1), Some(1)), "{rows}");
 }
 
 #[test]
