@@ -196,7 +196,7 @@ pub struct ConstellationSection {
     pub crash_cooldown_s: u64,
     /// How mail reaches the agents: pasted into the pane, or pushed by `netsky mcp serve`
     /// (Claude runtimes only; any other runtime keeps the pane).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "delivery")]
     pub delivery: Delivery,
 }
 
@@ -408,6 +408,18 @@ fn socket_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Erro
         )));
     }
     Ok(v)
+}
+
+fn delivery<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Delivery, D::Error> {
+    let v = String::deserialize(d)?;
+    match v.as_str() {
+        "pane" => Ok(Delivery::Pane),
+        "mcp" => Ok(Delivery::Mcp),
+        _ => Err(serde::de::Error::custom(format!(
+            "delivery {:?}: expected \"pane\" or \"mcp\"",
+            v.chars().take(32).collect::<String>()
+        ))),
+    }
 }
 
 fn positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
