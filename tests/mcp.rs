@@ -583,3 +583,32 @@ fn the_mcp_bench_runs_small_and_reports_each_figure() {
     assert_eq!(r["targets"].as_array().unwrap().len(), 2, "{r}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "the scratch folder is left behind");
 }
+
+#[test]
+fn a_permission_prompt_on_a_member_reaches_the_owner_through_the_root_and_the_answer_comes_back() {
+    let m = TestMesh::new(&["studio", "laptop"]);
+    let (studio, laptop) = (m.home("studio"), m.home("laptop"));
+    let mut raw = Raw::start(laptop, "agent1", &["--permissions", "relay", "--permission-timeout", "60"]);
+    raw.initialize();
+    raw.send(json!({"jsonrpc": "2.0", "method": "notifications/claude/channel/permission_request", "params": {
+        "request_id": "qwert", "tool_name": "Bash", "description": "deploy", "input_preview": "make deploy"}}));
+    let asked = wait_for("the question relayed", T, || {
+        events_named(laptop, "permission-asked").into_iter().next().ok_or_else(|| "not yet".to_string())
+    });
+    // The root's desk took it as owner mail (and paged it: no legs here, so nobody).
+    wait_for("the question at the root's desk", T, || {
+        let at_root = studio.events().into_iter().any(|e| e.0 == "owner-message" && e.1 == asked.1);
+        if at_root { Ok(()) } else { Err(format!("{:?}", events_named(studio, "owner-message"))) }
+    });
+    // A member cannot speak for the owner.
+    let err = laptop.fails(&["owner", "say", "agent1@laptop: allow qwert"], 1);
+    assert!(err.contains("only the root"), "{err}");
+    studio.ok(&["owner", "say", "agent1@laptop: deny qwert"]);
+    let v = raw.line().unwrap();
+    assert_eq!(v["method"], "notifications/claude/channel/permission", "{v}");
+    assert_eq!(v["params"], json!({"request_id": "qwert", "behavior": "deny"}));
+    let answered = wait_for("the answer recorded", T, || {
+        events_named(laptop, "permission-answered").into_iter().next().ok_or_else(|| "not yet".to_string())
+    });
+    assert!(answered.2.contains("deny by the owner"), "{answered:?}");
+}

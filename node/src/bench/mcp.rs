@@ -5,11 +5,15 @@
 //! line on the server's stdout.
 //!
 //! Two daemons on loopback (the receiving one, `laptop`, runs the server for
-//! agent1; it has no panes, so nothing else delivers). Local: the send runs
-//! on `laptop`. Remote: on `studio`, through the mesh. The client here is a
+//! agent1; it has no panes, so nothing else delivers). Local: the send is
+//! made on `laptop`. Remote: on `studio`, through the mesh. Each way twice:
+//! in this process, through the very function `channel send` calls
+//! ([`crate::channel::send`]), timed from its return (the headline
+//! figures); and as a `netsky channel send` process, timed from its exit
+//! and from its start. A notification often arrives before the sending
+//! process has exited: such a sample counts as 0. The client here is a
 //! minimal JSON-RPC reader (initialize, initialized, then it times lines);
-//! the end-to-end tests use the official SDK. A notification can arrive
-//! before the sending process has exited: such a sample counts as 0.
+//! the end-to-end tests use the official SDK.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -39,14 +43,18 @@ pub struct McpArgs {
 #[derive(Serialize)]
 struct Report {
     n: usize,
+    /// In process: `channel::send` returning to the notification read.
     local_p50_ms: f64,
     local_p99_ms: f64,
+    /// A `netsky channel send` process: from its exit.
+    local_cli_p50_ms: f64,
     /// From the send process's start: process start and the send itself included.
     local_from_start_p50_ms: f64,
     remote_p50_ms: f64,
     remote_p99_ms: f64,
+    remote_cli_p50_ms: f64,
     remote_from_start_p50_ms: f64,
-    /// Samples whose notification arrived before the send process returned.
+    /// Process samples whose notification arrived before the send process exited.
     arrived_before_return: usize,
     targets: Vec<Target>,
 }
@@ -166,17 +174,40 @@ pub fn run(ctx: &Ctx, a: McpArgs) -> Result<ExitCode> {
     let warm =
         netsky("studio", &["channel", "send", "agent1@laptop", "warm up", "--wait", "--timeout", "60"])?;
     server.pushed(&warm)?;
-    let (mut local, mut local_start, mut remote, mut remote_start) = (vec![], vec![], vec![], vec![]);
+    let (mut local_cli, mut local_start, mut remote_cli, mut remote_start) = (vec![], vec![], vec![], vec![]);
     for i in 0..a.n {
         let (r, s) = timed("laptop", "agent1", i, &mut early)?;
-        local.push(r);
+        local_cli.push(r);
         local_start.push(s);
     }
     for i in 0..a.n {
         let (r, s) = timed("studio", "agent1@laptop", i, &mut early)?;
-        remote.push(r);
+        remote_cli.push(r);
         remote_start.push(s);
     }
+    let open = |name: &str| crate::node::Node::open(crate::home::Home::resolve(Some(base.join(name)))?);
+    let in_process = |node: &crate::node::Node, to: &str| -> Result<Vec<f64>> {
+        let to: netsky_bus::Address = to.parse()?;
+        let mut v = Vec::with_capacity(a.n);
+        for i in 0..a.n {
+            let o = crate::channel::Outgoing {
+                to: to.clone(),
+                text: format!("bench in process {i}"),
+                from: netsky_bus::AgentName::ROOT,
+                kind: netsky_bus::Kind::Message,
+                in_reply_to: None,
+            };
+            let sent = crate::channel::send(node, o)?;
+            let returned = Instant::now();
+            let at = server.pushed(&sent.out.id)?;
+            v.push(ms(at.saturating_duration_since(returned)));
+            // Apart, as separate sends are: the next starts on a quiet machine.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(v)
+    };
+    let mut local = in_process(&open("laptop")?, "agent1")?;
+    let mut remote = in_process(&open("studio")?, "agent1@laptop")?;
     drop(server);
     drop(daemons);
     let (l50, l99, r50, r99) =
@@ -185,9 +216,11 @@ pub fn run(ctx: &Ctx, a: McpArgs) -> Result<ExitCode> {
         n: a.n,
         local_p50_ms: l50,
         local_p99_ms: l99,
+        local_cli_p50_ms: pct(&mut local_cli, 0.5),
         local_from_start_p50_ms: pct(&mut local_start, 0.5),
         remote_p50_ms: r50,
         remote_p99_ms: r99,
+        remote_cli_p50_ms: pct(&mut remote_cli, 0.5),
         remote_from_start_p50_ms: pct(&mut remote_start, 0.5),
         arrived_before_return: early,
         targets: vec![
@@ -201,17 +234,22 @@ pub fn run(ctx: &Ctx, a: McpArgs) -> Result<ExitCode> {
     };
     emit(ctx, &report, || {
         format!(
-            "netsky mcp serve for agent1 on laptop, two daemons on loopback, {} sends each way\n  \
-             from channel send returning to the notification read by the client\n  \
-             local                       p50 {:.2} ms  p99 {:.2} ms  (from the send's start: p50 {:.2} ms)\n  \
-             from studio through the mesh p50 {:.2} ms  p99 {:.2} ms  (from the send's start: p50 {:.2} ms)\n  \
-             arrived before the send process returned: {} (counted as 0)\n{}",
+            "netsky mcp serve for agent1 on laptop, two daemons on loopback, {} sends of each kind\n  \
+             from channel send returning (in process) to the notification read by the client\n  \
+             local                        p50 {:.2} ms  p99 {:.2} ms\n  \
+             from studio through the mesh p50 {:.2} ms  p99 {:.2} ms\n  \
+             as a `netsky channel send` process, p50 from its exit / from its start\n  \
+             local                        {:.2} ms / {:.2} ms\n  \
+             from studio through the mesh {:.2} ms / {:.2} ms\n  \
+             arrived before the send process exited: {} (counted as 0)\n{}",
             report.n,
             report.local_p50_ms,
             report.local_p99_ms,
-            report.local_from_start_p50_ms,
             report.remote_p50_ms,
             report.remote_p99_ms,
+            report.local_cli_p50_ms,
+            report.local_from_start_p50_ms,
+            report.remote_cli_p50_ms,
             report.remote_from_start_p50_ms,
             report.arrived_before_return,
             super::targets_text(&report.targets).trim_end()
