@@ -518,8 +518,16 @@ fn up_with_mcp_delivery_gives_a_claude_agent_its_server_config_and_the_channel_f
     let bin = h.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let claude = bin.join("claude");
-    std::fs::write(&claude, "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$NETSKY_HOME/argv-$AGENT_N\"\nexec cat\n")
-        .unwrap();
+    // With the channel flag it asks for consent first, as Claude Code does.
+    let script = r#"#!/bin/sh
+printf '%s\n' "$@" > "$NETSKY_HOME/argv-$AGENT_N"
+case "$*" in *server:netsky*)
+  printf '  Loading development channels\n > 1. I am using this for local development\n   2. Exit\n'
+  read answer; echo yes > "$NETSKY_HOME/consent-$AGENT_N";;
+esac
+exec cat
+"#;
+    std::fs::write(&claude, script).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
     let sock = TmuxSocket(format!(
@@ -532,6 +540,7 @@ fn up_with_mcp_delivery_gives_a_claude_agent_its_server_config_and_the_channel_f
         &[
             ("runtime = [\"claude\"]", &format!("runtime = [{:?}]", claude.display().to_string())),
             ("tmux_socket = \"\"", &format!("tmux_socket = {:?}", sock.0)),
+            ("tick_interval_s = 60", "tick_interval_s = 1"),
         ],
     );
     h.ok(&["up", "1", "--delivery", "mcp"]);
@@ -548,6 +557,11 @@ fn up_with_mcp_delivery_gives_a_claude_agent_its_server_config_and_the_channel_f
     assert_eq!(server["command"], exe());
     assert_eq!(server["args"], json!(["--home", home, "mcp", "serve", "agent1"]));
     assert_eq!(server["env"]["NETSKY_HOME"], home.as_str());
+    // The consent question is answered by the delivery round.
+    wait_for("agent1's consent answered", T, || {
+        std::fs::read_to_string(h.join("consent-1")).map_err(|e| e.to_string())
+    });
+    assert!(events_named(&h, "mcp-consent").iter().any(|e| e.2.contains("local development")));
     // Mail for it waits for its server: the pane ticker leaves it alone.
     h.ok(&["channel", "send", "agent1", "for the server"]);
     std::thread::sleep(Duration::from_millis(1500));

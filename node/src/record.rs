@@ -164,11 +164,13 @@ pub enum EventKind {
     PermissionAnswered,
     /// A permission request went unanswered and was denied.
     PermissionTimedOut,
+    /// Claude Code's development-channel consent question was answered for `mcp` delivery.
+    McpConsent,
 }
 
 impl EventKind {
     /// Every kind, so a name read back from disk can be matched.
-    const ALL: [EventKind; 59] = [
+    const ALL: [EventKind; 60] = [
         EventKind::Sent,
         EventKind::Queued,
         EventKind::Claimed,
@@ -228,6 +230,7 @@ impl EventKind {
         EventKind::PermissionAsked,
         EventKind::PermissionAnswered,
         EventKind::PermissionTimedOut,
+        EventKind::McpConsent,
     ];
 
     /// The name written to the logs and meta.db. Never change one: queries,
@@ -293,6 +296,7 @@ impl EventKind {
             EventKind::PermissionAsked => "permission-asked",
             EventKind::PermissionAnswered => "permission-answered",
             EventKind::PermissionTimedOut => "permission-timed-out",
+            EventKind::McpConsent => "mcp-consent",
         }
     }
 

@@ -59,12 +59,35 @@ pub fn deliver(node: &Node, tmux: &Tmux, live: &BTreeSet<AgentName>) -> Delivere
     total
 }
 
+/// Answers Claude Code's development-channel consent question in `agent`'s
+/// pane, when it shows (the operator chose `mcp` delivery: that is the consent).
+fn answer_consent(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<()> {
+    let session = agent.to_string();
+    if let Some(content) = tmux.capture(&session)?
+        && crate::mcp::launch::consent_asked(node, agent, &content)
+    {
+        tmux.press_enter(&session)?;
+        let rec = &node.recorder;
+        rec.record(&[rec.event(
+            EventKind::McpConsent,
+            Some(agent),
+            None,
+            Some(format!("answered \"{}\" for mcp delivery", crate::mcp::launch::CONSENT_OPTION)),
+        )]);
+    }
+    Ok(())
+}
+
 fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Delivered> {
     let mut out = Delivered::default();
     let mailbox = Mailbox::open(&node.home.layout(), &node.config.node.name, agent)?;
     // One deliverer per mailbox: an agent served by `netsky mcp serve`, or
     // started in `mcp` delivery (its server may not run yet), gets its mail from that server.
-    if crate::mcp::is_served(&node.home.layout(), agent) || crate::mcp::launch::uses_mcp(node, agent) {
+    if crate::mcp::is_served(&node.home.layout(), agent) {
+        return Ok(out);
+    }
+    if crate::mcp::launch::uses_mcp(node, agent) {
+        answer_consent(node, tmux, agent)?;
         return Ok(out);
     }
     if !mailbox.pending()? {

@@ -191,6 +191,12 @@ impl Tmux {
         bail!("tmux {} {name} failed: {err}", args[0])
     }
 
+    /// Presses Enter in session `name`'s pane.
+    pub fn press_enter(&self, name: &str) -> Result<()> {
+        self.call_ok(&["send-keys", "-t", &format!("={name}:"), "Enter"])?;
+        Ok(())
+    }
+
     /// Pastes `text` into session `name`'s pane through a named buffer, then presses Enter.
     ///
     /// The text goes through a file and `load-buffer` because tmux refuses

@@ -7,9 +7,12 @@
 //! (`argv[0]` named `claude`) can take channel notifications; any other
 //! runtime keeps the pane.
 //!
-//! What it does not do: answer the consent question Claude Code asks on
-//! every launch with `--dangerously-load-development-channels` (see
-//! docs/mcp.md).
+//! Claude Code asks for consent on every launch with
+//! `--dangerously-load-development-channels`, and no setting pre-accepts it.
+//! Choosing `mcp` delivery is the operator's consent: while such an agent's
+//! server does not run yet and its pane shows the question, the delivery
+//! round (every tick and every wake) presses Enter on its first option
+//! ([`consent_asked`]).
 
 use std::path::PathBuf;
 
@@ -66,6 +69,18 @@ pub fn is_claude(argv: &[String]) -> bool {
 /// Whether `agent`'s mail goes through its MCP server rather than its pane.
 pub fn uses_mcp(node: &Node, _agent: AgentName) -> bool {
     delivery(node) == Delivery::Mcp && is_claude(&node.config.constellation.runtime)
+}
+
+/// The first option of Claude Code's development-channel consent question.
+pub const CONSENT_OPTION: &str = "I am using this for local development";
+
+/// Whether `agent`'s pane (`content`) shows the consent question that only
+/// `mcp` delivery leads to, before its server runs.
+pub fn consent_asked(node: &Node, agent: AgentName, content: &[u8]) -> bool {
+    let option = CONSENT_OPTION.as_bytes();
+    uses_mcp(node, agent)
+        && !super::is_served(&node.home.layout(), agent)
+        && content.windows(option.len()).any(|w| w == option)
 }
 
 /// Where `agent`'s MCP configuration lives: `state/agents/<agent>/mcp.json`.
