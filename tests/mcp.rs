@@ -651,3 +651,32 @@ fn the_guard_holds_for_pushes_a_wrapper_token_is_set_aside_never_pushed() {
     assert!(reason.contains("wrapper"), "{reason}");
     assert!(events_named(&h, "pushed").iter().all(|e| e.1 != id));
 }
+
+#[test]
+fn a_client_that_stops_reading_ends_its_server_in_bounded_time_and_its_mail_waits() {
+    let h = TestHome::init("studio");
+    let n = 80;
+    let pad = "y".repeat(2000);
+    for i in 0..n {
+        h.ok(&["channel", "send", "agent1", &format!("{i:03} {pad}")]);
+    }
+    let mut raw = Raw::start(&h, "agent1", &["--push-timeout", "1"]);
+    raw.initialize();
+    let started = Instant::now();
+    // It reads nothing more: the pipe fills, the push waits its second, the server gives up.
+    let status = raw.wait_exit();
+    assert_eq!(status.code(), Some(1), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let stopped = events_named(&h, "mcp-stopped");
+    assert!(stopped[0].2.contains("read nothing for 1 s"), "{stopped:?}");
+    let left = count(&h, "agent1", "claimed") + count(&h, "agent1", "inbox");
+    assert!(left > 0 && count(&h, "agent1", "delivered") + left == n, "nothing lost");
+    // The next server (a client that reads) gets the rest, once each.
+    let mut c = Client::start(&h, "agent1", &[]);
+    c.channel_until(left);
+    wait_for("all delivered", T, || match count(&h, "agent1", "delivered") {
+        d if d == n => Ok(()),
+        d => Err(format!("{d}")),
+    });
+    c.close();
+}

@@ -29,6 +29,10 @@ pub enum McpCmd {
         /// Seconds the owner has to answer a permission prompt; then it is denied.
         #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         permission_timeout: u64,
+        /// Seconds one notification may take to be written to a client that stopped reading;
+        /// then the server exits 1 and what it claimed waits for the next server.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+        push_timeout: u64,
     },
 }
 
@@ -44,13 +48,14 @@ pub enum Permissions {
 /// Runs `netsky mcp`.
 pub fn run(ctx: &Ctx, cmd: McpCmd) -> Result<ExitCode> {
     match cmd {
-        McpCmd::Serve { agent, permissions, permission_timeout } => {
+        McpCmd::Serve { agent, permissions, permission_timeout, push_timeout } => {
             mcp::serve(
                 ctx.home.clone(),
                 mcp::Options {
                     agent,
                     relay: permissions == Permissions::Relay,
                     permission_timeout: Duration::from_secs(permission_timeout),
+                    push_timeout: Duration::from_secs(push_timeout),
                 },
             )?;
             Ok(ExitCode::SUCCESS)

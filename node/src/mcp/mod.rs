@@ -51,6 +51,8 @@ pub struct Options {
     pub relay: bool,
     /// How long the owner has to answer a permission prompt before it is denied.
     pub permission_timeout: Duration,
+    /// How long one notification may take to be written and flushed before the server gives up.
+    pub push_timeout: Duration,
 }
 
 /// Serves `o.agent` over stdin/stdout until the client goes away.
@@ -121,14 +123,20 @@ async fn run(node: Arc<Node>, o: Options) -> Result<String> {
             pending,
             relay: o.relay,
             stop: stop.clone(),
+            push_timeout: o.push_timeout,
         },
         tx.clone(),
         rx,
     )?;
-    let quit = running.waiting().await;
+    // The service ends when the client closes its end; the pusher ends it
+    // when it cannot write (the service itself would wait for the stuck write).
+    let quit = tokio::select! {
+        q = running.waiting() => Some(q),
+        _ = stop.cancelled() => None,
+    };
     // The client closed its end: a push cut short by that is no failure of
     // the server (its envelope stays claimed for the next one).
-    let client_left = matches!(quit, Ok(rmcp::service::QuitReason::Closed));
+    let client_left = matches!(quit, Some(Ok(rmcp::service::QuitReason::Closed)));
     let pushed = tokio::task::spawn_blocking(move || {
         let _ = tx.send(push::Wake::Shutdown);
         pusher.join()
@@ -136,7 +144,10 @@ async fn run(node: Arc<Node>, o: Options) -> Result<String> {
     .await
     .context("the pusher could not be joined")?;
     match pushed {
-        Ok(Ok(())) => Ok(format!("{quit:?}").to_lowercase()),
+        Ok(Ok(())) => Ok(match quit {
+            Some(q) => format!("{q:?}").to_lowercase(),
+            None => "cancelled".into(),
+        }),
         Ok(Err(e)) if client_left => Ok(format!("the client closed its end; {e:#}")),
         Ok(Err(e)) => Err(e),
         Err(_) => bail!("the pusher thread panicked"),

@@ -9,8 +9,8 @@
 //! guard, so the wrapper-token rule and every other check hold), then for
 //! each envelope write `notifications/claude/channel` to stdout and wait
 //! until rmcp has flushed it, and only then move the envelope to
-//! `delivered/`. A write that fails or is not flushed within
-//! [`PUSH_TIMEOUT`] (a client that stopped reading) ends the server: that
+//! `delivered/`. A write that fails or is not flushed within the push
+//! timeout (a client that stopped reading) ends the server: that
 //! envelope and the rest stay claimed, and the next server pushes them
 //! once. A kill -9 between the flush and the rename pushes that one
 //! envelope again on the next server (at least once to the client; the
@@ -34,9 +34,6 @@ use tokio_util::sync::CancellationToken;
 use super::permission::{self, Behavior, Pending};
 use crate::node::Node;
 use crate::record::EventKind;
-
-/// How long one notification may take to be written and flushed.
-pub const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest wait between rounds, whatever the watcher says.
 const POLL: Duration = Duration::from_secs(1);
@@ -77,6 +74,8 @@ pub struct Pusher {
     pub relay: bool,
     /// Cancels the whole service when the pusher cannot go on.
     pub stop: CancellationToken,
+    /// How long one notification may take to be written and flushed.
+    pub push_timeout: Duration,
 }
 
 /// Starts the pusher thread; it ends on [`Wake::Shutdown`] or when it cannot push.
@@ -232,17 +231,15 @@ impl Pusher {
 
     fn send(&self, n: CustomNotification) -> Result<()> {
         let peer = self.peer.clone();
+        let limit = self.push_timeout;
         let sent = self.rt.block_on(async move {
-            tokio::time::timeout(
-                PUSH_TIMEOUT,
-                peer.send_notification(ServerNotification::CustomNotification(n)),
-            )
-            .await
+            tokio::time::timeout(limit, peer.send_notification(ServerNotification::CustomNotification(n)))
+                .await
         });
         match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(anyhow!("the MCP client is gone ({e})")),
-            Err(_) => bail!("the MCP client read nothing for {} s", PUSH_TIMEOUT.as_secs()),
+            Err(_) => bail!("the MCP client read nothing for {} s", limit.as_secs()),
         }
     }
 }
