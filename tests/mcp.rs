@@ -539,7 +539,11 @@ exec cat
         &h,
         &[
             ("runtime = [\"claude\"]", &format!("runtime = [{:?}]", claude.display().to_string())),
-            ("tmux_socket = \"\"", &format!("tmux_socket = {:?}", sock.0)),
+            // agentinfinity keeps the pane whatever `up` says.
+            (
+                "tmux_socket = \"\"",
+                &format!("tmux_socket = {:?}\ndelivery_for = {{ agentinfinity = \"pane\" }}", sock.0),
+            ),
             ("tick_interval_s = 60", "tick_interval_s = 1"),
         ],
     );
@@ -552,6 +556,11 @@ exec cat
         argv.lines().collect::<Vec<_>>(),
         ["--mcp-config", cfg_path.as_str(), "--dangerously-load-development-channels", "server:netsky"]
     );
+    let infinity = wait_for("agentinfinity's argv", T, || {
+        std::fs::read_to_string(h.join("argv-infinity")).map_err(|e| e.to_string())
+    });
+    assert_eq!(infinity.trim(), "", "agentinfinity is in pane delivery");
+    assert!(!h.join("state/agents/agentinfinity/mcp.json").exists());
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     let server = &cfg["mcpServers"]["netsky"];
     assert_eq!(server["command"], exe());

@@ -198,6 +198,9 @@ pub struct ConstellationSection {
     /// (Claude runtimes only; any other runtime keeps the pane).
     #[serde(default, deserialize_with = "delivery")]
     pub delivery: Delivery,
+    /// Agents whose delivery differs from `delivery`: `delivery_for = { agent3 = "mcp" }`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub delivery_for: std::collections::BTreeMap<netsky_bus::AgentName, Delivery>,
 }
 
 /// How mail reaches an agent.
@@ -222,6 +225,7 @@ impl Default for ConstellationSection {
             crash_loop_window_s: default_crash_window(),
             crash_cooldown_s: default_crash_cooldown(),
             delivery: Delivery::Pane,
+            delivery_for: Default::default(),
         }
     }
 }
@@ -528,6 +532,12 @@ mod tests {
         );
         let err = format!("{:#}", parse(&format!("{base}delivery = \"paste\"\n")).unwrap_err());
         assert!(err.contains("delivery"), "{err}");
+        let c =
+            parse(&format!("{base}delivery = \"mcp\"\ndelivery_for = {{ agent3 = \"pane\" }}\n")).unwrap();
+        let agent3: netsky_bus::AgentName = "agent3".parse().unwrap();
+        assert_eq!(c.constellation.delivery_for.get(&agent3), Some(&Delivery::Pane));
+        assert!(parse(&format!("{base}delivery_for = {{ agent3x = \"pane\" }}\n")).is_err());
+        assert!(parse(&format!("{base}delivery_for = {{ agent3 = \"paste\" }}\n")).is_err());
     }
 
     #[test]

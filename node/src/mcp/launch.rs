@@ -1,9 +1,10 @@
 //! Starting a Claude agent in `mcp` delivery mode: its MCP configuration
 //! and the flags that make Claude Code load `netsky mcp serve` as a channel.
 //!
-//! The delivery mode is `[constellation] delivery` unless the last `netsky
-//! up --delivery MODE` said otherwise (`state/delivery.json`, so the
-//! watchdog's restarts keep what `up` asked for). Only a Claude runtime
+//! An agent's delivery mode is its own `[constellation] delivery_for` entry;
+//! else `[constellation] delivery`, unless the last `netsky up --delivery
+//! MODE` said otherwise (`state/delivery.json`, so the watchdog's restarts
+//! keep what `up` asked for). Only a Claude runtime
 //! (`argv[0]` named `claude`) can take channel notifications; any other
 //! runtime keeps the pane.
 //!
@@ -66,9 +67,14 @@ pub fn is_claude(argv: &[String]) -> bool {
     argv.first().and_then(|p| std::path::Path::new(p).file_name()).is_some_and(|n| n == "claude")
 }
 
+/// `agent`'s delivery mode: its own (`delivery_for`), else the constellation's now.
+pub fn delivery_of(node: &Node, agent: AgentName) -> Delivery {
+    node.config.constellation.delivery_for.get(&agent).copied().unwrap_or_else(|| delivery(node))
+}
+
 /// Whether `agent`'s mail goes through its MCP server rather than its pane.
-pub fn uses_mcp(node: &Node, _agent: AgentName) -> bool {
-    delivery(node) == Delivery::Mcp && is_claude(&node.config.constellation.runtime)
+pub fn uses_mcp(node: &Node, agent: AgentName) -> bool {
+    delivery_of(node, agent) == Delivery::Mcp && is_claude(&node.config.constellation.runtime)
 }
 
 /// The first option of Claude Code's development-channel consent question.
