@@ -364,6 +364,7 @@ fn a_second_server_for_the_same_agent_is_refused_and_the_pane_and_drain_leave_it
         .cloned()
         .expect("agent1 listed");
     assert_eq!(a1["served"]["pid"], first.pid(), "{st}");
+    assert!(h.ok(&["status"]).contains(&format!("mcp (pid {}, since ", first.pid())));
     assert!(a1["served"]["since"].as_str().is_some_and(|s| s.ends_with('Z')), "{st}");
     // Once it is gone (kill -9 included), the next one serves.
     unsafe_kill(first.pid(), 9);
@@ -575,6 +576,9 @@ exec cat
     h.ok(&["channel", "send", "agent1", "for the server"]);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(count(&h, "agent1", "inbox"), 1, "the ticker pasted mail meant for the server");
+    let st = h.json(&["status"]);
+    let a1 = st["agents"].as_array().unwrap().iter().find(|a| a["agent"] == "agent1").cloned().unwrap();
+    assert_eq!((a1["delivery"].as_str(), &a1["served"]), (Some("mcp"), &Value::Null), "{st}");
     // The server the config names delivers it.
     let mut c = Client::start(&h, "agent1", &[]);
     assert_eq!(c.channel_until(1)[0]["content"], "for the server");

@@ -38,9 +38,10 @@ pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<ExitCode> {
                 Some(u) => format!("{} (cooling until {u})", a.restarts),
                 None => a.restarts.to_string(),
             };
-            let delivery = match &a.served {
-                Some(m) => format!("mcp (pid {}, since {})", m.pid, m.since),
-                None => "pane".into(),
+            let delivery = match (&a.served, a.delivery) {
+                (Some(m), _) => format!("mcp (pid {}, since {})", m.pid, m.since),
+                (None, "mcp") => "mcp (no server yet: mail waits)".into(),
+                (None, _) => "pane".into(),
             };
             s.push_str(&format!(
                 "\n{:<14} {:<5} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}  {}",

@@ -120,7 +120,9 @@ pub struct AgentStatus {
     pub restarts: u64,
     /// The end of a crash-loop cooldown, while one runs.
     pub cooldown_until: Option<String>,
-    /// The `netsky mcp serve` that delivers its mail, and since when (null: the pane).
+    /// How its mail reaches it: `pane`, or `mcp` (through its `netsky mcp serve`).
+    pub delivery: &'static str,
+    /// The `netsky mcp serve` that delivers its mail now, and since when.
     pub served: Option<crate::mcp::Served>,
 }
 
@@ -173,6 +175,7 @@ pub fn status(node: &Node) -> Result<Status> {
             hang_suspected: watchdog::hang_marker(node, agent).is_some(),
             restarts: r.total,
             cooldown_until: cooling,
+            delivery: if crate::mcp::launch::uses_mcp(node, agent) { "mcp" } else { "pane" },
             served: crate::mcp::served(&layout, agent),
         });
     }
