@@ -217,6 +217,31 @@ mod tests {
         assert_eq!(p.hold(&req("more"), Duration::from_secs(60)), Err(Refused::Full));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_is_an_answer_only_as_two_words_and_never_panics(text in "\\PC{0,80}") {
+            if let Some((_, id)) = parse_answer(&text) {
+                let words: Vec<&str> = text.split_whitespace().collect();
+                proptest::prop_assert_eq!(words.len(), 2);
+                proptest::prop_assert_eq!(words[1], id);
+            }
+        }
+
+        #[test]
+        fn any_request_gives_owner_text_the_guard_admits(
+            tool in "\\PC{0,200}", desc in "\\PC{0,2000}", input in "\\PC{0,2000}"
+        ) {
+            let r = Request { request_id: "abcde".into(), tool_name: tool, description: desc, input_preview: input };
+            let t = owner_text(&r, "agent3", "laptop", Duration::from_secs(60));
+            let lower = t.to_ascii_lowercase();
+            proptest::prop_assert!(!lower.contains("<channel") && !lower.contains("</channel"));
+            proptest::prop_assert!(!t.chars().any(|c| c.is_control() && c != '\n'));
+            proptest::prop_assert!(t.len() < 4096);
+        }
+    }
+
     #[test]
     fn the_owner_text_passes_the_guard_whatever_the_request_says() {
         let r = Request {

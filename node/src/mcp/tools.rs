@@ -342,6 +342,22 @@ mod tests {
         assert!(matches!(parse(a, "inbox", &JsonObject::new()), Ok(Call::Inbox)));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_arguments_are_a_call_or_an_error_never_a_panic(
+            name in proptest::sample::select(vec!["send", "status", "inbox", "x"]),
+            pairs in proptest::collection::vec(("[a-z_]{1,12}", "\\PC{0,40}"), 0..5),
+        ) {
+            let mut args = JsonObject::new();
+            for (k, v) in pairs {
+                args.insert(k, Value::String(v));
+            }
+            let _ = parse("agent1".parse().unwrap(), name, &args);
+        }
+    }
+
     #[test]
     fn every_tool_has_an_object_schema() {
         for t in tools() {
