@@ -333,8 +333,10 @@ fn an_envelope_from_another_node_is_pushed_to_the_client_and_marked_delivered() 
     }
     let s = studio.json(&["channel", "status", &first]);
     assert!(s["detail"].as_str().unwrap().starts_with("pushed by laptop"), "{s}");
-    let pushed = events_named(laptop, "pushed");
-    assert_eq!(pushed.iter().map(|e| e.1.as_str()).collect::<Vec<_>>(), [first.as_str(), reply.as_str()]);
+    wait_for("both recorded as pushed", T, || {
+        let pushed: Vec<String> = events_named(laptop, "pushed").into_iter().map(|e| e.1).collect();
+        if pushed == [first.clone(), reply.clone()] { Ok(()) } else { Err(format!("{pushed:?}")) }
+    });
     c.close();
 }
 
@@ -503,9 +505,14 @@ fn a_permission_prompt_goes_to_the_owner_and_only_the_owner_s_answer_allows_it()
     ask(&mut raw, "not an id!");
     raw.send(json!({"jsonrpc": "2.0", "id": 5, "method": "tools/list"}));
     raw.response(5);
-    assert_eq!(events_named(&h, "permission-asked").len(), 2);
-    assert_eq!(events_named(&h, "permission-answered").len(), 1);
-    assert_eq!(events_named(&h, "permission-timed-out").len(), 1);
+    // Each recorded (just after its answer is written).
+    wait_for("the relay's events", T, || {
+        let n = |e: &str| events_named(&h, e).len();
+        match (n("permission-asked"), n("permission-answered"), n("permission-timed-out")) {
+            (2, 1, 1) => Ok(()),
+            seen => Err(format!("{seen:?}")),
+        }
+    });
 }
 
 /// A private tmux server, killed when the test ends.
