@@ -8,7 +8,10 @@
 //! in `claimed/` and are adopted, in order, by the next round.
 //!
 //! An agent whose mailbox a `netsky mcp serve` holds is skipped: its server
-//! delivers. An agent without a live pane is not claimed from at all: its envelopes
+//! delivers. So is an agent in `mcp` delivery whose server is not up yet:
+//! its mail waits, and the round answers Claude Code's development-channel
+//! consent question if its pane shows it (see `mcp::launch`). An agent
+//! without a live pane is not claimed from at all: its envelopes
 //! wait in the inbox. A crash between a paste and its rename means that
 //! envelope is pasted again after restart (at least once into the pane);
 //! the mailbox itself never holds an envelope twice.
