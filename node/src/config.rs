@@ -220,6 +220,24 @@ pub struct ConstellationSection {
     /// Seconds a crash-looping agent is left down before the next try.
     #[serde(default = "default_crash_cooldown", deserialize_with = "positive")]
     pub crash_cooldown_s: u64,
+    /// How mail reaches the agents: pasted into the pane, or pushed by `netsky mcp serve`
+    /// (Claude runtimes only; any other runtime keeps the pane).
+    #[serde(default, deserialize_with = "delivery")]
+    pub delivery: Delivery,
+    /// Agents whose delivery differs from `delivery`: `delivery_for = { agent3 = "mcp" }`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub delivery_for: std::collections::BTreeMap<netsky_bus::AgentName, Delivery>,
+}
+
+/// How mail reaches an agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Bracketed paste into the agent's tmux pane, by the daemon's tick.
+    #[default]
+    Pane,
+    /// Channel notifications from the agent's own `netsky mcp serve`.
+    Mcp,
 }
 
 impl Default for ConstellationSection {
@@ -235,6 +253,8 @@ impl Default for ConstellationSection {
             crash_loop_restarts: default_crash_restarts(),
             crash_loop_window_s: default_crash_window(),
             crash_cooldown_s: default_crash_cooldown(),
+            delivery: Delivery::Pane,
+            delivery_for: Default::default(),
         }
     }
 }
@@ -456,6 +476,18 @@ fn socket_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Erro
     Ok(v)
 }
 
+fn delivery<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Delivery, D::Error> {
+    let v = String::deserialize(d)?;
+    match v.as_str() {
+        "pane" => Ok(Delivery::Pane),
+        "mcp" => Ok(Delivery::Mcp),
+        _ => Err(serde::de::Error::custom(format!(
+            "delivery {:?}: expected \"pane\" or \"mcp\"",
+            v.chars().take(32).collect::<String>()
+        ))),
+    }
+}
+
 fn positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let v = u64::deserialize(d)?;
     if v == 0 || v > 7 * 24 * 3600 {
@@ -556,6 +588,24 @@ mod tests {
 
     fn parse(t: &str) -> Result<Config> {
         Config::parse(Path::new("/h/config.toml"), t)
+    }
+
+    #[test]
+    fn delivery_is_pane_by_default_mcp_when_asked_and_nothing_else() {
+        let base = "[node]\nname = \"w\"\n[constellation]\n";
+        assert_eq!(parse(base).unwrap().constellation.delivery, Delivery::Pane);
+        assert_eq!(
+            parse(&format!("{base}delivery = \"mcp\"\n")).unwrap().constellation.delivery,
+            Delivery::Mcp
+        );
+        let err = format!("{:#}", parse(&format!("{base}delivery = \"paste\"\n")).unwrap_err());
+        assert!(err.contains("delivery"), "{err}");
+        let c =
+            parse(&format!("{base}delivery = \"mcp\"\ndelivery_for = {{ agent3 = \"pane\" }}\n")).unwrap();
+        let agent3: netsky_bus::AgentName = "agent3".parse().unwrap();
+        assert_eq!(c.constellation.delivery_for.get(&agent3), Some(&Delivery::Pane));
+        assert!(parse(&format!("{base}delivery_for = {{ agent3x = \"pane\" }}\n")).is_err());
+        assert!(parse(&format!("{base}delivery_for = {{ agent3 = \"paste\" }}\n")).is_err());
     }
 
     #[test]

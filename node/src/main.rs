@@ -1,17 +1,22 @@
 //! `netsky`: the node binary: the command line, the daemon, the constellation
 //! of agents in tmux, and the record of what happened.
 //!
-//! Modules import only those beneath them: `cli` on top; `daemon`, `bench`
-//! and `demo`, which `cli` runs; the heartbeat (`ticker`) and the
-//! `constellation`; then `escalation`, `receipts`, `node` (a node opened from
-//! its home), `record`, `store`, `daemon_state`, `output`, and at the bottom
-//! `home` (the catalog of paths), `config` and `proc`.
+//! Modules import only those beneath them: `cli` on top; `daemon`, `mcp`
+//! (the channel server), `bench` and `demo`, which `cli` runs; the heartbeat
+//! (`ticker`) and the `constellation`; `channel` (the bus operations the CLI
+//! and the MCP tools share); then `escalation`, `receipts`, `node` (a node
+//! opened from its home), `record`, `store`, `daemon_state`, `output`, and at
+//! the bottom `home` (the catalog of paths), `config` and `proc`. One
+//! exception: the constellation reads `mcp::served` (who holds a mailbox)
+//! and `mcp::launch` (an agent's argv in mcp delivery), two modules that
+//! import nothing above the constellation.
 //!
 //! `main` parses arguments, sets up logging and hands over to `cli`; errors
 //! come out as one line on stderr with exit code 1 (usage errors: 2).
 
 mod beacon;
 mod bench;
+mod channel;
 mod cli;
 mod clone;
 mod config;
@@ -25,6 +30,7 @@ mod git;
 mod harvest;
 mod health;
 mod home;
+mod mcp;
 mod node;
 mod output;
 mod owner;

@@ -180,11 +180,27 @@ pub enum EventKind {
     HarvestLanded,
     /// A harvest stopped (no branch, no rebase, a failed or hung check); the target is untouched.
     HarvestRefused,
+    /// `netsky mcp serve` began serving an agent's mailbox (its detail: pid, permissions).
+    McpServing,
+    /// `netsky mcp serve` stopped serving an agent's mailbox (its detail: why).
+    McpStopped,
+    /// An envelope was written to an MCP client as a channel notification (flushed).
+    Pushed,
+    /// An MCP client called one of the server's tools (its detail: the tool and the outcome).
+    McpTool,
+    /// A tool-permission request from an agent was relayed to the owner.
+    PermissionAsked,
+    /// The owner's answer to a permission request was passed to the agent.
+    PermissionAnswered,
+    /// A permission request went unanswered and was denied.
+    PermissionTimedOut,
+    /// Claude Code's development-channel consent question was answered for `mcp` delivery.
+    McpConsent,
 }
 
 impl EventKind {
     /// Every kind, so a name read back from disk can be matched.
-    const ALL: [EventKind; 67] = [
+    const ALL: [EventKind; 75] = [
         EventKind::Sent,
         EventKind::Queued,
         EventKind::Claimed,
@@ -252,6 +268,14 @@ impl EventKind {
         EventKind::HarvestChecked,
         EventKind::HarvestLanded,
         EventKind::HarvestRefused,
+        EventKind::McpServing,
+        EventKind::McpStopped,
+        EventKind::Pushed,
+        EventKind::McpTool,
+        EventKind::PermissionAsked,
+        EventKind::PermissionAnswered,
+        EventKind::PermissionTimedOut,
+        EventKind::McpConsent,
     ];
 
     /// The name written to the logs and meta.db. Never change one: queries,
@@ -325,6 +349,14 @@ impl EventKind {
             EventKind::HarvestChecked => "harvest-checked",
             EventKind::HarvestLanded => "harvest-landed",
             EventKind::HarvestRefused => "harvest-refused",
+            EventKind::McpServing => "mcp-serving",
+            EventKind::McpStopped => "mcp-stopped",
+            EventKind::Pushed => "pushed",
+            EventKind::McpTool => "mcp-tool",
+            EventKind::PermissionAsked => "permission-asked",
+            EventKind::PermissionAnswered => "permission-answered",
+            EventKind::PermissionTimedOut => "permission-timed-out",
+            EventKind::McpConsent => "mcp-consent",
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod beacons;
 mod bus;
+mod mcp;
 mod mesh;
 mod owner;
 
@@ -28,6 +29,9 @@ pub enum BenchCmd {
     Owner(owner::OwnerArgs),
     /// What beacons cost the root: CPU per beacon, sizes, with many members.
     Beacons(beacons::BeaconArgs),
+    /// `netsky mcp serve`: from `channel send` returning to the MCP client reading the
+    /// channel notification, local and from another node on loopback.
+    Mcp(mcp::McpArgs),
 }
 
 /// Runs `netsky bench`.
@@ -37,6 +41,7 @@ pub fn run(ctx: &Ctx, cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Mesh(a) => mesh::run(ctx, a),
         BenchCmd::Owner(a) => owner::run(ctx, a),
         BenchCmd::Beacons(a) => beacons::run(ctx, a),
+        BenchCmd::Mcp(a) => mcp::run(ctx, a),
     }
 }
 

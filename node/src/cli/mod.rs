@@ -10,6 +10,7 @@ mod harvest;
 mod health;
 mod init;
 mod keys;
+mod mcp;
 mod mesh;
 mod node;
 mod owner;
@@ -63,6 +64,9 @@ enum Command {
     /// The node daemon.
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// The MCP channel server: an agent's mail pushed into its MCP client, and the bus as tools.
+    #[command(subcommand)]
+    Mcp(mcp::McpCmd),
     /// This node's health now (agents, depths, disk, load, tick age); writes state/health.json.
     Health(health::HealthArgs),
     /// Raise, acknowledge, resolve or list incidents for the owner.
@@ -117,6 +121,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Channel(c) => channel::run(&ctx, c),
         Command::Mesh(c) => mesh::run(&ctx, c),
         Command::Node(c) => node::run(&ctx, c),
+        Command::Mcp(c) => mcp::run(&ctx, c),
         Command::Owner(c) => owner::run(&ctx, c),
         Command::Escalate(a) => escalate::run(&ctx, a),
         Command::Health(a) => health::run(&ctx, a),

@@ -30,7 +30,7 @@ pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<ExitCode> {
             st.last_tick.as_deref().unwrap_or("never")
         );
         s.push_str(&format!(
-            "\n{:<14} {:<5} {:<8} {:<10} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}",
+            "\n{:<14} {:<5} {:<8} {:<10} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}  {}",
             "AGENT",
             "ALIVE",
             "STATE",
@@ -40,15 +40,21 @@ pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<ExitCode> {
             "INBOX",
             "CLAIMED",
             "HANG",
-            "RESTARTS"
+            "RESTARTS",
+            "DELIVERY"
         ));
         for a in &st.agents {
             let restarts = match &a.cooldown_until {
                 Some(u) => format!("{} (cooling until {u})", a.restarts),
                 None => a.restarts.to_string(),
             };
+            let delivery = match (&a.served, a.delivery) {
+                (Some(m), _) => format!("mcp (pid {}, since {})", m.pid, m.since),
+                (None, "mcp") => "mcp (no server yet: mail waits)".into(),
+                (None, _) => "pane".into(),
+            };
             s.push_str(&format!(
-                "\n{:<14} {:<5} {:<8} {:<10} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}",
+                "\n{:<14} {:<5} {:<8} {:<10} {:>8} {:<24} {:>5} {:>7} {:<4} {:>8}  {}",
                 a.agent,
                 if a.session_alive { "yes" } else { "no" },
                 format!("{:?}", a.state).to_lowercase(),
@@ -58,7 +64,8 @@ pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<ExitCode> {
                 a.inbox,
                 a.claimed,
                 if a.hang_suspected { "yes" } else { "no" },
-                restarts
+                restarts,
+                delivery
             ));
         }
         s

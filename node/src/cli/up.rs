@@ -28,6 +28,10 @@ pub struct UpArgs {
     /// A note for every agent's new session, delivered first once it is ready (with --restart).
     #[arg(long, value_name = "FILE", requires = "restart")]
     handoff: Option<std::path::PathBuf>,
+    /// How mail reaches the agents (default: `[constellation] delivery`): `mcp` gives each Claude
+    /// agent its `netsky mcp serve` channel server; other runtimes keep the pane.
+    #[arg(long, value_enum)]
+    delivery: Option<crate::config::Delivery>,
 }
 
 #[derive(Serialize)]
@@ -71,6 +75,7 @@ pub fn run(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
     let sessions = tmux.sessions()?;
     agents::clear_down(home)?;
     agents::save_desired(home, desired)?;
+    crate::mcp::launch::save_asked(home, a.delivery)?;
     let mut out = Out {
         node: node.config.node.name.to_string(),
         clones: desired.clones,

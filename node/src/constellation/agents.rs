@@ -253,7 +253,9 @@ pub fn start_agent(node: &Node, tmux: &Tmux, agent: AgentName, clones: u16) -> R
     ];
     env.extend(rt.spec.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let name = agent.to_string();
-    tmux.new_session(&name, &env, &rt.argv(&prompt, &text), &workdir)?;
+    // In `mcp` delivery a Claude runtime also gets its channel server's flags.
+    let argv = crate::mcp::launch::with_channel_flags(node, agent, &rt, rt.argv(&prompt, &text))?;
+    tmux.new_session(&name, &env, &argv, &workdir)?;
     let pane = tmux.sessions()?.remove(&name);
     let paste = (rt.spec.prompt == crate::runtimes::PromptInput::Paste).then(|| prompt.clone());
     super::readiness::started(node, agent, pane.as_ref(), &rt.name, rt.spec.ready_when.clone(), paste)

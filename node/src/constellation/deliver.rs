@@ -7,7 +7,11 @@
 //! failed paste stops that agent's round; it and everything after it stay
 //! in `claimed/` and are adopted, in order, by the next round.
 //!
-//! An agent without a live pane is not claimed from at all: its envelopes
+//! An agent whose mailbox a `netsky mcp serve` holds is skipped: its server
+//! delivers. So is an agent in `mcp` delivery whose server is not up yet:
+//! its mail waits, and the round answers Claude Code's development-channel
+//! consent question if its pane shows it (see `mcp::launch`). An agent
+//! without a live pane is not claimed from at all: its envelopes
 //! wait in the inbox. A crash between a paste and its rename means that
 //! envelope is pasted again after restart (at least once into the pane);
 //! the mailbox itself never holds an envelope twice.
@@ -58,6 +62,25 @@ pub fn deliver(node: &Node, tmux: &Tmux, live: &BTreeSet<AgentName>) -> Delivere
     total
 }
 
+/// Answers Claude Code's development-channel consent question in `agent`'s
+/// pane, when it shows (the operator chose `mcp` delivery: that is the consent).
+fn answer_consent(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<()> {
+    let session = agent.to_string();
+    if let Some(content) = tmux.capture(&session)?
+        && crate::mcp::launch::consent_asked(node, agent, &content)
+    {
+        tmux.send_keys(&session, &["Enter"])?;
+        let rec = &node.recorder;
+        rec.record(&[rec.event(
+            EventKind::McpConsent,
+            Some(agent),
+            None,
+            Some(format!("answered \"{}\" for mcp delivery", crate::mcp::launch::CONSENT_OPTION)),
+        )]);
+    }
+    Ok(())
+}
+
 fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Delivered> {
     let mut out = Delivered::default();
     // A handoff goes first, once the new session is ready; until then the mailbox waits.
@@ -66,6 +89,15 @@ fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Del
         super::handoff::Gate::Open { pasted } => out.delivered += usize::from(pasted),
     }
     let mailbox = Mailbox::open(&node.home.layout(), &node.config.node.name, agent)?;
+    // One deliverer per mailbox: an agent served by `netsky mcp serve`, or
+    // started in `mcp` delivery (its server may not run yet), gets its mail from that server.
+    if crate::mcp::is_served(&node.home.layout(), agent) {
+        return Ok(out);
+    }
+    if crate::mcp::launch::uses_mcp(node, agent) {
+        answer_consent(node, tmux, agent)?;
+        return Ok(out);
+    }
     if !mailbox.pending()? {
         return Ok(out);
     }

@@ -140,6 +140,10 @@ pub struct AgentStatus {
     pub restarts: u64,
     /// The end of a crash-loop cooldown, while one runs.
     pub cooldown_until: Option<String>,
+    /// How its mail reaches it: `pane`, or `mcp` (through its `netsky mcp serve`).
+    pub delivery: &'static str,
+    /// The `netsky mcp serve` that delivers its mail now, and since when.
+    pub served: Option<crate::mcp::Served>,
 }
 
 /// The whole constellation in `netsky status`.
@@ -169,6 +173,11 @@ pub fn status(node: &Node) -> Result<Status> {
         None => BTreeSet::new(),
     };
     names.extend(sessions.keys().filter_map(|n| n.parse::<AgentName>().ok()));
+    // Agents served over MCP, with or without a session.
+    let layout = home.layout();
+    names.extend(
+        layout.agents().unwrap_or_default().into_iter().filter(|a| crate::mcp::is_served(&layout, *a)),
+    );
     let mut out = Vec::new();
     for agent in names {
         let pane = sessions.get(&agent.to_string());
@@ -191,6 +200,8 @@ pub fn status(node: &Node) -> Result<Status> {
             hang_suspected: hang,
             restarts: r.total,
             cooldown_until: cooling,
+            delivery: if crate::mcp::launch::uses_mcp(node, agent) { "mcp" } else { "pane" },
+            served: crate::mcp::served(&layout, agent),
         });
     }
     let last_tick = std::fs::read(home.tick_path())

@@ -1,7 +1,6 @@
 //! `netsky channel send | status | drain | ls`: the bus from the command line.
 
 mod remote;
-mod status;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -9,12 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use netsky_bus::{
-    Address, AgentName, Envelope, Guard, Holder, Kind, MAX_ENVELOPE_BYTES, Mailbox, PutOutcome, format_ts,
-};
+use netsky_bus::{Address, AgentName, Envelope, Guard, Kind, MAX_ENVELOPE_BYTES, Mailbox, format_ts};
 use serde::Serialize;
 
-use crate::constellation::agents;
+use crate::channel::{self as ops, LsRow};
 use crate::node::Node;
 use crate::output::{Ctx, emit};
 use crate::record::EventKind;
@@ -78,7 +75,11 @@ pub fn run(ctx: &Ctx, cmd: ChannelCmd) -> Result<ExitCode> {
             let wait = wait.then(|| Duration::from_secs(timeout.max(1)));
             send(ctx, &node, Outgoing { to, text, from, kind, in_reply_to }, wait)
         }
-        ChannelCmd::Status { id } => status::run(ctx, &node, id),
+        ChannelCmd::Status { id } => {
+            let out = ops::status::lookup(&node, id)?;
+            emit(ctx, &out, || out.human())?;
+            Ok(ExitCode::SUCCESS)
+        }
         ChannelCmd::Drain { agent, max } => drain(ctx, &node, agent, max),
         ChannelCmd::Ls { agent } => ls(ctx, &node, agent),
     }
@@ -113,35 +114,6 @@ fn read_text(text: String) -> Result<String> {
     Ok(buf.strip_suffix('\n').map(str::to_owned).unwrap_or(buf))
 }
 
-#[derive(Serialize)]
-/// What `channel send` prints: the envelope and where it is now.
-struct SendOut {
-    pub id: String,
-    pub from: String,
-    pub to: String,
-    pub kind: &'static str,
-    pub ts: String,
-    /// inbox | duplicate (local); queued | acked (remote).
-    pub state: &'static str,
-    /// More about the state, when there is more to say.
-    pub detail: Option<String>,
-}
-
-impl SendOut {
-    /// The output for `env` in `state`.
-    pub fn new(env: &Envelope, state: &'static str) -> SendOut {
-        SendOut {
-            id: env.id.to_string(),
-            from: env.from.to_string(),
-            to: env.to.to_string(),
-            kind: env.kind.as_str(),
-            ts: format_ts(env.ts),
-            state,
-            detail: None,
-        }
-    }
-}
-
 /// What `channel send` was asked to send.
 struct Outgoing {
     to: Address,
@@ -152,47 +124,17 @@ struct Outgoing {
 }
 
 fn send(ctx: &Ctx, node: &Node, o: Outgoing, wait: Option<Duration>) -> Result<ExitCode> {
-    let local = &node.config.node.name;
-    let to = o.to.qualified(local);
-    let from = Address::agent(sender(o.from)?, local.clone());
     let text = read_text(o.text)?;
-    let target = match &to {
-        // Owner mail lands in the owner's desk on the root: here, or through the mesh.
-        Address::Owner => match node.charter.as_ref().map(|c| &c.charter.root).filter(|r| *r != local) {
-            Some(root) => {
-                let env = Envelope::new(&node.key, o.kind, from, to.clone(), text, o.in_reply_to)?;
-                return remote::send(ctx, node, root, env, wait);
-            }
-            None => Holder::Owner,
-        },
-        Address::Agent { agent, node: Some(n) } if n == local => {
-            let here = agents::answered_for(&node.home, &node.config);
-            if !here.contains(*agent) {
-                bail!("no agent {agent} on this node (agent0, agent1..agent{}, agentinfinity)", here.clones);
-            }
-            Holder::Agent(*agent)
+    let from = sender(o.from)?;
+    let sent =
+        ops::send(node, ops::Outgoing { to: o.to, text, from, kind: o.kind, in_reply_to: o.in_reply_to })?;
+    match (&sent.queued_for, wait) {
+        (Some(target), Some(wait)) => remote::wait(ctx, node, target, &sent.env, sent.out, wait),
+        _ => {
+            emit(ctx, &sent.out, || sent.out.id.clone())?;
+            Ok(ExitCode::SUCCESS)
         }
-        Address::Agent { node: Some(n), .. } => {
-            let env = Envelope::new(&node.key, o.kind, from, to.clone(), text, o.in_reply_to)?;
-            return remote::send(ctx, node, n, env, wait);
-        }
-        Address::Agent { node: None, .. } => bail!("address {to} has no node after qualification"),
-    };
-    let env = Envelope::new(&node.key, o.kind, from, to, text, o.in_reply_to)?;
-    let mailbox = Mailbox::open(&node.home.layout(), local, target)?;
-    let outcome = mailbox.put(&env).with_context(|| format!("envelope {} not sent", env.id))?;
-    let state = match outcome {
-        PutOutcome::Stored => "inbox",
-        PutOutcome::Duplicate => "duplicate",
-    };
-    let agent = match target {
-        Holder::Agent(a) => Some(a),
-        Holder::Owner => None,
-    };
-    node.recorder.record(&[node.recorder.event(EventKind::Sent, agent, Some(&env), None)]);
-    let out = SendOut::new(&env, state);
-    emit(ctx, &out, || out.id.clone())?;
-    Ok(ExitCode::SUCCESS)
+    }
 }
 
 #[derive(Serialize)]
@@ -222,6 +164,13 @@ struct DrainOut {
 }
 
 fn drain(ctx: &Ctx, node: &Node, agent: AgentName, max: usize) -> Result<ExitCode> {
+    if let Some(s) = crate::mcp::served(&node.home.layout(), agent) {
+        bail!(
+            "{agent}'s mailbox is served by `netsky mcp serve` (pid {}, since {}): its mail goes to that MCP client",
+            s.pid,
+            s.since
+        );
+    }
     let mailbox = Mailbox::open(&node.home.layout(), &node.config.node.name, agent)?;
     let lock = mailbox.lock(LOCK_WAIT)?;
     let guard = Guard::new(&node.roster);
@@ -276,31 +225,15 @@ fn drain(ctx: &Ctx, node: &Node, agent: AgentName, max: usize) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Serialize)]
-struct LsRow {
-    agent: String,
-    inbox: usize,
-    claimed: usize,
-    delivered: usize,
-    poison: usize,
-}
-
 fn ls(ctx: &Ctx, node: &Node, agent: Option<AgentName>) -> Result<ExitCode> {
     let layout = node.home.layout();
     let agents = match agent {
         Some(a) => vec![a],
         None => layout.agents().with_context(|| format!("cannot list {}", layout.agents_dir().display()))?,
     };
-    let mut rows = Vec::new();
+    let mut rows: Vec<LsRow> = Vec::new();
     for a in agents {
-        let c = Mailbox::open(&layout, &node.config.node.name, a)?.counts()?;
-        rows.push(LsRow {
-            agent: a.to_string(),
-            inbox: c.inbox,
-            claimed: c.claimed,
-            delivered: c.delivered,
-            poison: c.poison,
-        });
+        rows.push(ops::counts(node, a)?);
     }
     let human = || {
         let mut s =

@@ -1,6 +1,7 @@
-//! Sending to an agent on another node: the signed envelope is made durable
-//! in `mesh/outbox/`, where the daemon picks it up at once; `--wait` waits
-//! for the remote's acknowledgement (or refusal).
+//! `channel send --wait` to an agent on another node: the signed envelope
+//! is already durable in `mesh/outbox/` (see [`crate::channel::send`]),
+//! where the daemon picks it up at once; this waits for the remote's
+//! acknowledgement (or refusal).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -8,44 +9,22 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use netsky_bus::{Envelope, NodeName};
 
-use super::SendOut;
+use crate::channel::SendOut;
 use crate::daemon_state;
 use crate::node::Node;
 use crate::output::{Ctx, emit};
-use crate::record::EventKind;
 
-/// Queues `env` for node `target` and, with `wait`, waits for the outcome.
-pub fn send(
+/// Waits up to `wait` for node `target` to acknowledge `env`, queued in the outbox.
+pub fn wait(
     ctx: &Ctx,
     node: &Node,
     target: &NodeName,
-    env: Envelope,
-    wait: Option<Duration>,
+    env: &Envelope,
+    mut out: SendOut,
+    wait: Duration,
 ) -> Result<ExitCode> {
-    let Some(c) = &node.charter else {
-        bail!("node {target} is unknown: this node is in no mesh (join one with `netsky mesh join TICKET`)");
-    };
-    if c.charter.member(target).is_none() {
-        let names: Vec<&str> = c.charter.members.iter().map(|m| m.name.as_str()).collect();
-        bail!("node {target} is not a member of mesh {} (members: {})", c.charter.mesh, names.join(", "));
-    }
     let paths = node.home.mesh_paths();
-    paths.create()?;
     let file = env.file_name();
-    paths
-        .write_outbox(&[(file.clone(), env.to_json())])
-        .map_err(|e| anyhow::anyhow!("envelope {} not sent: {e}", env.id))?;
-    node.recorder.record(&[node.recorder.event(
-        EventKind::Queued,
-        env.to.agent_name(),
-        Some(&env),
-        Some(format!("for {target}")),
-    )]);
-    let mut out = SendOut::new(&env, "queued");
-    let Some(wait) = wait else {
-        emit(ctx, &out, || out.id.clone())?;
-        return Ok(ExitCode::SUCCESS);
-    };
     if !daemon_state::is_running(&node.home) {
         bail!(
             "envelope {} is queued in the outbox, but no daemon runs to send it: start `netsky node run` (it will go then)",

@@ -1,8 +1,6 @@
-//! `netsky channel status ID`: where an envelope is, from the sender's side,
-//! told from the outbox, the delivery receipts that came back, the event
-//! record and the local mailboxes.
-
-use std::process::ExitCode;
+//! Where an envelope is, from the sender's side (`netsky channel status ID`
+//! and the MCP server's `status` tool), told from the outbox, the delivery
+//! receipts that came back, the event record and the local mailboxes.
 
 use anyhow::{Context, Result};
 use netsky_bus::{AgentName, Envelope};
@@ -11,28 +9,50 @@ use serde::Serialize;
 
 use crate::daemon_state;
 use crate::node::Node;
-use crate::output::{Ctx, emit};
 use crate::record::EventKind;
 
-#[derive(Serialize)]
-struct HistoryRow {
-    ts: String,
-    event: String,
-    detail: Option<String>,
+/// One recorded event about the envelope.
+#[derive(Debug, Serialize)]
+pub struct HistoryRow {
+    /// When.
+    pub ts: String,
+    /// The event's name.
+    pub event: String,
+    /// More, in words.
+    pub detail: Option<String>,
 }
 
-#[derive(Serialize)]
-struct StatusOut {
-    id: String,
+/// Where an envelope is.
+#[derive(Debug, Serialize)]
+pub struct StatusOut {
+    /// The envelope id.
+    pub id: String,
     /// queued | acked | delivered | refused | inbox | claimed | poisoned
-    state: String,
-    to: Option<String>,
-    detail: Option<String>,
-    history: Vec<HistoryRow>,
+    pub state: String,
+    /// Its recipient, when known.
+    pub to: Option<String>,
+    /// More about the state.
+    pub detail: Option<String>,
+    /// Its recorded events, oldest first.
+    pub history: Vec<HistoryRow>,
 }
 
-/// Runs `netsky channel status ID`.
-pub fn run(ctx: &Ctx, node: &Node, id: ulid::Ulid) -> Result<ExitCode> {
+impl StatusOut {
+    /// The human form: the state, then the history.
+    pub fn human(&self) -> String {
+        let mut s = format!("{} {}", self.id, self.state);
+        if let Some(d) = &self.detail {
+            s.push_str(&format!(": {d}"));
+        }
+        for h in &self.history {
+            s.push_str(&format!("\n  {} {} {}", h.ts, h.event, h.detail.as_deref().unwrap_or("")));
+        }
+        s
+    }
+}
+
+/// Where envelope `id` is, as this node knows it.
+pub fn lookup(node: &Node, id: ulid::Ulid) -> Result<StatusOut> {
     let file = format!("{id}.json");
     let paths = node.home.mesh_paths();
     let history = history(node, &id.to_string());
@@ -103,17 +123,7 @@ pub fn run(ctx: &Ctx, node: &Node, id: ulid::Ulid) -> Result<ExitCode> {
             "no envelope {id} is known to this node (not queued, refused, recorded, or in a mailbox)"
         );
     }
-    emit(ctx, &out, || {
-        let mut s = format!("{} {}", out.id, out.state);
-        if let Some(d) = &out.detail {
-            s.push_str(&format!(": {d}"));
-        }
-        for h in &out.history {
-            s.push_str(&format!("\n  {} {} {}", h.ts, h.event, h.detail.as_deref().unwrap_or("")));
-        }
-        s
-    })?;
-    Ok(ExitCode::SUCCESS)
+    Ok(out)
 }
 
 fn peer_state(node: &Node, peer: &str) -> Option<PeerState> {
