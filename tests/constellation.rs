@@ -357,8 +357,15 @@ fn a_killed_agent_is_restarted_and_after_down_nothing_is_revived() {
     // Within two ticks of 1 s, plus the slack a loaded machine needs.
     assert!(start.elapsed() < Duration::from_secs(8), "took {:?}", start.elapsed());
     assert_eq!(st["restarts"], 1, "{st}");
-    let rows = w.ok(&["query", "SELECT agent, reason, ok FROM restarts"]);
-    assert!(rows.contains("agent1") && rows.contains("dead"), "{rows}");
+    // The row is written once the start returns, just after the new session shows.
+    wait_for(
+        "the restart's row in meta.db",
+        || {
+            Some(w.ok(&["query", "SELECT agent, reason, ok FROM restarts"]))
+                .filter(|r| r.contains("agent1") && r.contains("dead"))
+        },
+        || w.ok(&["query", "SELECT agent, reason, ok FROM restarts"]),
+    );
 
     // Bad input: out of range, and not an agent at all.
     let o = w.run(&["restart", "agent7"]);

@@ -551,7 +551,8 @@ exec cat
     common::edit_config(
         &h,
         &[
-            ("runtime = [\"claude\"]", &format!("runtime = [{:?}]", claude.display().to_string())),
+            // A plain argv whose program is named `claude`: Claude Code, with no built-in flags.
+            ("runtime = \"claude\"", &format!("runtime = [{:?}]", claude.display().to_string())),
             // agentinfinity keeps the pane whatever `up` says.
             (
                 "tmux_socket = \"\"",
