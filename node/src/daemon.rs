@@ -4,6 +4,10 @@
 //! `state/node.json`, records every mesh event (log first, then meta.db) on
 //! a recorder thread, and on SIGTERM or SIGINT stops the mesh after its
 //! in-flight work, marks itself stopped, and exits 0.
+//!
+//! Where the OS gives notice of a sleep (logind, IOKit: `netsky-power`), the
+//! daemon announces the node as leaving before it lets the machine go, holds
+//! its regular beacons while asleep, and beacons at once when it wakes.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -14,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use netsky_bus::format_ts;
 use netsky_mesh::{Mesh, MeshConfig, MeshEvent};
+use netsky_power::{PowerEvent, SleepWatch};
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
@@ -30,6 +35,17 @@ use crate::ticker::{Ticker, Waker};
 
 /// Events waiting for the recorder thread; a full queue slows the mesh rather than losing evidence.
 const EVENT_QUEUE: usize = 65_536;
+
+/// The longest the leaving beacon may take once the OS says it will sleep
+/// (logind waits 5 s for a delay lock by default, IOKit 30 s).
+const SLEEP_ANNOUNCE: Duration = Duration::from_secs(3);
+
+/// After a sleep notice and no wake notice, regular beacons resume after this
+/// long awake (the monotonic clock stands still while the machine sleeps).
+const SLEEP_HOLD: Duration = Duration::from_secs(60);
+
+/// The longest subscribing to the OS's sleep notices may take at start.
+const SLEEP_WATCH_START: Duration = Duration::from_secs(10);
 
 #[derive(Serialize)]
 struct Ready {
@@ -156,12 +172,46 @@ async fn serve(ctx: &Ctx, node: Node) -> Result<ExitCode> {
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Healthy rounds in a row; at `lkg::HEALTHY_ROUNDS` this binary becomes the last known good one.
     let mut healthy: u32 = 0;
+    // The OS's sleep notices, owned here and let go (lock, thread) when the daemon ends.
+    let mut sleep_watch = start_sleep_watch().await;
+    // Since the last sleep notice with no wake notice after it: regular beacons wait.
+    let mut asleep_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping"); break }
             _ = int.recv() => { info!("SIGINT: stopping"); break }
             _ = hup.recv() => { info!("SIGHUP: stopping"); break }
+            notice = next_notice(&mut sleep_watch) => match notice {
+                Some(PowerEvent::WillSleep) => {
+                    let detail = announce_sleep(&mesh, &node.home, &desk, interval).await;
+                    let _ = tx.send(Some(events.event(EventKind::SleepNotice, None, None, Some(detail))));
+                    asleep_since = Some(tokio::time::Instant::now());
+                    healthy = 0;
+                    // Announced: the machine may sleep now.
+                    if let Some(w) = sleep_watch.as_mut() {
+                        w.ready_to_sleep();
+                    }
+                }
+                Some(PowerEvent::Woke) => {
+                    info!("the OS says the machine woke: beaconing at once");
+                    let _ = tx.send(Some(events.event(EventKind::Woke, None, None, None)));
+                    asleep_since = None;
+                    let round = beacon_round(&mesh, &node.home, &desk, false, interval);
+                    if tokio::time::timeout(interval.max(Duration::from_secs(1)), round).await.is_err() {
+                        warn!("the beacon after waking took longer than the beacon interval");
+                    }
+                }
+                None => {
+                    warn!("the OS's sleep notices ended (the bus went away): sleeps go unannounced from now on");
+                    sleep_watch = None;
+                }
+            },
             _ = beat.tick() => {
+                // Asleep (announced as leaving): a regular beacon now would undo the announcement.
+                if asleep_since.is_some_and(|t| t.elapsed() < SLEEP_HOLD) {
+                    continue;
+                }
+                asleep_since = None;
                 // Bounded: a round never holds a signal up for more than an interval.
                 let round = beacon_round(&mesh, &node.home, &desk, false, interval);
                 match tokio::time::timeout(interval.max(Duration::from_secs(1)), round).await {
@@ -357,6 +407,56 @@ fn report_fallback(node: &Node, events: &Recorder, tx: &SyncSender<Option<Event>
     );
     if let Err(e) = crate::escalation::raise(node, "self-repair", None, &subject, &body) {
         warn!(error = %format!("{e:#}"), "cannot escalate the fallback to the last known good binary");
+    }
+}
+
+/// Subscribes to the OS's sleep notices; without them (none here, or an error) the daemon runs on.
+async fn start_sleep_watch() -> Option<SleepWatch> {
+    match tokio::time::timeout(SLEEP_WATCH_START, SleepWatch::start()).await {
+        Ok(Ok(Some(w))) if w.delays_sleep() => {
+            info!(source = w.source(), "listening for the OS's sleep notice: sleeps are announced");
+            Some(w)
+        }
+        Ok(Ok(Some(w))) => {
+            warn!(
+                source = w.source(),
+                "listening for the OS's sleep notice, but it will not wait for the announcement"
+            );
+            Some(w)
+        }
+        Ok(Ok(None)) => {
+            info!("no sleep notice from this OS (no system bus or logind): sleeps go unannounced");
+            None
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot listen for the OS's sleep notice: sleeps go unannounced");
+            None
+        }
+        Err(_) => {
+            warn!(
+                "no answer within {} s while subscribing to the OS's sleep notice: sleeps go unannounced",
+                SLEEP_WATCH_START.as_secs()
+            );
+            None
+        }
+    }
+}
+
+/// The next sleep or wake notice; never, without a watch.
+async fn next_notice(watch: &mut Option<SleepWatch>) -> Option<PowerEvent> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The leaving beacon before a sleep, bounded by [`SLEEP_ANNOUNCE`]; says how it went.
+async fn announce_sleep(mesh: &Mesh, home: &Home, desk: &Arc<beacon::Desk>, interval: Duration) -> String {
+    info!("the OS says the machine is about to sleep: announcing this node as leaving");
+    match tokio::time::timeout(SLEEP_ANNOUNCE, beacon_round(mesh, home, desk, true, interval)).await {
+        Ok(true) => "announced as leaving (the root took the beacon, or there is no mesh)".into(),
+        Ok(false) => "the leaving beacon did not reach the root".into(),
+        Err(_) => format!("the leaving beacon took longer than {} s", SLEEP_ANNOUNCE.as_secs()),
     }
 }
 

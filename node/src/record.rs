@@ -100,6 +100,10 @@ pub enum EventKind {
     LkgPromoted,
     /// The shim ran the last known good binary: the live one was missing or broken.
     ShimFallback,
+    /// The OS said the machine is about to sleep; the node announced itself as leaving.
+    SleepNotice,
+    /// The OS said the machine woke; beacons resume at once.
+    Woke,
     /// The heartbeat thread started.
     TickerStarted,
     /// The heartbeat thread stopped.
@@ -200,7 +204,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, so a name read back from disk can be matched.
-    const ALL: [EventKind; 75] = [
+    const ALL: [EventKind; 77] = [
         EventKind::Sent,
         EventKind::Queued,
         EventKind::Claimed,
@@ -228,6 +232,8 @@ impl EventKind {
         EventKind::DaemonStopped,
         EventKind::LkgPromoted,
         EventKind::ShimFallback,
+        EventKind::SleepNotice,
+        EventKind::Woke,
         EventKind::TickerStarted,
         EventKind::TickerStopped,
         EventKind::TickError,
@@ -308,6 +314,8 @@ impl EventKind {
             EventKind::DaemonStarted => "daemon-started",
             EventKind::LkgPromoted => "lkg-promoted",
             EventKind::ShimFallback => "shim-fallback",
+            EventKind::SleepNotice => "sleep-notice",
+            EventKind::Woke => "woke",
             EventKind::DaemonStopped => "daemon-stopped",
             EventKind::TickerStarted => "ticker-started",
             EventKind::TickerStopped => "ticker-stopped",
