@@ -42,335 +42,194 @@ pub struct Event {
     pub env: Option<Envelope>,
 }
 
-/// What an event says happened: the `event` field of a log line and of
-/// meta.db's `events` rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
+/// The kinds of event, each with the name written to the logs and meta.db.
+/// Never change a name: queries, tests and users match on them, and old
+/// logs keep the old names. One list, from which the enum, [`EventKind::ALL`]
+/// and [`EventKind::as_str`] are made.
+macro_rules! event_kinds {
+    ($( $(#[doc = $doc:literal])* $kind:ident = $name:literal, )*) => {
+        /// What an event says happened: the `event` field of a log line and of
+        /// meta.db's `events` rows.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum EventKind {
+            $( $(#[doc = $doc])* $kind, )*
+        }
+
+        impl EventKind {
+            /// Every kind, so a name read back from disk can be matched.
+            const ALL: &[EventKind] = &[$(EventKind::$kind),*];
+
+            /// The name written to the logs and meta.db.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(EventKind::$kind => $name,)*
+                }
+            }
+        }
+    };
+}
+
+event_kinds! {
     /// An envelope was put into a local inbox.
-    Sent,
+    Sent = "sent",
     /// An envelope for another node was queued in the mesh outbox.
-    Queued,
+    Queued = "queued",
     /// An envelope was claimed from an inbox for delivery.
-    Claimed,
+    Claimed = "claimed",
     /// An envelope a crashed claimer left in `claimed/` was taken over.
-    Adopted,
+    Adopted = "adopted",
     /// An envelope reached its agent (pasted or drained).
-    Delivered,
+    Delivered = "delivered",
     /// A file in an inbox was refused by the guard and set aside.
-    Poisoned,
+    Poisoned = "poisoned",
     /// An envelope from another node was stored in a local inbox.
-    Received,
+    Received = "received",
     /// An envelope from another node was here already.
-    Duplicate,
+    Duplicate = "duplicate",
     /// An envelope from another node was refused here.
-    Refused,
+    Refused = "refused",
     /// A peer acknowledged an envelope as durable in its inbox.
-    Acked,
+    Acked = "acked",
     /// A peer refused an envelope this node sent.
-    RemoteRefused,
+    RemoteRefused = "remote-refused",
     /// A peer's receipt says an envelope reached its agent.
-    RemoteDelivered,
+    RemoteDelivered = "remote-delivered",
     /// An envelope in the outbox cannot be sent at all.
-    Unsendable,
+    Unsendable = "unsendable",
     /// A delivery receipt for the sender could not be spooled.
-    ReceiptFailed,
+    ReceiptFailed = "receipt-failed",
     /// A charter was created, stored or amended.
-    Charter,
+    Charter = "charter",
     /// A charter offered by a peer was refused.
-    CharterRefused,
+    CharterRefused = "charter-refused",
     /// A join ticket was issued.
-    Invited,
+    Invited = "invited",
     /// A node joined the mesh through this root.
-    Joined,
+    Joined = "joined",
     /// A join attempt was refused.
-    JoinRefused,
+    JoinRefused = "join-refused",
     /// A connection from a stranger or a revoked node was refused.
-    ConnectionRefused,
+    ConnectionRefused = "connection-refused",
     /// A peer broke the wire protocol.
-    ProtocolError,
+    ProtocolError = "protocol-error",
     /// A peer became reachable.
-    PeerUp,
+    PeerUp = "peer-up",
     /// A peer became unreachable.
-    PeerDown,
+    PeerDown = "peer-down",
     /// The daemon started.
-    DaemonStarted,
+    DaemonStarted = "daemon-started",
     /// The daemon stopped cleanly.
-    DaemonStopped,
+    DaemonStopped = "daemon-stopped",
     /// The daemon copied itself to the home's last known good binary.
-    LkgPromoted,
+    LkgPromoted = "lkg-promoted",
     /// The shim ran the last known good binary: the live one was missing or broken.
-    ShimFallback,
+    ShimFallback = "shim-fallback",
     /// The OS said the machine is about to sleep; the node announced itself as leaving.
-    SleepNotice,
+    SleepNotice = "sleep-notice",
     /// The OS said the machine woke; beacons resume at once.
-    Woke,
+    Woke = "woke",
     /// The heartbeat thread started.
-    TickerStarted,
+    TickerStarted = "ticker-started",
     /// The heartbeat thread stopped.
-    TickerStopped,
+    TickerStopped = "ticker-stopped",
     /// A heartbeat tick failed.
-    TickError,
+    TickError = "tick-error",
     /// `netsky up` started an agent.
-    Started,
+    Started = "started",
     /// `netsky down` stopped an agent.
-    Stopped,
+    Stopped = "stopped",
     /// An agent was restarted (by the watchdog or by hand).
-    Restarted,
+    Restarted = "restarted",
     /// Restarting an agent failed.
-    RestartFailed,
+    RestartFailed = "restart-failed",
     /// An agent crash-looped; its cooldown began.
-    CrashLoop,
+    CrashLoop = "crash-loop",
     /// An agent's pane stopped changing for too long.
-    HangSuspected,
+    HangSuspected = "hang-suspected",
     /// A suspected hang ended.
-    HangCleared,
+    HangCleared = "hang-cleared",
     /// An agent's pane could not be read.
-    CaptureFailed,
+    CaptureFailed = "capture-failed",
     /// Pasting an envelope into a pane failed; it stays claimed.
-    PasteFailed,
+    PasteFailed = "paste-failed",
     /// A delivery round for an agent failed.
-    DeliverError,
+    DeliverError = "deliver-error",
     /// An escalation was raised.
-    EscalationOpened,
+    EscalationOpened = "escalation-opened",
     /// The root opened an incident (paged the owner).
-    IncidentOpened,
+    IncidentOpened = "incident-opened",
     /// An escalation joined an open incident with the same origin and subject.
-    IncidentJoined,
+    IncidentJoined = "incident-joined",
     /// The root paged the owner again about an incident nobody acked.
-    IncidentRepaged,
+    IncidentRepaged = "incident-repaged",
     /// An incident was acknowledged: no more pages.
-    IncidentAcked,
+    IncidentAcked = "incident-acked",
     /// An incident was resolved: its key opens a new incident next time.
-    IncidentResolved,
+    IncidentResolved = "incident-resolved",
     /// A former root handed an unresolved incident on to the new root.
-    IncidentHandedOn,
+    IncidentHandedOn = "incident-handed-on",
     /// A message reached the owner's desk and was paged.
-    OwnerMessage,
+    OwnerMessage = "owner-message",
     /// Something at the owner's desk could not be handled (bad input, unknown incident).
-    OwnerDeskError,
+    OwnerDeskError = "owner-desk-error",
     /// The root's dead-man's switch could not be reached.
-    HeartbeatFailed,
+    HeartbeatFailed = "heartbeat-failed",
     /// The root took a member's beacon (its detail: the figures, as JSON: the history).
-    Beacon,
+    Beacon = "beacon",
     /// Recovering a mailbox's journal laid out or restored what crashed writers left.
-    JournalRecovered,
+    JournalRecovered = "journal-recovered",
     /// Recovering a mailbox's journal failed.
-    JournalError,
+    JournalError = "journal-error",
     /// meta.db became unavailable; the logs go on alone.
-    StoreError,
+    StoreError = "store-error",
     /// A question an agent's runtime asked at start was answered in its pane.
-    PromptAnswered,
+    PromptAnswered = "prompt-answered",
     /// An agent's pane shows a question nobody answers; it was escalated.
-    PromptEscalated,
+    PromptEscalated = "prompt-escalated",
     /// An agent's runtime came up and takes input.
-    AgentReady,
+    AgentReady = "agent-ready",
     /// An agent was given another runtime (`netsky agent N --type`).
-    RuntimeChosen,
+    RuntimeChosen = "runtime-chosen",
     /// A handoff note was stored for an agent's next session.
-    HandoffStored,
+    HandoffStored = "handoff-stored",
     /// A clone was given a workspace, started, and sent its brief.
-    CloneBriefed,
+    CloneBriefed = "clone-briefed",
     /// A clone reported its brief done (a reply on the bus, or its branch pushed).
-    CloneDone,
+    CloneDone = "clone-done",
     /// A clone's session was ended (`netsky clone kill`).
-    CloneKilled,
+    CloneKilled = "clone-killed",
     /// A harvest fetched a clone's branch from its workspace.
-    HarvestFetched,
+    HarvestFetched = "harvest-fetched",
     /// A harvest rebased the clone's commits onto the target.
-    HarvestRebased,
+    HarvestRebased = "harvest-rebased",
     /// A harvest's check command passed.
-    HarvestChecked,
+    HarvestChecked = "harvest-checked",
     /// A harvest fast-forwarded the target to the clone's commits.
-    HarvestLanded,
+    HarvestLanded = "harvest-landed",
     /// A harvest stopped (no branch, no rebase, a failed or hung check); the target is untouched.
-    HarvestRefused,
+    HarvestRefused = "harvest-refused",
     /// `netsky mcp serve` began serving an agent's mailbox (its detail: pid, permissions).
-    McpServing,
+    McpServing = "mcp-serving",
     /// `netsky mcp serve` stopped serving an agent's mailbox (its detail: why).
-    McpStopped,
+    McpStopped = "mcp-stopped",
     /// An envelope was written to an MCP client as a channel notification (flushed).
-    Pushed,
+    Pushed = "pushed",
     /// An MCP client called one of the server's tools (its detail: the tool and the outcome).
-    McpTool,
+    McpTool = "mcp-tool",
     /// A tool-permission request from an agent was relayed to the owner.
-    PermissionAsked,
+    PermissionAsked = "permission-asked",
     /// The owner's answer to a permission request was passed to the agent.
-    PermissionAnswered,
+    PermissionAnswered = "permission-answered",
     /// A permission request went unanswered and was denied.
-    PermissionTimedOut,
+    PermissionTimedOut = "permission-timed-out",
     /// Claude Code's development-channel consent question was answered for `mcp` delivery.
-    McpConsent,
+    McpConsent = "mcp-consent",
 }
 
 impl EventKind {
-    /// Every kind, so a name read back from disk can be matched.
-    const ALL: [EventKind; 77] = [
-        EventKind::Sent,
-        EventKind::Queued,
-        EventKind::Claimed,
-        EventKind::Adopted,
-        EventKind::Delivered,
-        EventKind::Poisoned,
-        EventKind::Received,
-        EventKind::Duplicate,
-        EventKind::Refused,
-        EventKind::Acked,
-        EventKind::RemoteRefused,
-        EventKind::RemoteDelivered,
-        EventKind::Unsendable,
-        EventKind::ReceiptFailed,
-        EventKind::Charter,
-        EventKind::CharterRefused,
-        EventKind::Invited,
-        EventKind::Joined,
-        EventKind::JoinRefused,
-        EventKind::ConnectionRefused,
-        EventKind::ProtocolError,
-        EventKind::PeerUp,
-        EventKind::PeerDown,
-        EventKind::DaemonStarted,
-        EventKind::DaemonStopped,
-        EventKind::LkgPromoted,
-        EventKind::ShimFallback,
-        EventKind::SleepNotice,
-        EventKind::Woke,
-        EventKind::TickerStarted,
-        EventKind::TickerStopped,
-        EventKind::TickError,
-        EventKind::Started,
-        EventKind::Stopped,
-        EventKind::Restarted,
-        EventKind::RestartFailed,
-        EventKind::CrashLoop,
-        EventKind::HangSuspected,
-        EventKind::HangCleared,
-        EventKind::CaptureFailed,
-        EventKind::PasteFailed,
-        EventKind::DeliverError,
-        EventKind::EscalationOpened,
-        EventKind::IncidentOpened,
-        EventKind::IncidentJoined,
-        EventKind::IncidentRepaged,
-        EventKind::IncidentAcked,
-        EventKind::IncidentResolved,
-        EventKind::IncidentHandedOn,
-        EventKind::OwnerMessage,
-        EventKind::OwnerDeskError,
-        EventKind::HeartbeatFailed,
-        EventKind::Beacon,
-        EventKind::JournalRecovered,
-        EventKind::JournalError,
-        EventKind::StoreError,
-        EventKind::PromptAnswered,
-        EventKind::PromptEscalated,
-        EventKind::AgentReady,
-        EventKind::RuntimeChosen,
-        EventKind::HandoffStored,
-        EventKind::CloneBriefed,
-        EventKind::CloneDone,
-        EventKind::CloneKilled,
-        EventKind::HarvestFetched,
-        EventKind::HarvestRebased,
-        EventKind::HarvestChecked,
-        EventKind::HarvestLanded,
-        EventKind::HarvestRefused,
-        EventKind::McpServing,
-        EventKind::McpStopped,
-        EventKind::Pushed,
-        EventKind::McpTool,
-        EventKind::PermissionAsked,
-        EventKind::PermissionAnswered,
-        EventKind::PermissionTimedOut,
-        EventKind::McpConsent,
-    ];
-
-    /// The name written to the logs and meta.db. Never change one: queries,
-    /// tests and users match on them, and old logs keep the old names.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Sent => "sent",
-            EventKind::Queued => "queued",
-            EventKind::Claimed => "claimed",
-            EventKind::Adopted => "adopted",
-            EventKind::Delivered => "delivered",
-            EventKind::Poisoned => "poisoned",
-            EventKind::Received => "received",
-            EventKind::Duplicate => "duplicate",
-            EventKind::Refused => "refused",
-            EventKind::Acked => "acked",
-            EventKind::RemoteRefused => "remote-refused",
-            EventKind::RemoteDelivered => "remote-delivered",
-            EventKind::Unsendable => "unsendable",
-            EventKind::ReceiptFailed => "receipt-failed",
-            EventKind::Charter => "charter",
-            EventKind::CharterRefused => "charter-refused",
-            EventKind::Invited => "invited",
-            EventKind::Joined => "joined",
-            EventKind::JoinRefused => "join-refused",
-            EventKind::ConnectionRefused => "connection-refused",
-            EventKind::ProtocolError => "protocol-error",
-            EventKind::PeerUp => "peer-up",
-            EventKind::PeerDown => "peer-down",
-            EventKind::DaemonStarted => "daemon-started",
-            EventKind::LkgPromoted => "lkg-promoted",
-            EventKind::ShimFallback => "shim-fallback",
-            EventKind::SleepNotice => "sleep-notice",
-            EventKind::Woke => "woke",
-            EventKind::DaemonStopped => "daemon-stopped",
-            EventKind::TickerStarted => "ticker-started",
-            EventKind::TickerStopped => "ticker-stopped",
-            EventKind::TickError => "tick-error",
-            EventKind::Started => "started",
-            EventKind::Stopped => "stopped",
-            EventKind::Restarted => "restarted",
-            EventKind::RestartFailed => "restart-failed",
-            EventKind::CrashLoop => "crash-loop",
-            EventKind::HangSuspected => "hang-suspected",
-            EventKind::HangCleared => "hang-cleared",
-            EventKind::CaptureFailed => "capture-failed",
-            EventKind::PasteFailed => "paste-failed",
-            EventKind::DeliverError => "deliver-error",
-            EventKind::EscalationOpened => "escalation-opened",
-            EventKind::IncidentOpened => "incident-opened",
-            EventKind::IncidentJoined => "incident-joined",
-            EventKind::IncidentRepaged => "incident-repaged",
-            EventKind::IncidentAcked => "incident-acked",
-            EventKind::IncidentResolved => "incident-resolved",
-            EventKind::IncidentHandedOn => "incident-handed-on",
-            EventKind::OwnerMessage => "owner-message",
-            EventKind::OwnerDeskError => "owner-desk-error",
-            EventKind::HeartbeatFailed => "heartbeat-failed",
-            EventKind::Beacon => "beacon",
-            EventKind::JournalRecovered => "journal-recovered",
-            EventKind::JournalError => "journal-error",
-            EventKind::StoreError => "store-error",
-            EventKind::PromptAnswered => "prompt-answered",
-            EventKind::PromptEscalated => "prompt-escalated",
-            EventKind::AgentReady => "agent-ready",
-            EventKind::RuntimeChosen => "runtime-chosen",
-            EventKind::HandoffStored => "handoff-stored",
-            EventKind::CloneBriefed => "clone-briefed",
-            EventKind::CloneDone => "clone-done",
-            EventKind::CloneKilled => "clone-killed",
-            EventKind::HarvestFetched => "harvest-fetched",
-            EventKind::HarvestRebased => "harvest-rebased",
-            EventKind::HarvestChecked => "harvest-checked",
-            EventKind::HarvestLanded => "harvest-landed",
-            EventKind::HarvestRefused => "harvest-refused",
-            EventKind::McpServing => "mcp-serving",
-            EventKind::McpStopped => "mcp-stopped",
-            EventKind::Pushed => "pushed",
-            EventKind::McpTool => "mcp-tool",
-            EventKind::PermissionAsked => "permission-asked",
-            EventKind::PermissionAnswered => "permission-answered",
-            EventKind::PermissionTimedOut => "permission-timed-out",
-            EventKind::McpConsent => "mcp-consent",
-        }
-    }
-
     /// The kind named `name` (as read back from a log or meta.db), if it is one.
     pub fn parse(name: &str) -> Option<EventKind> {
-        Self::ALL.into_iter().find(|k| k.as_str() == name)
+        Self::ALL.iter().copied().find(|k| k.as_str() == name)
     }
 }
 
@@ -573,7 +432,7 @@ mod tests {
 
     #[test]
     fn every_event_name_is_distinct_and_reads_back_as_its_kind() {
-        for k in EventKind::ALL {
+        for &k in EventKind::ALL {
             assert_eq!(EventKind::parse(k.as_str()), Some(k), "{k:?}");
         }
         assert_eq!(EventKind::parse("no-such-event"), None);
