@@ -591,6 +591,19 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_s_configuration_example_parses() {
+        let readme = include_str!("../../README.md");
+        let section =
+            &readme[readme.find("## Configuration").expect("the README has a Configuration section")..];
+        let start = section.find("```").expect("a code block") + 3;
+        let body = &section[start..];
+        let body = &body[body.find('\n').unwrap_or(0) + 1..];
+        let block = &body[..body.find("```").expect("the block ends")];
+        let c = Config::parse(Path::new("README.md"), block).unwrap_or_else(|e| panic!("{e:#}\n{block}"));
+        assert!(!c.owner.legs.is_empty() && c.constellation.check.is_some());
+    }
+
+    #[test]
     fn delivery_is_pane_by_default_mcp_when_asked_and_nothing_else() {
         let base = "[node]\nname = \"w\"\n[constellation]\n";
         assert_eq!(parse(base).unwrap().constellation.delivery, Delivery::Pane);
