@@ -372,6 +372,7 @@ fn the_readme_demo_runs_end_to_end_and_leaves_nothing_behind() {
         "from=\"owner\"",
         "\"subject\":\"node desk is silent\"",
         "netsky doctor",
+        "| <channel source=\"agent\" from=\"agent0@studio\"",
     ] {
         assert!(out.contains(step), "no {step:?} in:\n{out}");
     }

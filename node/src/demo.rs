@@ -6,7 +6,8 @@
 //! the mesh every way; a message for an agent that does not exist is
 //! refused, receipts come back, an escalation on a member pages the owner
 //! through the root (whose owner leg is a file here), the owner's word
-//! reaches an agent on another machine, a machine that dies is noticed by
+//! reaches an agent on another machine, an agent in tmux receives a message
+//! in its pane, a machine that dies is noticed by
 //! the root and paged once, `mesh status` shows the result on any node, and
 //! `doctor` checks a node.
 
@@ -31,6 +32,18 @@ pub struct DemoArgs {
 struct Narrator {
     exe: PathBuf,
     base: PathBuf,
+    /// The demo's own tmux server (`tmux -L`), killed at the end.
+    tmux_socket: String,
+}
+
+/// Kills the demo's tmux server when the demo ends, however it ends.
+struct TmuxServer(String);
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ =
+            run_bounded(Command::new("tmux").args(["-L", &self.0, "kill-server"]), Duration::from_secs(5));
+    }
 }
 
 /// Daemons started by the demo, stopped in order when dropped.
@@ -111,7 +124,12 @@ impl Narrator {
 pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<ExitCode> {
     let tmp =
         tempfile::Builder::new().prefix("netsky-demo-").tempdir().context("cannot make temporary homes")?;
-    let n = Narrator { exe: std::env::current_exe()?, base: tmp.path().to_path_buf() };
+    let n = Narrator {
+        exe: std::env::current_exe()?,
+        base: tmp.path().to_path_buf(),
+        tmux_socket: format!("netsky-demo-{}", std::process::id()),
+    };
+    let _tmux = TmuxServer(n.tmux_socket.clone());
     let mut daemons = Daemons::new();
     let result = story(&n, &mut daemons);
     println!("\n# stopping the daemons (SIGTERM)");
@@ -139,6 +157,13 @@ fn story(n: &Narrator, daemons: &mut Daemons) -> Result<()> {
     for node in ["studio", "laptop", "desk"] {
         crate::config::Config::edit(&n.home(node).join("config.toml"), |c| c.node.beacon_interval_s = 1)?;
     }
+    // laptop's agents: one stand-in (`cat`) on the demo's own tmux server, a heartbeat every second.
+    crate::config::Config::edit(&n.home("laptop").join("config.toml"), |c| {
+        c.node.tick_interval_s = 1;
+        c.constellation.clones = 1;
+        c.constellation.runtime = crate::runtimes::RuntimeChoice::Argv(vec!["cat".into()]);
+        c.constellation.tmux_socket = n.tmux_socket.clone();
+    })?;
     println!("\n# studio creates the mesh and becomes its root (its owner leg: a file, {})", pages.display());
     n.run("studio", &["mesh", "init", "--mesh", "demo"])?;
     n.start("studio", daemons)?;
@@ -223,6 +248,7 @@ fn story(n: &Narrator, daemons: &mut Daemons) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     n.run("laptop", &["channel", "drain", "agent0"])?;
+    agents_at_work(n)?;
     println!("\n# desk dies without a word (kill -9): the root notices the silence and pages once");
     if let Some(i) = daemons.iter().position(|d| d.name() == "desk") {
         daemons.remove(i).kill9();
@@ -262,5 +288,56 @@ fn story(n: &Narrator, daemons: &mut Daemons) -> Result<()> {
     }
     println!("\n# the evidence on the root: meta.db (logs/events-*.jsonl hold the same)");
     n.run("studio", &["query", "select event, count(*) as n from events group by event order by event"])?;
+    Ok(())
+}
+
+/// laptop starts its constellation and an agent there receives a message from
+/// studio in its pane. Needs tmux, as every node's agents do; without it, said and skipped.
+fn agents_at_work(n: &Narrator) -> Result<()> {
+    println!(
+        "\n# agents at work: laptop starts its constellation in tmux (the agent here is a stand-in, `cat`)"
+    );
+    if run_bounded(Command::new("tmux").arg("-V"), Duration::from_secs(5)).is_err() {
+        println!("    (skipped: tmux is not installed; netsky's agents run in it)");
+        return Ok(());
+    }
+    n.run("laptop", &["up", "1"])?;
+    n.run(
+        "studio",
+        &[
+            "channel",
+            "send",
+            "agent1@laptop",
+            "please review the launchd plist",
+            "--from",
+            "agent0",
+            "--wait",
+        ],
+    )?;
+    let capture = || {
+        run_bounded(
+            Command::new("tmux").args(["-L", &n.tmux_socket, "capture-pane", "-p", "-J", "-t", "=agent1:"]),
+            Duration::from_secs(5),
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pane = loop {
+        let pane = capture();
+        if pane.contains("please review the launchd plist") {
+            break pane;
+        }
+        if Instant::now() > deadline {
+            bail!("the message did not reach agent1's pane within 30 s; the pane shows:\n{pane}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("[laptop] agent1's pane in tmux (the pasted line, then `cat` echoing it):");
+    for l in pane.lines().filter(|l| !l.trim().is_empty()) {
+        println!("    | {l}");
+    }
+    n.run("laptop", &["status"])?;
+    n.run("laptop", &["down"])?;
     Ok(())
 }
