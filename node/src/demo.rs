@@ -43,6 +43,11 @@ impl Drop for TmuxServer {
     fn drop(&mut self) {
         let _ =
             run_bounded(Command::new("tmux").args(["-L", &self.0, "kill-server"]), Duration::from_secs(5));
+        // tmux may leave its socket file behind: tidy it, as the demo leaves nothing.
+        let tmp = std::env::var_os("TMUX_TMPDIR").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let _ = std::fs::remove_file(tmp.join(format!("tmux-{uid}")).join(&self.0));
     }
 }
 
