@@ -524,14 +524,14 @@ impl Drop for TmuxSocket {
     }
 }
 
-#[test]
-fn up_with_mcp_delivery_gives_a_claude_agent_its_server_config_and_the_channel_flags() {
-    let h = TestHome::init("studio");
-    // A stand-in `claude` that writes down how it was started.
+/// A home whose agents run a stand-in `claude` that writes down how it was
+/// started and, given the channel flag, asks the consent question first, as
+/// Claude Code does; on a tmux server of its own, ticking every second.
+fn claude_home(name: &str) -> (TestHome, TmuxSocket) {
+    let h = TestHome::init(name);
     let bin = h.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let claude = bin.join("claude");
-    // With the channel flag it asks for consent first, as Claude Code does.
     let script = r#"#!/bin/sh
 printf '%s\n' "$@" > "$NETSKY_HOME/argv-$AGENT_N"
 case "$*" in *server:netsky*)
@@ -561,6 +561,12 @@ exec cat
             ("tick_interval_s = 60", "tick_interval_s = 1"),
         ],
     );
+    (h, sock)
+}
+
+#[test]
+fn up_with_mcp_delivery_gives_a_claude_agent_its_server_config_and_the_channel_flags() {
+    let (h, _sock) = claude_home("studio");
     h.ok(&["up", "1", "--delivery", "mcp"]);
     let home = h.path().display().to_string();
     let argv =
@@ -705,4 +711,49 @@ fn a_client_that_stops_reading_ends_its_server_in_bounded_time_and_its_mail_wait
         d => Err(format!("{d}")),
     });
     c.close();
+}
+
+#[test]
+fn an_mcp_agent_whose_server_never_comes_gets_its_mail_in_its_pane_and_the_owner_is_told_once() {
+    let (h, sock) = claude_home("lonely");
+    common::edit_config(&h, &[("mcp_server_grace_s = 90", "mcp_server_grace_s = 2")]);
+    h.ok(&["up", "1", "--delivery", "mcp"]);
+    wait_for("agent1's consent answered", T, || {
+        std::fs::read_to_string(h.join("consent-1")).map_err(|e| e.to_string())
+    });
+    // No `netsky mcp serve` ever runs (Claude Code would start it; the stand-in does not).
+    h.ok(&["channel", "send", "agent1", "nobody serves me"]);
+    wait_for("the mail pasted into the pane after the grace", T, || {
+        let pane = Command::new("tmux")
+            .args(["-L", &sock.0, "capture-pane", "-p", "-J", "-t", "=agent1:"])
+            .env_remove("TMUX")
+            .output()
+            .unwrap();
+        let pane = String::from_utf8_lossy(&pane.stdout).into_owned();
+        if pane.contains("nobody serves me") && count(&h, "agent1", "delivered") == 1 {
+            Ok(())
+        } else {
+            Err(pane)
+        }
+    });
+    let incidents = wait_for("the owner told", T, || {
+        let v = h.json(&["escalate", "ls"]);
+        let n = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["subject"] == "agent1's MCP channel server is not running")
+            .count();
+        if n == 1 { Ok(v) } else { Err(v.to_string()) }
+    });
+    // Once per session: more mail, no second incident.
+    h.ok(&["channel", "send", "agent1", "still nobody"]);
+    wait_for("the second pasted", T, || {
+        let n = count(&h, "agent1", "delivered");
+        if n == 2 { Ok(()) } else { Err(format!("{n} delivered")) }
+    });
+    let v = h.json(&["escalate", "ls"]);
+    assert_eq!(v.as_array().unwrap().len(), incidents.as_array().unwrap().len(), "{v}");
+    assert_eq!(v.as_array().unwrap()[0]["count"], 1, "{v}");
+    h.ok(&["down"]);
 }

@@ -202,6 +202,10 @@ pub struct ConstellationSection {
     /// Seconds a harvest's check command may run before it is killed.
     #[serde(default = "default_check_timeout", deserialize_with = "positive")]
     pub check_timeout_s: u64,
+    /// Seconds an agent in `mcp` delivery may run without its channel server
+    /// before its mail is pasted into its pane instead (and the owner told).
+    #[serde(default = "default_mcp_server_grace", deserialize_with = "positive")]
+    pub mcp_server_grace_s: u64,
     /// The check a harvest runs when `--check` is not given (`sh -c`, in the rebased tree).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<String>,
@@ -248,6 +252,7 @@ impl Default for ConstellationSection {
             agent_runtimes: BTreeMap::new(),
             check_timeout_s: default_check_timeout(),
             check: None,
+            mcp_server_grace_s: default_mcp_server_grace(),
             tmux_socket: String::new(),
             hang_after_s: default_hang(),
             crash_loop_restarts: default_crash_restarts(),
@@ -502,6 +507,10 @@ fn clones<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
         return Err(serde::de::Error::custom(format!("{v} clones: at most 999 (agent1..agent999)")));
     }
     Ok(v)
+}
+
+fn default_mcp_server_grace() -> u64 {
+    90
 }
 
 fn argv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

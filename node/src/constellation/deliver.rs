@@ -10,7 +10,9 @@
 //! An agent whose mailbox a `netsky mcp serve` holds is skipped: its server
 //! delivers. So is an agent in `mcp` delivery whose server is not up yet:
 //! its mail waits, and the round answers Claude Code's development-channel
-//! consent question if its pane shows it (see `mcp::launch`). An agent
+//! consent question if its pane shows it (see `mcp::launch`). Past
+//! `mcp_server_grace_s` without a server, its mail is pasted after all, and
+//! the owner told once per session. An agent
 //! without a live pane is not claimed from at all: its envelopes
 //! wait in the inbox. A crash between a paste and its rename means that
 //! envelope is pasted again after restart (at least once into the pane);
@@ -96,7 +98,11 @@ fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Del
     }
     if crate::mcp::launch::uses_mcp(node, agent) {
         answer_consent(node, tmux, agent)?;
-        return Ok(out);
+        if !crate::mcp::launch::server_overdue(node, agent) {
+            return Ok(out);
+        }
+        // No server came, or it died: the pane delivers rather than let mail wait forever.
+        crate::mcp::launch::report_overdue(node, agent);
     }
     if !mailbox.pending()? {
         return Ok(out);

@@ -83,6 +83,40 @@ pub fn uses_mcp(node: &Node, agent: AgentName) -> bool {
         && crate::constellation::launch::runtime_for(node, agent).is_ok_and(|rt| runs_claude(&rt))
 }
 
+/// Whether `agent`, in `mcp` delivery, has run `mcp_server_grace_s` since
+/// its session started with no channel server holding its mailbox: a server
+/// that never came (the session was started in pane mode, Claude Code did not
+/// start it) or that died. Its mail then goes into the pane, rather than wait
+/// for a server that is not coming. A session netsky has no start for counts as overdue.
+pub fn server_overdue(node: &Node, agent: AgentName) -> bool {
+    let grace = time::Duration::seconds(node.config.constellation.mcp_server_grace_s as i64);
+    crate::constellation::readiness::load(node, agent)
+        .and_then(|r| netsky_bus::parse_ts(&r.started))
+        .is_none_or(|started| time::OffsetDateTime::now_utc() - started > grace)
+}
+
+/// Tells the owner, once per session, that `agent`'s mail goes into its pane
+/// because its channel server is not running.
+pub fn report_overdue(node: &Node, agent: AgentName) {
+    let session = crate::constellation::readiness::load(node, agent).map(|r| r.started).unwrap_or_default();
+    let marker = node.home.agent_state_dir(agent).join("mcp-overdue");
+    if crate::home::read_bounded(&marker, 256).is_ok_and(|b| b == session.as_bytes()) {
+        return;
+    }
+    if let Err(e) = crate::home::write_durable(&marker, session.as_bytes()) {
+        tracing::warn!(%agent, error = %format!("{e:#}"), "cannot note the missing channel server");
+    }
+    let subject = format!("{agent}'s MCP channel server is not running");
+    let body = format!(
+        "{agent} is in mcp delivery, but no `netsky mcp serve {agent}` has held its mailbox for {} s since its \
+         session started; its mail is pasted into its pane instead. `netsky restart {agent}` starts it with its server.",
+        node.config.constellation.mcp_server_grace_s
+    );
+    if let Err(e) = crate::escalation::raise(node, "mcp", Some(agent), &subject, &body) {
+        tracing::warn!(%agent, error = %format!("{e:#}"), "cannot escalate the missing channel server");
+    }
+}
+
 /// The first option of Claude Code's development-channel consent question.
 pub const CONSENT_OPTION: &str = "I am using this for local development";
 

@@ -25,7 +25,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use netsky_bus::{Address, AgentName, Claimed, Guard, Mailbox, format_ts};
 use rmcp::model::{CustomNotification, ServerNotification};
 use rmcp::{Peer, RoleServer};
@@ -43,6 +43,9 @@ const LOCK_WAIT: Duration = Duration::from_millis(500);
 
 /// Envelopes claimed per round: a flooded inbox still lets the loop look at permission deadlines.
 const MAX_PER_ROUND: usize = 32;
+
+/// How often a bus error that keeps coming back is recorded.
+const TROUBLE_EVERY: Duration = Duration::from_secs(60);
 
 /// The method of a pushed envelope.
 pub const CHANNEL_METHOD: &str = "notifications/claude/channel";
@@ -96,7 +99,15 @@ pub fn spawn(p: Pusher, tx: SyncSender<Wake>, rx: Receiver<Wake>) -> Result<Join
 impl Pusher {
     fn run(&self, tx: SyncSender<Wake>, rx: Receiver<Wake>) -> Result<()> {
         let mailbox = Mailbox::open(&self.node.home.layout(), &self.node.config.node.name, self.agent)?;
-        let _watcher = watch(mailbox.inbox_dir(), tx)?;
+        // Without a watcher (inotify's limit reached, say) the poll alone still delivers, a second later.
+        let _watcher = match watch(mailbox.inbox_dir(), tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(agent = %self.agent, error = %format!("{e:#}"), "no inbox watcher: polling only");
+                None
+            }
+        };
+        let mut last_trouble: Option<Instant> = None;
         loop {
             let wait = match self.pending.next_deadline() {
                 Some(d) => d.saturating_duration_since(Instant::now()).min(POLL),
@@ -116,7 +127,23 @@ impl Pusher {
                 continue;
             }
             self.expire()?;
-            self.round(&mailbox)?;
+            if let Err(e) = self.round(&mailbox) {
+                if e.chain().any(|c| c.is::<ClientGone>()) {
+                    return Err(e);
+                }
+                // The bus, not the client (a charter mid-rewrite, a journal to recover):
+                // said at most once a minute, and tried again at the next wake or poll.
+                if last_trouble.is_none_or(|t| t.elapsed() >= TROUBLE_EVERY) {
+                    last_trouble = Some(Instant::now());
+                    let rec = &self.node.recorder;
+                    rec.record(&[rec.event(
+                        EventKind::DeliverError,
+                        Some(self.agent),
+                        None,
+                        Some(format!("{e:#}")),
+                    )]);
+                }
+            }
         }
     }
 
@@ -152,7 +179,12 @@ impl Pusher {
             let netsky_bus::Claim { claimed, poisoned, recovered } =
                 mailbox.claim(&lock, &guard, MAX_PER_ROUND)?;
             let rec = &self.node.recorder;
-            let mut events: Vec<_> = rec.recovered(self.agent, &recovered).into_iter().collect();
+            // A failing recovery is the daemon's tick to report, once a tick, not every round here.
+            let mut events: Vec<_> = if recovered.is_ok() {
+                rec.recovered(self.agent, &recovered).into_iter().collect()
+            } else {
+                Vec::new()
+            };
             events.extend(rec.claim_events(Some(self.agent), &poisoned, &claimed));
             rec.record(&events);
             for c in &claimed {
@@ -236,13 +268,27 @@ impl Pusher {
             tokio::time::timeout(limit, peer.send_notification(ServerNotification::CustomNotification(n)))
                 .await
         });
-        match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(anyhow!("the MCP client is gone ({e})")),
-            Err(_) => bail!("the MCP client read nothing for {} s", limit.as_secs()),
-        }
+        let why = match sent {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => format!("the MCP client is gone ({e})"),
+            Err(_) => format!("the MCP client read nothing for {} s", limit.as_secs()),
+        };
+        Err(anyhow!(ClientGone(why)))
     }
 }
+
+/// The client cannot be written to: the only error that ends the server
+/// (the bus's are said and tried again at the next wake or poll).
+#[derive(Debug)]
+struct ClientGone(String);
+
+impl std::fmt::Display for ClientGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ClientGone {}
 
 /// The params of a channel notification for `env`: the text, and its
 /// envelope facts as meta (string values; keys are identifiers, as Claude

@@ -71,12 +71,17 @@ fn record_path(layout: &Layout, agent: AgentName) -> PathBuf {
     layout.mailbox_dir(agent).join(".mcp-served.json")
 }
 
-/// Takes `agent`'s serve lock at once or says who holds it.
+/// How long `take` waits for the lock: enough to ride out another process's
+/// probe of it (`is_served` takes it shared for an instant) and a predecessor
+/// that is still shutting down; a server that really holds it is still refused.
+const TAKE_WAIT: Duration = Duration::from_secs(2);
+
+/// Takes `agent`'s serve lock (waiting [`TAKE_WAIT`] at most) or says who holds it.
 pub fn take(layout: &Layout, agent: AgentName, me: &Served) -> Result<ServeLock, ServeError> {
     let dir = layout.mailbox_dir(agent);
     std::fs::create_dir_all(&dir).map_err(|source| ServeError::Io { path: dir.clone(), source })?;
     let path = lock_path(layout, agent);
-    let lock = netsky_bus::lock_file(&path, Duration::ZERO)
+    let lock = netsky_bus::lock_file(&path, TAKE_WAIT)
         .map_err(|source| ServeError::Io { path: path.clone(), source })?;
     let Some(lock) = lock else {
         return Err(ServeError::Busy { agent, by: read(layout, agent) });
