@@ -240,7 +240,8 @@ fn a_failing_or_hanging_check_leaves_main_untouched_and_says_why() {
     let w = World::new(1, "check = \"echo the configured check >&2; exit 4\"");
     let src = w.repo("src");
     w.ok(&["up", "1"]);
-    let brief = w.brief("b.md", "write: feature.txt clone work\nfinish-push\n");
+    // The clone also writes a check script of its own.
+    let brief = w.brief("b.md", "write: feature.txt clone work\nwrite: check.sh exit 0\nfinish-push\n");
     w.ok(&[
         "clone",
         "brief",
@@ -257,6 +258,11 @@ fn a_failing_or_hanging_check_leaves_main_untouched_and_says_why() {
     assert!(done["done"].as_str().unwrap().contains("pushed clone/checks"), "{done}");
     let before = git(&src, &["rev-parse", "main"]);
 
+    // A check the clone's commits wrote is not a check.
+    let err = w.fails(&["harvest", "1", "--check", "./check.sh"]);
+    assert!(err.contains("change the check itself (check.sh)"), "{err}");
+    assert_eq!(git(&src, &["rev-parse", "main"]), before);
+
     let err = w.fails(&["harvest", "1", "--check", "echo the tests are red >&2; exit 3"]);
     assert!(err.contains("failed") && err.contains("main is untouched"), "{err}");
     assert_eq!(git(&src, &["rev-parse", "main"]), before);
@@ -269,7 +275,7 @@ fn a_failing_or_hanging_check_leaves_main_untouched_and_says_why() {
     let err = w.fails(&["harvest", "1"]);
     assert!(err.contains("the configured check") && err.contains("main is untouched"), "{err}");
     assert_eq!(git(&src, &["rev-parse", "main"]), before);
-    assert_eq!(w.count("SELECT count(*) AS n FROM harvests WHERE outcome = 'refused'"), 3);
+    assert_eq!(w.count("SELECT count(*) AS n FROM harvests WHERE outcome = 'refused'"), 4);
     assert_eq!(git(&src, &["worktree", "list"]).lines().count(), 1);
 }
 
@@ -430,6 +436,10 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         w.fails(&["clone", "brief", &brief, "--workspace", "x", "--agent", "5", "--repo", s])
             .contains("netsky up 5")
     );
+    // An earlier clone's branch would make the new clone look done at once.
+    git(&src, &["branch", "clone/old"]);
+    let err = w.fails(&["clone", "brief", &brief, "--workspace", "old", "--repo", s]);
+    assert!(err.contains("already has a branch clone/old"), "{err}");
     w.ok(&["clone", "brief", &brief, "--workspace", "first", "--agent", "1", "--repo", s]);
     let err = w.fails(&["clone", "brief", &brief, "--workspace", "second", "--agent", "1", "--repo", s]);
     assert!(err.contains("in use by the clone of workspace first"), "{err}");

@@ -144,6 +144,17 @@ pub fn run(node: &Node, req: Request) -> Result<Outcome> {
     Ok(out)
 }
 
+/// The repository file a check command runs, when its program is one
+/// (`./bin/check --fast` is `bin/check`); `None` for a program on PATH.
+fn repo_script(cmd: &str) -> Option<String> {
+    let program = cmd.split_whitespace().next()?;
+    if program.starts_with('/') || !program.contains('/') {
+        return None;
+    }
+    let path = program.trim_start_matches("./");
+    (!path.is_empty() && !path.split('/').any(|p| p == "..")).then(|| path.to_string())
+}
+
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
@@ -209,6 +220,21 @@ fn steps(
     // 3. check
     let mut check_output = None;
     if let Some(cmd) = check {
+        // The judge is not the clone's to rewrite: a check script of the repository's own that the
+        // clone's commits change would be judged by the clone's version of it.
+        if let Some(script) = repo_script(cmd) {
+            let changed = git::ok(&d.repo, &["diff", "--name-only", old, &new, "--", &script], git::QUICK)
+                .map_err(fail)?;
+            if !changed.trim().is_empty() {
+                return Err(Refusal {
+                    why: format!(
+                        "the clone's commits change the check itself ({script}); review them by hand; {onto} is untouched"
+                    ),
+                    new_head: Some(new.clone()),
+                    check_output: None,
+                });
+            }
+        }
         let mut c = Command::new("sh");
         c.arg("-c").arg(cmd).current_dir(scratch).env("NETSKY_HARVEST", &d.workspace);
         let with = |why: String, output: Option<String>| Refusal {
@@ -314,4 +340,18 @@ fn tell_agent0(node: &Node, o: &Outcome) -> Result<String> {
     let rec = &node.recorder;
     rec.record(&[rec.event(EventKind::Sent, Some(AgentName::ROOT), Some(&env), None)]);
     Ok(env.id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_run_from_the_repository_is_known_by_its_path() {
+        assert_eq!(repo_script("./bin/check --fast").as_deref(), Some("bin/check"));
+        assert_eq!(repo_script("scripts/test.sh").as_deref(), Some("scripts/test.sh"));
+        assert_eq!(repo_script("cargo test"), None);
+        assert_eq!(repo_script("/usr/bin/make check"), None);
+        assert_eq!(repo_script("../elsewhere/check"), None);
+    }
 }

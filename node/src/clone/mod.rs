@@ -205,6 +205,14 @@ pub fn brief(node: &Node, req: BriefRequest) -> Result<Dispatch> {
     let source = crate::git::toplevel(&source_dir)?;
     let base = crate::git::ok(&source, &["symbolic-ref", "--quiet", "--short", "HEAD"], crate::git::QUICK)
         .unwrap_or_else(|_| "main".into());
+    // "Done" is this branch appearing in the source: one left by an earlier clone would say so at once.
+    let branch = name.branch();
+    if crate::git::has(&source, &format!("refs/heads/{branch}"))? {
+        bail!(
+            "{} already has a branch {branch} (an earlier clone's); harvest or delete it (`git branch -D {branch}`), or pick another workspace name",
+            source.display()
+        );
+    }
     if let Some(rt) = &req.runtime {
         crate::runtimes::ensure_found(&crate::runtimes::by_name(&node.config.runtimes, rt)?)?;
     }
