@@ -76,9 +76,13 @@ fn run(cmd: &mut Command, timeout: Duration, group: bool) -> Result<Output> {
     }
     drop(eof_tx);
     let deadline = Instant::now() + timeout;
-    for _ in 0..2 {
-        if eof_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
-            break;
+    if group {
+        wait_group(&mut child, &eof_rx, deadline)?;
+    } else {
+        for _ in 0..2 {
+            if eof_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
+                break;
+            }
         }
     }
     // Pipes closed (the exit is moments away), or the deadline passed: the exit, polled briefly.
@@ -102,6 +106,36 @@ fn run(cmd: &mut Command, timeout: Duration, group: bool) -> Result<Output> {
     let [stdout, stderr] =
         captured.map(|c| std::mem::take(&mut *c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)));
     Ok(Output { status, stdout, stderr })
+}
+
+/// How long a group's stragglers may hold its pipes after its leader exits.
+const GROUP_GRACE: Duration = Duration::from_millis(500);
+
+/// Waits for a group leader's pipes to close, or the deadline. Once the
+/// leader has exited, whatever it left running in its group (a server it
+/// started in the background) gets [`GROUP_GRACE`], then is killed: it must
+/// not hold the caller to the deadline, nor outlive the command.
+fn wait_group(child: &mut Child, eof_rx: &std::sync::mpsc::Receiver<()>, deadline: Instant) -> Result<()> {
+    let mut open = 2;
+    let mut exited: Option<Instant> = None;
+    while open > 0 && Instant::now() < deadline {
+        match eof_rx.recv_timeout(Duration::from_millis(10)) {
+            Ok(()) => open -= 1,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if exited.is_none() && child.try_wait()?.is_some() {
+            exited = Some(Instant::now());
+        }
+        if exited.is_some_and(|t| t.elapsed() >= GROUP_GRACE) {
+            break;
+        }
+    }
+    if exited.is_some() || child.try_wait()?.is_some() {
+        // SAFETY: kill(2) has no memory preconditions; the group is the child's own.
+        unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+    }
+    Ok(())
 }
 
 /// A `netsky node run` child; stopped with SIGTERM (then SIGKILL) on drop.
@@ -193,6 +227,29 @@ mod tests {
         let e = run_bounded(Command::new("sleep").arg("30"), Duration::from_millis(200)).unwrap_err();
         assert!(format!("{e:#}").contains("did not finish"), "{e:#}");
         assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn a_group_whose_leader_exits_does_not_wait_for_what_it_left_running_and_kills_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}; echo done", pid_file.display());
+        let start = Instant::now();
+        let o = run_bounded_group(Command::new("sh").args(["-c", &script]), Duration::from_secs(20)).unwrap();
+        assert!(o.status.success());
+        assert_eq!(&o.stdout[..], b"done\n");
+        assert!(start.elapsed() < Duration::from_secs(10), "held {:?}", start.elapsed());
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        // The straggler is gone (killed; reaped by init, or a zombie at most), within moments.
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
+        };
+        let until = Instant::now() + Duration::from_secs(5);
+        while alive() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(), "the background sleep outlived its check");
     }
 
     #[test]

@@ -76,12 +76,26 @@ pub fn store_first(node: &Node, agent: AgentName, kind: Kind, text: String) -> R
         None,
     )
     .with_context(|| format!("the {} cannot be an envelope", kind.as_str()))?;
+    // One first envelope at a time: a second would silently replace the first (a brief, say).
+    if let Some(waiting) = pending(node, agent) {
+        anyhow::bail!(
+            "{agent} already has a {} waiting to be pasted first; try again once its session is ready",
+            waiting.kind.as_str()
+        );
+    }
     let d = node.home.agent_state_dir(agent);
     std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
     netsky_bus::write_durable(&d, FILE, &env.to_json())?;
     let rec = &node.recorder;
     rec.record(&[rec.event(EventKind::HandoffStored, Some(agent), Some(&env), None)]);
     Ok(env)
+}
+
+/// `agent`'s first envelope still waiting to be pasted, if any.
+pub fn pending(node: &Node, agent: AgentName) -> Option<Envelope> {
+    let bytes =
+        crate::home::read_bounded(&path(node, agent), netsky_bus::MAX_ENVELOPE_BYTES as u64 + 1024).ok()?;
+    Envelope::from_json(&bytes).ok()
 }
 
 /// Drops `agent`'s waiting first envelope, if any (a brief whose dispatch failed).

@@ -164,6 +164,10 @@ impl Pusher {
 
     /// Claims and pushes until the inbox is empty (or the mailbox is busy).
     fn round(&self, mailbox: &Mailbox) -> Result<()> {
+        // A handoff or brief goes first, pasted into the pane once the session is ready.
+        if crate::constellation::handoff::pending(&self.node, self.agent).is_some() {
+            return Ok(());
+        }
         loop {
             if !mailbox.pending()? {
                 return Ok(());
