@@ -154,10 +154,12 @@ fn prepare_codex(rt: &Runtime, workdir: &Path, env_home: Option<&Path>) -> Resul
             )?,
     };
     let path = dir.join("config.toml");
-    let text = match path.exists() {
-        true => String::from_utf8(crate::home::read_bounded(&path, MAX_CONFIG_BYTES)?)
-            .with_context(|| format!("{} is not UTF-8", path.display()))?,
-        false => String::new(),
+    let file = UserFile::read(&path)?;
+    let text = match &file.bytes {
+        Some(b) => {
+            String::from_utf8(b.clone()).with_context(|| format!("{} is not UTF-8", path.display()))?
+        }
+        None => String::new(),
     };
     let parsed: toml::Table =
         text.parse().with_context(|| format!("{} is not TOML; netsky will not add to it", path.display()))?;
@@ -168,8 +170,17 @@ fn prepare_codex(rt: &Runtime, workdir: &Path, env_home: Option<&Path>) -> Resul
     let quoted = toml::Value::String(key).to_string();
     let sep = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
     let new = format!("{text}{sep}\n[projects.{quoted}]\ntrust_level = \"trusted\"\n");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    crate::home::write_durable(&path, new.as_bytes())?;
+    // An inline `projects = { .. }` table cannot take a `[projects."dir"]` header after it.
+    if new.parse::<toml::Table>().is_err() {
+        bail!(
+            "{} has its projects in a form netsky cannot add to; trust {} there by hand",
+            path.display(),
+            workdir.display()
+        );
+    }
+    if file.write(new.as_bytes())? == Written::Raced {
+        bail!("{} changed while netsky wrote to it; try again", path.display());
+    }
     Ok(Some(path))
 }
 
@@ -250,28 +261,80 @@ fn object_at<'a>(m: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String
     }
 }
 
-/// Reads the JSON object in `path` (empty if missing), applies `f`, writes it back atomically.
-fn update_json(path: &Path, f: impl FnOnce(&mut Map<String, Value>)) -> Result<()> {
-    let mut root = match path.exists() {
-        true => {
-            let bytes = crate::home::read_bounded(path, MAX_CONFIG_BYTES)?;
-            match serde_json::from_slice::<Value>(&bytes) {
+/// A file of the runtime's own, as read: where it really is (through a
+/// symlink a dotfile manager made), its bytes, and its stamp.
+struct UserFile {
+    path: PathBuf,
+    bytes: Option<Vec<u8>>,
+    stamp: Option<(std::time::SystemTime, u64)>,
+}
+
+impl UserFile {
+    fn read(path: &Path) -> Result<UserFile> {
+        // Written where the link points, so the link stays a link.
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let stamp = |p: &Path| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        let before = stamp(&path);
+        let bytes = match path.exists() {
+            true => Some(crate::home::read_bounded(&path, MAX_CONFIG_BYTES)?),
+            false => None,
+        };
+        Ok(UserFile { stamp: before, path, bytes })
+    }
+
+    /// Writes `new` atomically unless it is what the file holds already; refuses
+    /// when the runtime itself changed the file since it was read (a live Claude
+    /// Code writes its config often): the caller reads it again.
+    fn write(&self, new: &[u8]) -> Result<Written> {
+        if self.bytes.as_deref() == Some(new) {
+            return Ok(Written::Unchanged);
+        }
+        let now = std::fs::metadata(&self.path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        if now != self.stamp {
+            return Ok(Written::Raced);
+        }
+        if let Some(parent) = self.path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        crate::home::write_durable(&self.path, new)?;
+        Ok(Written::Written)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    Written,
+    Unchanged,
+    Raced,
+}
+
+/// Reads the JSON object in `path` (empty if missing), applies `f`, and
+/// writes it back atomically if that changed it; read again (three times at
+/// most) when the file changed under us.
+fn update_json(path: &Path, f: impl Fn(&mut Map<String, Value>)) -> Result<()> {
+    for _ in 0..3 {
+        let file = UserFile::read(path)?;
+        let mut root = match &file.bytes {
+            Some(bytes) => match serde_json::from_slice::<Value>(bytes) {
                 Ok(Value::Object(m)) => m,
                 Ok(_) => {
                     bail!("{} holds JSON that is not an object; netsky will not overwrite it", path.display())
                 }
                 Err(e) => bail!("{} is not JSON ({e}); netsky will not overwrite it", path.display()),
-            }
+            },
+            None => Map::new(),
+        };
+        let before = root.clone();
+        f(&mut root);
+        if root == before && file.bytes.is_some() {
+            return Ok(());
         }
-        false => Map::new(),
-    };
-    f(&mut root);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        let bytes = serde_json::to_vec_pretty(&Value::Object(root)).context("runtime config to JSON")?;
+        if file.write(&bytes)? != Written::Raced {
+            return Ok(());
+        }
     }
-    let bytes = serde_json::to_vec_pretty(&Value::Object(root)).context("runtime config to JSON")?;
-    crate::home::write_durable(path, &bytes)?;
-    Ok(())
+    bail!("{} kept changing while netsky wrote to it; try again", path.display())
 }
 
 #[cfg(test)]
@@ -286,6 +349,41 @@ mod tests {
         assert!(matches!(classify("Continue with setup? (y/N)"), Seen::Unknown(l) if l.contains("setup")));
         assert_eq!(classify("ready>\n"), Seen::Nothing);
         assert_eq!(classify(""), Seen::Nothing);
+    }
+
+    #[test]
+    fn a_symlinked_user_config_stays_a_link_and_an_unchanged_one_is_not_rewritten() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("dotfiles-claude.json");
+        std::fs::write(&real, r#"{"theme": "dark"}"#).unwrap();
+        let link = d.path().join(".claude.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let set = |root: &mut Map<String, Value>| {
+            root.insert("hasCompletedOnboarding".into(), Value::Bool(true));
+        };
+        update_json(&link, set).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+        let v: Value = serde_json::from_slice(&std::fs::read(&real).unwrap()).unwrap();
+        assert_eq!((v["theme"].as_str(), v["hasCompletedOnboarding"].as_bool()), (Some("dark"), Some(true)));
+        // Again: nothing to change, nothing written (the inode stays).
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(&real).unwrap().ino();
+        update_json(&link, set).unwrap();
+        assert_eq!(std::fs::metadata(&real).unwrap().ino(), ino);
+    }
+
+    #[test]
+    fn a_codex_config_with_inline_projects_is_refused_not_broken() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("codex");
+        std::fs::create_dir_all(&cfg).unwrap();
+        let text = "projects = { \"/elsewhere\" = { trust_level = \"trusted\" } }\n";
+        std::fs::write(cfg.join("config.toml"), text).unwrap();
+        let mut rt = crate::runtimes::by_name(&Default::default(), "codex").unwrap();
+        rt.spec.env.insert("CODEX_HOME".into(), cfg.display().to_string());
+        let err = prepare(&rt, &d.path().join("work"), None).unwrap_err();
+        assert!(format!("{err:#}").contains("by hand"), "{err:#}");
+        assert_eq!(std::fs::read_to_string(cfg.join("config.toml")).unwrap(), text);
     }
 
     #[test]
