@@ -297,13 +297,13 @@ impl UserFile {
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }
         crate::home::write_durable(&self.path, new)?;
-        Ok(Written::Written)
+        Ok(Written::Done)
     }
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Written {
-    Written,
+    Done,
     Unchanged,
     Raced,
 }
