@@ -409,6 +409,20 @@ fn a_known_first_run_prompt_is_answered_and_an_unknown_one_escalated() {
         w.count("SELECT count(*) AS n FROM escalations WHERE subject LIKE 'agent1 waits on a question%'"),
         1
     );
+    // Mail for it waits: pasted with an Enter, it would answer the question.
+    w.ok(&["channel", "send", "agent1", "do not answer for me"]);
+    // Two heartbeats later (each a delivery round), it is still waiting.
+    let ticks = || -> u64 {
+        std::fs::read(w.home.join("state/tick.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["ticks"].as_u64())
+            .unwrap_or(0)
+    };
+    let start = ticks();
+    wait_for("two more ticks", || (ticks() >= start + 2).then_some(()), || format!("tick {}", ticks()));
+    assert!(!w.capture("agent1").contains("do not answer for me"), "{}", w.capture("agent1"));
+    assert_eq!(w.agent("agent1")["inbox"], 1, "{}", w.agent("agent1"));
 }
 
 #[test]

@@ -15,10 +15,18 @@ pub const QUICK: Duration = Duration::from_secs(30);
 /// How long a clone or fetch of a local repository may take.
 pub const SLOW: Duration = Duration::from_secs(300);
 
+/// How long a merge in the user's own work tree may take: killed halfway it
+/// would leave a half-updated tree and a lock behind, so it gets long.
+pub const IN_USER_TREE: Duration = Duration::from_secs(3600);
+
 /// `git -C dir args...`, whatever its exit status.
 pub fn run(dir: &Path, args: &[&str], timeout: Duration) -> Result<Output> {
     let mut cmd = Command::new("git");
-    cmd.arg("-C").arg(dir).args(args).env("GIT_TERMINAL_PROMPT", "0").env_remove("GIT_DIR");
+    cmd.arg("-C").arg(dir).args(args).env("GIT_TERMINAL_PROMPT", "0");
+    // The repository is `dir`'s, whatever the environment says.
+    for v in ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"] {
+        cmd.env_remove(v);
+    }
     run_bounded(&mut cmd, timeout).map_err(|e| e.context(format!("git {} in {}", verb(args), dir.display())))
 }
 

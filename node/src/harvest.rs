@@ -82,7 +82,14 @@ pub fn run(node: &Node, req: Request) -> Result<Outcome> {
     };
     // A clone that finished is recorded so before its work moves.
     let _ = clone::refresh(node, &mut d);
-    let onto = req.onto.clone().unwrap_or_else(|| d.base.clone());
+    let onto = match req.onto.clone().or_else(|| Some(d.base.clone()).filter(|b| !b.is_empty())) {
+        Some(o) => o,
+        None => bail!(
+            "{} was on a detached HEAD when {} was briefed, so there is no branch to land on; say --onto BRANCH",
+            d.repo.display(),
+            req.agent
+        ),
+    };
     let old = git::ok(
         &d.repo,
         &["rev-parse", "--verify", "--quiet", &format!("refs/heads/{onto}^{{commit}}")],
@@ -195,7 +202,15 @@ fn steps(
     git::ok(&d.repo, &["worktree", "add", "--quiet", "--detach", &wt, &harvest_ref], git::SLOW)
         .map_err(fail)?;
     let mut rebase = Command::new("git");
-    rebase.arg("-C").arg(scratch).args(["rebase", "--quiet", old]).env("GIT_TERMINAL_PROMPT", "0");
+    // updateRefs off: a user's `rebase.updateRefs` must not move their branches from here.
+    rebase
+        .arg("-C")
+        .arg(scratch)
+        .args(["-c", "rebase.updateRefs=false", "rebase", "--quiet", old])
+        .env("GIT_TERMINAL_PROMPT", "0");
+    for v in ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"] {
+        rebase.env_remove(v);
+    }
     if git::ok(scratch, &["config", "user.email"], git::QUICK).is_err() {
         // Rebased commits need a committer; their authors are kept.
         rebase.env("GIT_COMMITTER_NAME", "netsky").env("GIT_COMMITTER_EMAIL", "netsky@localhost");
@@ -270,7 +285,9 @@ fn steps(
         Refusal { why: String::new(), new_head: Some(new.clone()), check_output: check_output.clone() };
     let land = |e: anyhow::Error| Refusal { why: format!("cannot fast-forward {onto}: {e:#}"), ..landing };
     match checked_out_at(&d.repo, onto).map_err(|e| refuse(format!("{e:#}")))? {
-        Some(tree) => git::ok(&tree, &["merge", "--quiet", "--ff-only", &new], git::SLOW).map_err(land)?,
+        Some(tree) => {
+            git::ok(&tree, &["merge", "--quiet", "--ff-only", &new], git::IN_USER_TREE).map_err(land)?
+        }
         None => git::ok(&d.repo, &["update-ref", &format!("refs/heads/{onto}"), &new, old], git::QUICK)
             .map_err(land)?,
     };

@@ -66,6 +66,10 @@ pub fn run(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
         }
     }
     let note = a.handoff.as_deref().map(crate::constellation::handoff::read_note).transpose()?;
+    if let Some(n) = &note {
+        // Refused now, not after the first agent was stopped for it.
+        crate::constellation::handoff::check_note(&node, n)?;
+    }
     let lock = agents::lock(home, LOCK_WAIT)?;
     // Every prompt first: a bad addendum stops `up` before anything starts.
     for agent in desired.agents() {

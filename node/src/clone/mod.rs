@@ -203,8 +203,10 @@ pub fn brief(node: &Node, req: BriefRequest) -> Result<Dispatch> {
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
     let source = crate::git::toplevel(&source_dir)?;
+    // The branch checked out now is where `harvest` lands by default; on a
+    // detached HEAD there is none, and `harvest` will ask for --onto.
     let base = crate::git::ok(&source, &["symbolic-ref", "--quiet", "--short", "HEAD"], crate::git::QUICK)
-        .unwrap_or_else(|_| "main".into());
+        .unwrap_or_default();
     // "Done" is this branch appearing in the source: one left by an earlier clone would say so at once.
     let branch = name.branch();
     if crate::git::has(&source, &format!("refs/heads/{branch}"))? {

@@ -58,6 +58,25 @@ pub fn read_note(file: &Path) -> Result<String> {
     Ok(text)
 }
 
+/// The envelope a first `text` of `kind` for `agent` makes, signed; an error says what the text breaks.
+fn first_envelope(node: &Node, agent: AgentName, kind: Kind, text: String) -> Result<Envelope> {
+    let here = node.config.node.name.clone();
+    Envelope::new(
+        &node.key,
+        kind,
+        Address::agent(AgentName::ROOT, here.clone()),
+        Address::agent(agent, here),
+        text,
+        None,
+    )
+    .with_context(|| format!("the {} cannot be an envelope", kind.as_str()))
+}
+
+/// Checks that `note` makes a handoff envelope, before anything is stopped for it.
+pub fn check_note(node: &Node, note: &str) -> Result<()> {
+    first_envelope(node, AgentName::ROOT, Kind::Handoff, format!("[handoff] {note}")).map(|_| ())
+}
+
 /// Signs `note` as `agent`'s handoff and keeps it for its next session; returns the envelope.
 pub fn store(node: &Node, agent: AgentName, note: &str) -> Result<Envelope> {
     store_first(node, agent, Kind::Handoff, format!("[handoff] {note}"))
@@ -66,16 +85,7 @@ pub fn store(node: &Node, agent: AgentName, note: &str) -> Result<Envelope> {
 /// Signs `text` as an envelope of `kind` from agent0 to `agent`, kept to be
 /// pasted first once its next session is ready (a handoff, or a clone's brief).
 pub fn store_first(node: &Node, agent: AgentName, kind: Kind, text: String) -> Result<Envelope> {
-    let here = node.config.node.name.clone();
-    let env = Envelope::new(
-        &node.key,
-        kind,
-        Address::agent(AgentName::ROOT, here.clone()),
-        Address::agent(agent, here),
-        text,
-        None,
-    )
-    .with_context(|| format!("the {} cannot be an envelope", kind.as_str()))?;
+    let env = first_envelope(node, agent, kind, text)?;
     // One first envelope at a time: a second would silently replace the first (a brief, say).
     if let Some(waiting) = pending(node, agent) {
         anyhow::bail!(
