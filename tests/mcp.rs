@@ -536,7 +536,7 @@ fn claude_home(name: &str) -> (TestHome, TmuxSocket) {
 printf '%s\n' "$@" > "$NETSKY_HOME/argv-$AGENT_N"
 case "$*" in *server:netsky*)
   printf '  Loading development channels\n > 1. I am using this for local development\n   2. Exit\n'
-  read answer; echo yes > "$NETSKY_HOME/consent-$AGENT_N";;
+  read answer; echo yes > "$NETSKY_HOME/consent-$AGENT_N"; echo "  Listening for channel messages";;
 esac
 exec cat
 "#;
@@ -590,7 +590,7 @@ fn up_with_mcp_delivery_gives_a_claude_agent_its_server_config_and_the_channel_f
     wait_for("agent1's consent answered", T, || {
         std::fs::read_to_string(h.join("consent-1")).map_err(|e| e.to_string())
     });
-    assert!(events_named(&h, "mcp-consent").iter().any(|e| e.2.contains("local development")));
+    assert!(events_named(&h, "prompt-answered").iter().any(|e| e.2.contains("claude-development-channels")));
     // Mail for it waits for its server: the pane ticker leaves it alone.
     h.ok(&["channel", "send", "agent1", "for the server"]);
     std::thread::sleep(Duration::from_millis(1500));

@@ -222,8 +222,6 @@ event_kinds! {
     PermissionAnswered = "permission-answered",
     /// A permission request went unanswered and was denied.
     PermissionTimedOut = "permission-timed-out",
-    /// Claude Code's development-channel consent question was answered for `mcp` delivery.
-    McpConsent = "mcp-consent",
 }
 
 impl EventKind {

@@ -9,8 +9,8 @@
 //!
 //! An agent whose mailbox a `netsky mcp serve` holds is skipped: its server
 //! delivers. So is an agent in `mcp` delivery whose server is not up yet:
-//! its mail waits, and the round answers Claude Code's development-channel
-//! consent question if its pane shows it (see `mcp::launch`). Past
+//! its mail waits (the start-up check answers Claude Code's
+//! development-channel consent question, see `first_run`). Past
 //! `mcp_server_grace_s` without a server, its mail is pasted after all, and
 //! the owner told once per session. An agent
 //! without a live pane is not claimed from at all: its envelopes
@@ -64,25 +64,6 @@ pub fn deliver(node: &Node, tmux: &Tmux, live: &BTreeSet<AgentName>) -> Delivere
     total
 }
 
-/// Answers Claude Code's development-channel consent question in `agent`'s
-/// pane, when it shows (the operator chose `mcp` delivery: that is the consent).
-fn answer_consent(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<()> {
-    let session = agent.to_string();
-    if let Some(content) = tmux.capture(&session)?
-        && crate::mcp::launch::consent_asked(node, agent, &content)
-    {
-        tmux.send_keys(&session, &["Enter"])?;
-        let rec = &node.recorder;
-        rec.record(&[rec.event(
-            EventKind::McpConsent,
-            Some(agent),
-            None,
-            Some(format!("answered \"{}\" for mcp delivery", crate::mcp::launch::CONSENT_OPTION)),
-        )]);
-    }
-    Ok(())
-}
-
 fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Delivered> {
     let mut out = Delivered::default();
     // A handoff goes first, once the new session is ready; until then the mailbox waits.
@@ -97,7 +78,6 @@ fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Del
         return Ok(out);
     }
     if crate::mcp::launch::uses_mcp(node, agent) {
-        answer_consent(node, tmux, agent)?;
         if !crate::mcp::launch::server_overdue(node, agent) {
             return Ok(out);
         }

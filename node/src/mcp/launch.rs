@@ -10,10 +10,9 @@
 //!
 //! Claude Code asks for consent on every launch with
 //! `--dangerously-load-development-channels`, and no setting pre-accepts it.
-//! Choosing `mcp` delivery is the operator's consent: while such an agent's
-//! server does not run yet and its pane shows the question, the delivery
-//! round (every tick and every wake) presses Enter on its first option
-//! ([`consent_asked`]).
+//! Choosing `mcp` delivery is the operator's consent: the question is in
+//! `first_run::KNOWN`, so the start-up check that answers known questions
+//! (before the agent is ready, once per showing) takes its first option.
 
 use std::path::PathBuf;
 
@@ -115,18 +114,6 @@ pub fn report_overdue(node: &Node, agent: AgentName) {
     if let Err(e) = crate::escalation::raise(node, "mcp", Some(agent), &subject, &body) {
         tracing::warn!(%agent, error = %format!("{e:#}"), "cannot escalate the missing channel server");
     }
-}
-
-/// The first option of Claude Code's development-channel consent question.
-pub const CONSENT_OPTION: &str = "I am using this for local development";
-
-/// Whether `agent`'s pane (`content`) shows the consent question that only
-/// `mcp` delivery leads to, before its server runs.
-pub fn consent_asked(node: &Node, agent: AgentName, content: &[u8]) -> bool {
-    let option = CONSENT_OPTION.as_bytes();
-    uses_mcp(node, agent)
-        && !super::is_served(&node.home.layout(), agent)
-        && content.windows(option.len()).any(|w| w == option)
 }
 
 /// Where `agent`'s MCP configuration lives: `state/agents/<agent>/mcp.json`.
