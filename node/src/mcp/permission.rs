@@ -86,6 +86,8 @@ impl Behavior {
 #[derive(Debug, Default)]
 pub struct Pending {
     waiting: Mutex<HashMap<String, Instant>>,
+    /// Requests refused for want of room: denied at the next round, not left unanswered.
+    refused: Mutex<Vec<String>>,
 }
 
 impl Pending {
@@ -100,6 +102,11 @@ impl Pending {
             return Err(Refused::Duplicate(id.clone()));
         }
         if w.len() >= MAX_PENDING {
+            // Answered (denied) at once: an agent nobody answers waits on its prompt for ever.
+            let mut r = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            if r.len() < MAX_PENDING {
+                r.push(id.clone());
+            }
             return Err(Refused::Full);
         }
         w.insert(id.clone(), Instant::now() + timeout);
@@ -111,18 +118,22 @@ impl Pending {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(id).is_some()
     }
 
-    /// Takes every request whose deadline passed.
+    /// Takes every request whose deadline passed, and those refused for want of room.
     pub fn expired(&self, now: Instant) -> Vec<String> {
         let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let gone: Vec<String> = w.iter().filter(|(_, d)| **d <= now).map(|(id, _)| id.clone()).collect();
+        let mut gone: Vec<String> = w.iter().filter(|(_, d)| **d <= now).map(|(id, _)| id.clone()).collect();
         for id in &gone {
             w.remove(id);
         }
+        gone.append(&mut self.refused.lock().unwrap_or_else(|p| p.into_inner()));
         gone
     }
 
-    /// The nearest deadline, if any request waits.
+    /// The nearest deadline, if any request waits (now, when a refused one waits for its denial).
     pub fn next_deadline(&self) -> Option<Instant> {
+        if !self.refused.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            return Some(Instant::now());
+        }
         self.waiting.lock().unwrap_or_else(|p| p.into_inner()).values().min().copied()
     }
 }
@@ -215,6 +226,9 @@ mod tests {
             p.hold(&req(&format!("r{i}")), Duration::from_secs(60)).unwrap();
         }
         assert_eq!(p.hold(&req("more"), Duration::from_secs(60)), Err(Refused::Full));
+        // Refused for want of room: denied at once, not left for ever.
+        assert!(p.next_deadline().is_some_and(|d| d <= Instant::now()));
+        assert_eq!(p.expired(Instant::now()), vec!["more".to_string()]);
     }
 
     proptest::proptest! {

@@ -196,6 +196,8 @@ impl Handler {
         };
         if let Err(e) = inner.pending.hold(&req, inner.permission_timeout) {
             self.tool_event("permission_request", format!("refused: {e}"));
+            // A request refused for want of room is denied at the pusher's next round.
+            let _ = inner.wake.try_send(Wake::Inbox);
             return;
         }
         let agent = inner.agent;
