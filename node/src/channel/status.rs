@@ -153,21 +153,21 @@ fn history(node: &Node, id: &str) -> Vec<HistoryRow> {
             st.query_map([id], |r| Ok(HistoryRow { ts: r.get(0)?, event: r.get(1)?, detail: r.get(2)? }))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     };
-    if let Ok(rows) = from_db()
-        && !rows.is_empty()
-    {
+    // The database answers, even with nothing (an id never seen): the logs are not scanned then.
+    if let Ok(rows) = from_db() {
         return rows;
     }
-    // The database is the record, the logs are the truth: scan them when it fails.
+    // The database is the record, the logs are the truth: scan them, a line at a time, when it fails.
     let mut out = Vec::new();
     let mut logs: Vec<_> = std::fs::read_dir(node.home.logs_dir())
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     logs.sort();
     for p in logs {
-        let Ok(text) = std::fs::read_to_string(&p) else { continue };
-        for line in text.lines().filter(|l| l.contains(id)) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+        let Ok(f) = std::fs::File::open(&p) else { continue };
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(f).lines().map_while(Result::ok).filter(|l| l.contains(id)) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                 && v["envelope"] == id
             {
                 out.push(HistoryRow {
