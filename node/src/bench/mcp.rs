@@ -27,7 +27,6 @@ use serde::Serialize;
 
 use super::{Target, ms, pct};
 use crate::output::{Ctx, emit};
-use crate::proc::{Daemon, run_bounded};
 
 /// Arguments of `netsky bench mcp`.
 #[derive(Debug, Args)]
@@ -140,23 +139,9 @@ pub fn run(ctx: &Ctx, a: McpArgs) -> Result<ExitCode> {
         bail!("--n must be at least 1");
     }
     let tmp = super::scratch(a.dir.as_deref(), "mcp")?;
-    let exe = std::env::current_exe()?;
     let base = tmp.path();
-    let netsky = |home: &str, args: &[&str]| -> Result<String> {
-        let o = run_bounded(Command::new(&exe).arg("--home").arg(base.join(home)).args(args), WAIT)?;
-        if !o.status.success() {
-            bail!("netsky {} on {home}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    for name in ["studio", "laptop"] {
-        netsky(name, &["init", "--name", name, "--relay", "disabled", "--listen", "127.0.0.1:0"])?;
-    }
-    netsky("studio", &["mesh", "init", "--mesh", "bench"])?;
-    let mut daemons = vec![Daemon::start(&exe, &base.join("studio"), "studio", &base.join("studio.log"))?.0];
-    let ticket = netsky("studio", &["mesh", "invite", "laptop"])?;
-    netsky("laptop", &["mesh", "join", &ticket])?;
-    daemons.push(Daemon::start(&exe, &base.join("laptop"), "laptop", &base.join("laptop.log"))?.0);
+    let pair = super::pair::Pair::start(base, WAIT, |_| Ok(()))?;
+    let (exe, netsky) = (pair.exe().to_path_buf(), |home: &str, args: &[&str]| pair.netsky(home, args));
     let server = Server::start(&exe, &base.join("laptop"))?;
 
     let mut early = 0;
@@ -209,7 +194,7 @@ pub fn run(ctx: &Ctx, a: McpArgs) -> Result<ExitCode> {
     let mut local = in_process(&open("laptop")?, "agent1")?;
     let mut remote = in_process(&open("studio")?, "agent1@laptop")?;
     drop(server);
-    drop(daemons);
+    pair.stop();
     let (l50, l99, r50, r99) =
         (pct(&mut local, 0.5), pct(&mut local, 0.99), pct(&mut remote, 0.5), pct(&mut remote, 0.99));
     let report = Report {

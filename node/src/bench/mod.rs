@@ -6,6 +6,7 @@ mod bus;
 mod mcp;
 mod mesh;
 mod owner;
+mod pair;
 
 use std::path::Path;
 use std::process::ExitCode;

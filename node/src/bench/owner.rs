@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::{Target, ms, pct};
 use crate::output::{Ctx, emit};
-use crate::proc::{Daemon, run_bounded};
+use crate::proc::run_bounded;
 
 /// Arguments of `netsky bench owner`.
 #[derive(Debug, Args)]
@@ -58,26 +58,12 @@ pub fn run(ctx: &Ctx, a: OwnerArgs) -> Result<ExitCode> {
         bail!("--n and --flood must be at least 1");
     }
     let tmp = super::scratch(a.dir.as_deref(), "owner")?;
-    let exe = std::env::current_exe()?;
     let base = tmp.path();
-    let netsky = |home: &str, args: &[&str]| -> Result<String> {
-        let o = run_bounded(Command::new(&exe).arg("--home").arg(base.join(home)).args(args), WAIT)?;
-        if !o.status.success() {
-            bail!("netsky {} on {home}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
     let pages = base.join("pages.jsonl");
-    for name in ["studio", "laptop"] {
-        netsky(name, &["init", "--name", name, "--relay", "disabled", "--listen", "127.0.0.1:0"])?;
-    }
-    let config = base.join("studio/config.toml");
-    crate::config::Config::add_file_leg(&config, &pages)?;
-    netsky("studio", &["mesh", "init", "--mesh", "bench"])?;
-    let mut daemons = vec![Daemon::start(&exe, &base.join("studio"), "studio", &base.join("studio.log"))?.0];
-    let ticket = netsky("studio", &["mesh", "invite", "laptop"])?;
-    netsky("laptop", &["mesh", "join", &ticket])?;
-    daemons.push(Daemon::start(&exe, &base.join("laptop"), "laptop", &base.join("laptop.log"))?.0);
+    let pair = super::pair::Pair::start(base, WAIT, |base| {
+        crate::config::Config::add_file_leg(&base.join("studio/config.toml"), &pages)
+    })?;
+    let (exe, netsky) = (pair.exe().to_path_buf(), |home: &str, args: &[&str]| pair.netsky(home, args));
 
     let mut start = Vec::new();
     for _ in 0..20 {
@@ -159,7 +145,7 @@ pub fn run(ctx: &Ctx, a: OwnerArgs) -> Result<ExitCode> {
     }
     let flood_per_s = a.flood as f64 / t.elapsed().as_secs_f64();
     let flood_pages = seen.count_of(&id)?;
-    drop(daemons);
+    pair.stop();
 
     let (e50, e99, s50, s99) =
         (pct(&mut esc, 0.5), pct(&mut esc, 0.99), pct(&mut say, 0.5), pct(&mut say, 0.99));
