@@ -135,9 +135,48 @@ pub struct Runtime {
     pub spec: RuntimeSpec,
 }
 
+/// The most argv bytes handed to tmux as they are: tmux refuses a command
+/// past about 16 KiB ("command too long"), so a longer one reads its prompt
+/// from the file inside the pane instead.
+const MAX_TMUX_ARGV: usize = 12 * 1024;
+
+/// `s` single-quoted for sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 impl Runtime {
-    /// The argv to run, placeholders filled in.
+    /// The argv to run, placeholders filled in. Past [`MAX_TMUX_ARGV`] bytes
+    /// (a large prompt in an argument) it is `sh -c 'exec ...'` reading the
+    /// prompt file in the pane; arguments appended after it still reach the
+    /// runtime, after the others ("$@").
     pub fn argv(&self, prompt_file: &Path, prompt_text: &str) -> Vec<String> {
+        let direct = self.direct_argv(prompt_file, prompt_text);
+        if direct.iter().map(|a| a.len() + 1).sum::<usize>() <= MAX_TMUX_ARGV {
+            return direct;
+        }
+        let file = prompt_file.display().to_string();
+        let text = format!("\"$(cat {})\"", sh_quote(&file));
+        let mut words: Vec<String> = self
+            .spec
+            .argv
+            .iter()
+            .map(|a| {
+                // Literal parts quoted, the prompt read from its file, the path as given.
+                let parts: Vec<String> =
+                    a.split("{prompt}").map(|p| sh_quote(&p.replace("{prompt_file}", &file))).collect();
+                parts.join(&text)
+            })
+            .collect();
+        let placed = self.spec.argv.iter().any(|a| a.contains("{prompt}") || a.contains("{prompt_file}"));
+        if self.spec.prompt == PromptInput::Argv && !placed {
+            words.push(text.clone());
+        }
+        vec!["sh".into(), "-c".into(), format!("exec {} \"$@\"", words.join(" ")), "netsky-runtime".into()]
+    }
+
+    /// The argv with the prompt's text in it, as it is.
+    fn direct_argv(&self, prompt_file: &Path, prompt_text: &str) -> Vec<String> {
         let file = prompt_file.display().to_string();
         let mut placed = false;
         let mut argv: Vec<String> = self
@@ -247,6 +286,30 @@ pub fn check_spec(name: &str, spec: &RuntimeSpec) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prompt_too_long_for_tmux_is_read_from_its_file_in_the_pane_with_the_same_words() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("it's a prompt.md");
+        let text = format!("line one\nit's \"quoted\" $HOME `x`\n{}", "y".repeat(20_000));
+        std::fs::write(&file, &text).unwrap();
+        let spec = RuntimeSpec {
+            argv: vec!["printf".into(), "[%s]".into(), "--sys={prompt}!".into(), "{prompt_file}".into()],
+            ..builtin("claude").unwrap()
+        };
+        let rt = Runtime { name: "t".into(), spec };
+        let direct = rt.direct_argv(&file, &text);
+        let mut argv = rt.argv(&file, &text);
+        assert_eq!(&argv[..2], ["sh", "-c"], "{}", argv[2].chars().take(200).collect::<String>());
+        assert!(argv.iter().map(String::len).sum::<usize>() < MAX_TMUX_ARGV);
+        // Appended arguments (the channel flags) still reach the program, last.
+        argv.push("--more".into());
+        let out = std::process::Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        let want = std::process::Command::new(&direct[0]).args(&direct[1..]).arg("--more").output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&want.stdout));
+        // A short prompt stays in the argv as it is.
+        assert_eq!(rt.argv(&file, "short"), rt.direct_argv(&file, "short"));
+    }
 
     #[test]
     fn builtins_resolve_and_unknown_names_are_a_clear_error() {
