@@ -22,7 +22,8 @@ const OUTBOX_FAIL: Duration = Duration::from_secs(24 * 3600);
 
 /// Every check on `home`.
 pub fn all(home: &Home) -> Vec<Check> {
-    let mut out = vec![keys(home)];
+    let (keys, key) = keys(home);
+    let mut out = vec![keys];
     let config = match Config::load(&home.config_path()) {
         Ok(c) => {
             out.push(Check::ok("config", format!("{} parses", home.config_path().display())));
@@ -37,7 +38,6 @@ pub fn all(home: &Home) -> Vec<Check> {
             None
         }
     };
-    let key = netsky_keys::load_key_file(&home.node_key_path()).ok().map(|k| k.key);
     let charter = netsky_mesh::charter_file::load(&home.mesh_paths());
     out.push(membership(&config, key.as_ref(), &charter));
     let charter = charter.ok().flatten();
@@ -60,35 +60,37 @@ pub fn all(home: &Home) -> Vec<Check> {
     out
 }
 
-fn mode_of(p: &Path) -> Option<u32> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).ok().map(|m| m.permissions().mode() & 0o777)
-}
-
-fn keys(home: &Home) -> Check {
-    let node_key = home.node_key_path();
-    let mesh_key = home.mesh_paths().mesh_key();
-    let Some(m) = mode_of(&node_key) else {
-        return Check::fail(
+/// The keys check, and the node key when it loads (the other checks use it).
+/// The mode rule is the key file's own (`load_key_file` refuses a key others can read).
+fn keys(home: &Home) -> (Check, Option<SecretKey>) {
+    use netsky_keys::KeyError;
+    let chmod = |path: &Path, mode: u32| {
+        Check::fail(
             "keys",
-            format!("no node key at {}", node_key.display()),
-            "run `netsky init --name NAME` (it never overwrites a key)",
-        );
+            format!("{} is mode {mode:03o}: others can read a secret key", path.display()),
+            format!("chmod 600 '{}'", path.display()),
+        )
     };
-    for (p, mode) in [(&node_key, Some(m)), (&mesh_key, mode_of(&mesh_key))] {
-        if let Some(mode) = mode.filter(|m| m & 0o077 != 0) {
-            return Check::fail(
-                "keys",
-                format!("{} is mode {mode:03o}: others can read a secret key", p.display()),
-                format!("chmod 600 '{}'", p.display()),
-            );
+    let node_key = home.node_key_path();
+    let key = match netsky_keys::load_key_file(&node_key) {
+        Ok(k) => k.key,
+        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            let fix = "run `netsky init --name NAME` (it never overwrites a key)";
+            return (Check::fail("keys", format!("no node key at {}", node_key.display()), fix), None);
         }
+        Err(KeyError::Permissions { path, mode }) => return (chmod(&path, mode), None),
+        Err(e) => {
+            let fix = "restore the key from a backup; a new key is a new node";
+            return (Check::fail("keys", format!("{e}"), fix), None);
+        }
+    };
+    let mesh_key = home.mesh_paths().mesh_key();
+    let mesh = mesh_key.exists();
+    if mesh && let Err(KeyError::Permissions { path, mode }) = netsky_keys::load_key_file(&mesh_key) {
+        return (chmod(&path, mode), Some(key));
     }
-    if let Err(e) = netsky_keys::load_key_file(&node_key) {
-        return Check::fail("keys", format!("{e}"), "restore the key from a backup; a new key is a new node");
-    }
-    let mesh = if mesh_key.exists() { " and the mesh key" } else { "" };
-    Check::ok("keys", format!("node key{mesh} mode 600"))
+    let mesh = if mesh { " and the mesh key" } else { "" };
+    (Check::ok("keys", format!("node key{mesh} mode 600")), Some(key))
 }
 
 fn membership(
