@@ -148,12 +148,18 @@ impl Daemon {
     /// Starts `exe --home home node run` (stderr into `log`) and waits, at
     /// most 20 s, for its ready line, which it returns.
     pub fn start(exe: &Path, home: &Path, name: &str, log: &Path) -> Result<(Daemon, String)> {
+        let args = ["--home".as_ref(), home.as_os_str(), "node".as_ref(), "run".as_ref()];
+        Daemon::spawn(exe, &args, name, log)
+    }
+
+    /// Starts `exe args` as a long-running child of the same kind (stderr
+    /// into `log`, stopped with SIGTERM on drop) and waits, at most 20 s, for
+    /// the first line it prints, which it returns.
+    pub fn spawn(exe: &Path, args: &[&std::ffi::OsStr], name: &str, log: &Path) -> Result<(Daemon, String)> {
         let log_file =
             std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = Command::new(exe)
-            .arg("--home")
-            .arg(home)
-            .args(["node", "run"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)
@@ -166,7 +172,7 @@ impl Daemon {
         // Ends when the daemon exits or prints its line, whichever is first.
         std::thread::spawn(move || {
             let mut line = String::new();
-            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            let _ = std::io::BufReader::new(out.take(64 * 1024)).read_line(&mut line);
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
@@ -181,6 +187,11 @@ impl Daemon {
     /// The node's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the daemon with SIGKILL, as a machine that dies says nothing.

@@ -187,7 +187,7 @@ pub fn run(ctx: &Ctx, a: BeaconArgs) -> Result<ExitCode> {
 /// The root of the convergence phase, run as `netsky bench beacons
 /// --serve-root DIR` by the bench itself: a process of its own, so its
 /// memory is its own. Prints its addresses as one JSON line, then serves
-/// beacons until its standard input closes.
+/// beacons until SIGTERM (which the bench sends when it is done, or dropped).
 fn serve_root(dir: &std::path::Path) -> Result<ExitCode> {
     use std::sync::Arc;
     let home = crate::home::Home::resolve(Some(dir.to_path_buf()))?;
@@ -212,24 +212,13 @@ fn serve_root(dir: &std::path::Path) -> Result<ExitCode> {
             events: Arc::new(|_| {}),
         })
         .await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         println!("{}", serde_json::to_string(&root.addrs())?);
-        // Until the bench closes our stdin (or dies, which closes it too).
-        let _ =
-            tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink())).await;
+        term.recv().await;
         root.shutdown().await;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The root's process for the convergence phase; killed if dropped before it ends.
-struct RootProcess(std::process::Child);
-
-impl Drop for RootProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// What the convergence phase measured.
@@ -253,37 +242,19 @@ fn converge(
     members: &[(netsky_bus::NodeName, netsky_keys::SecretKey)],
     health: &crate::health::Health,
 ) -> Result<Converged> {
-    use std::io::{BufRead, Read};
-    use std::process::{Command, Stdio};
-    let exe = std::env::current_exe()?;
-    let child = Command::new(exe)
-        .args(["bench", "beacons", "--serve-root"])
-        .arg(home.root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut root = RootProcess(child);
-    let out = root.0.stdout.take().ok_or_else(|| anyhow::anyhow!("the root's stdout"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let r = std::io::BufReader::new(out).take(64 * 1024).read_line(&mut line).map(|_| line);
-        let _ = tx.send(r);
-    });
-    let line = rx
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .map_err(|_| anyhow::anyhow!("the root process did not start within 30 s"))??;
-    let addrs: Vec<std::net::SocketAddr> = serde_json::from_str(line.trim())
-        .map_err(|e| anyhow::anyhow!("the root process printed {line:?}: {e}"))?;
-    let pid = root.0.id();
+    let args = ["bench".as_ref(), "beacons".as_ref(), "--serve-root".as_ref(), home.root().as_os_str()];
+    let log = home.root().join("serve-root.log");
+    let (root, line) = crate::proc::Daemon::spawn(&std::env::current_exe()?, &args, "root", &log)?;
+    let addrs: Vec<std::net::SocketAddr> =
+        serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("the root process printed {line:?}: {e}"))?;
+    let pid = root.pid();
     let rss_idle_kb = rss_kb(pid)?;
     let target = CharterMember { name: "root".parse()?, node_id: key.public(), addrs };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let members = std::sync::Arc::new(members.to_vec());
     let times = rt.block_on(rounds(&members, &target, health))?;
     let rss_after_kb = rss_kb(pid)?;
-    drop(root.0.stdin.take());
+    drop(root);
     Ok(Converged { first_ms: times[0], next_ms: times[1], rss_idle_kb, rss_after_kb })
 }
 
