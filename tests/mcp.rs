@@ -520,12 +520,7 @@ struct TmuxSocket(String);
 
 impl Drop for TmuxSocket {
     fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["-L", &self.0, "kill-server"]).env_remove("TMUX").output();
-        // tmux leaves the socket file when its server exits; tidy it.
-        let tmp =
-            std::env::var_os("TMUX_TMPDIR").map(std::path::PathBuf::from).unwrap_or_else(|| "/tmp".into());
-        let uid = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
-        let _ = std::fs::remove_file(tmp.join(format!("tmux-{}", uid.trim())).join(&self.0));
+        common::tmux::kill_server(&self.0);
     }
 }
 

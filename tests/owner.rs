@@ -551,13 +551,13 @@ fn the_tmux_leg_puts_a_banner_on_agent0_and_fails_without_it() {
             .unwrap()
     };
     // The test's tmux server goes with the test, pass or fail.
-    struct Server<'a>(&'a dyn Fn(&[&str]) -> std::process::Output);
+    struct Server<'a>(&'a str);
     impl Drop for Server<'_> {
         fn drop(&mut self) {
-            (self.0)(&["kill-server"]);
+            common::tmux::kill_server(self.0);
         }
     }
-    let _server = Server(&tmux);
+    let _server = Server(&sock);
     let h = TestHome::init("studio");
     edit_config(&h, &[("tmux_socket = \"\"", &format!("tmux_socket = \"{sock}\""))]);
     set_legs(&h, "[[owner.legs]]\nkind = \"tmux\"\n");

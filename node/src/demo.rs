@@ -41,13 +41,7 @@ struct TmuxServer(String);
 
 impl Drop for TmuxServer {
     fn drop(&mut self) {
-        let _ =
-            run_bounded(Command::new("tmux").args(["-L", &self.0, "kill-server"]), Duration::from_secs(5));
-        // tmux may leave its socket file behind: tidy it, as the demo leaves nothing.
-        let tmp = std::env::var_os("TMUX_TMPDIR").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
-        // SAFETY: getuid has no preconditions and cannot fail.
-        let uid = unsafe { libc::getuid() };
-        let _ = std::fs::remove_file(tmp.join(format!("tmux-{uid}")).join(&self.0));
+        crate::constellation::tmux::Tmux::new(&self.0).kill_server();
     }
 }
 
@@ -319,13 +313,13 @@ fn agents_at_work(n: &Narrator) -> Result<()> {
             "--wait",
         ],
     )?;
+    let tmux = crate::constellation::tmux::Tmux::new(&n.tmux_socket);
     let capture = || {
-        run_bounded(
-            Command::new("tmux").args(["-L", &n.tmux_socket, "capture-pane", "-p", "-J", "-t", "=agent1:"]),
-            Duration::from_secs(5),
-        )
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+        tmux.capture("agent1")
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     let pane = loop {

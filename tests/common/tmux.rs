@@ -102,14 +102,17 @@ impl TmuxHome {
 
 impl Drop for TmuxHome {
     fn drop(&mut self) {
-        let _ = self.tmux(&["kill-server"]);
-        // tmux leaves the socket file when its server exits on its own; tidy it.
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(uid) = std::fs::metadata(&self.home).map(|m| m.uid()) {
-            let tmp = std::env::var_os("TMUX_TMPDIR").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
-            let _ = std::fs::remove_file(tmp.join(format!("tmux-{uid}")).join(&self.sock));
-        }
+        kill_server(&self.sock);
     }
+}
+
+/// Ends the tmux server on socket `sock` and removes the socket file tmux leaves behind.
+pub fn kill_server(sock: &str) {
+    let _ = Command::new("tmux").args(["-L", sock, "kill-server"]).env_remove("TMUX").output();
+    let tmp = std::env::var_os("TMUX_TMPDIR").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let _ = std::fs::remove_file(tmp.join(format!("tmux-{uid}")).join(sock));
 }
 
 /// Polls `f` until it gives a value or `deadline` passes; then panics with `seen()`.

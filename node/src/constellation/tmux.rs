@@ -108,6 +108,18 @@ impl Tmux {
         }
     }
 
+    /// Ends a private server (`-L` socket) and removes the socket file tmux
+    /// leaves behind; the user's default server is never touched.
+    pub fn kill_server(&self) {
+        let Some(sock) = &self.socket else { return };
+        let _ = self.call(&["kill-server"]);
+        let tmp =
+            std::env::var_os("TMUX_TMPDIR").map(std::path::PathBuf::from).unwrap_or_else(|| "/tmp".into());
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let _ = std::fs::remove_file(tmp.join(format!("tmux-{uid}")).join(sock));
+    }
+
     /// Every session and its first pane; empty when no server runs.
     pub fn sessions(&self) -> Result<BTreeMap<String, Pane>> {
         let out = self.call(&[
