@@ -38,12 +38,7 @@ pub fn run(ctx: &Ctx, cmd: SelfRepairCmd) -> Result<ExitCode> {
     let SelfRepairCmd::Check = cmd;
     let node = Node::open(ctx.home.clone())?;
     // The live binary is the one supervision names; before an install, this one.
-    let status = if cfg!(target_os = "macos") {
-        supervise::launchd::status(&node)
-    } else {
-        supervise::systemd::status(&node)
-    };
-    let live = match status.ok().and_then(|s| s.state.binary) {
+    let live = match supervise::status(&node).ok().and_then(|s| s.state.binary) {
         Some(b) => b,
         None => std::env::current_exe().context("cannot find the running binary")?,
     };

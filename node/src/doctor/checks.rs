@@ -446,18 +446,12 @@ fn owner_legs(config: &Option<Config>, charter: Option<&netsky_mesh::SignedChart
 }
 
 fn supervision(home: &Home, can_open: bool) -> Check {
-    let verb = if cfg!(target_os = "macos") { "launchd" } else { "systemd" };
+    let verb = supervise::platform();
     let install = format!("`netsky {verb} install`");
     if !can_open {
         return Check::warn("supervision", "not checked: config or key broken", "fix those first");
     }
-    let status = crate::node::Node::open(home.clone()).and_then(|n| {
-        if cfg!(target_os = "macos") {
-            supervise::launchd::status(&n)
-        } else {
-            supervise::systemd::status(&n)
-        }
-    });
+    let status = crate::node::Node::open(home.clone()).and_then(|n| supervise::status(&n));
     let st = match status {
         Ok(s) => s,
         Err(e) => return Check::warn("supervision", format!("{e:#}"), install),

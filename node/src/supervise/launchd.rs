@@ -1,12 +1,14 @@
 //! `netsky launchd`: the node's launch agent on macOS, loaded into the
 //! user's GUI domain with `launchctl bootstrap gui/<uid>`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use netsky_launchd::{LaunchAgent, Supervised, launch_agent, read_launch_agent};
 
-use super::{FileState, Install, Status, Uninstall, manager, shown, user_home, write_if_changed};
+use super::{
+    FileState, Install, Status, Uninstall, manager, remove_if_there, shown, user_home, write_if_changed,
+};
 use crate::node::Node;
 
 /// Refuses the verbs that need launchctl where there is none.
@@ -111,13 +113,4 @@ pub fn status(node: &Node) -> Result<Status> {
     let state = FileState::read(&s, plist_path(&s)?, make, binary_of)?;
     let loaded = if cfg!(target_os = "macos") { Some(loaded(&s)?) } else { None };
     Ok(Status::of("launchd", &s, state, loaded))
-}
-
-/// Removes a file that may be absent; returns whether it was there.
-pub(super) fn remove_if_there(file: &Path) -> Result<bool> {
-    match std::fs::remove_file(file) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot remove {}", file.display()))),
-    }
 }

@@ -92,6 +92,25 @@ fn read_if_there(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// Removes a file that may be absent; returns whether it was there.
+fn remove_if_there(file: &Path) -> Result<bool> {
+    match std::fs::remove_file(file) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot remove {}", file.display()))),
+    }
+}
+
+/// This platform's supervisor: `launchd` on macOS, `systemd` elsewhere.
+pub fn platform() -> &'static str {
+    if cfg!(target_os = "macos") { "launchd" } else { "systemd" }
+}
+
+/// The status of this platform's supervision of `node`.
+pub fn status(node: &Node) -> Result<Status> {
+    if cfg!(target_os = "macos") { launchd::status(node) } else { systemd::status(node) }
+}
+
 /// The user's home directory, where launch agents and user units live.
 fn user_home() -> Result<PathBuf> {
     std::env::var_os("HOME")

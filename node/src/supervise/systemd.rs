@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use netsky_launchd::{Supervised, read_exec_start, systemd_unit};
 
-use super::launchd::remove_if_there;
-use super::{FileState, Install, Status, Uninstall, manager, shown, user_home, write_if_changed};
+use super::{
+    FileState, Install, Status, Uninstall, manager, remove_if_there, shown, user_home, write_if_changed,
+};
 use crate::node::Node;
 
 fn linux_only(verb: &str) -> Result<()> {
