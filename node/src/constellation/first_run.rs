@@ -273,7 +273,6 @@ impl UserFile {
     fn read(path: &Path) -> Result<UserFile> {
         // Written where the link points, so the link stays a link.
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let stamp = |p: &Path| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
         let before = stamp(&path);
         let bytes = match path.exists() {
             true => Some(crate::home::read_bounded(&path, MAX_CONFIG_BYTES)?),
@@ -289,8 +288,7 @@ impl UserFile {
         if self.bytes.as_deref() == Some(new) {
             return Ok(Written::Unchanged);
         }
-        let now = std::fs::metadata(&self.path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
-        if now != self.stamp {
+        if stamp(&self.path) != self.stamp {
             return Ok(Written::Raced);
         }
         if let Some(parent) = self.path.parent() {
@@ -299,6 +297,11 @@ impl UserFile {
         crate::home::write_durable(&self.path, new)?;
         Ok(Written::Done)
     }
+}
+
+/// A file's modification time and length: changed, it was written meanwhile.
+fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
 }
 
 #[derive(Debug, PartialEq, Eq)]
