@@ -84,12 +84,12 @@ fn deliver_one(node: &Node, tmux: &Tmux, agent: AgentName) -> anyhow::Result<Del
         // No server came, or it died: the pane delivers rather than let mail wait forever.
         crate::mcp::launch::report_overdue(node, agent);
     }
+    if !mailbox.pending()? {
+        return Ok(out);
+    }
     // A start-up question on the screen: Enter would answer it, not send the
     // mail. The mail waits until the question is gone (answered, or escalated and seen to).
     if super::readiness::load(node, agent).is_some_and(|r| r.ready_at.is_none() && r.prompt.is_some()) {
-        return Ok(out);
-    }
-    if !mailbox.pending()? {
         return Ok(out);
     }
     let lock = match mailbox.lock(LOCK_WAIT) {
