@@ -103,11 +103,14 @@ pub fn store_first(node: &Node, agent: AgentName, kind: Kind, text: String) -> R
 
 /// `agent`'s first envelope still waiting to be pasted, if any.
 pub fn pending(node: &Node, agent: AgentName) -> Option<Envelope> {
-    let bytes =
-        crate::home::read_bounded(&path(node, agent), netsky_bus::MAX_ENVELOPE_BYTES as u64 + 1024).ok()?;
-    Envelope::from_json(&bytes).ok()
+    read(&path(node, agent)).ok()
 }
 
+/// The first envelope kept at `p`.
+fn read(p: &Path) -> Result<Envelope> {
+    let bytes = crate::home::read_bounded(p, netsky_bus::MAX_ENVELOPE_BYTES as u64)?;
+    Envelope::from_json(&bytes).with_context(|| format!("{} is not an envelope", p.display()))
+}
 /// Drops `agent`'s waiting first envelope, if any (a brief whose dispatch failed).
 pub fn discard(node: &Node, agent: AgentName) {
     let _ = std::fs::remove_file(path(node, agent));
@@ -146,8 +149,7 @@ pub fn deliver_pending(node: &Node, tmux: &Tmux, agent: AgentName) -> Result<Gat
         }
         why = "pasted first, before the runtime looked ready";
     }
-    let bytes = crate::home::read_bounded(&p, netsky_bus::MAX_ENVELOPE_BYTES as u64)?;
-    let env = Envelope::from_json(&bytes).with_context(|| format!("{} is not an envelope", p.display()))?;
+    let env = read(&p)?;
     tmux.paste(&name, &format!("netsky-{}", env.id), &env.render_channel(), &node.home.paste_dir())?;
     std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
     let rec = &node.recorder;
